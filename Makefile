@@ -1,0 +1,51 @@
+# RadLens: `make run` serves the dashboard, `make test` runs every test. Both create or reuse .venv.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+SHARED_DATA := $(abspath ../shared/data)
+export RADLENS_HOME ?= $(CURDIR)/.radlens
+# Datasets are read from ../shared/data when present (never copied into the repository).
+ifneq ($(wildcard $(SHARED_DATA)),)
+export RADLENS_DATA_DIR ?= $(SHARED_DATA)
+endif
+RUNTIME_STAMP := $(VENV)/.runtime-$(shell cat requirements.txt | sha256sum | cut -c1-16)
+DEV_STAMP := $(VENV)/.dev-$(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
+
+.PHONY: run test bench chromium clean
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# A stamp keyed on the requirements' hash: unchanged requirements skip the install entirely.
+$(RUNTIME_STAMP): | $(PY)
+	$(PY) -m pip install -q -r requirements.txt
+	rm -f $(VENV)/.runtime-*; touch $@
+
+$(DEV_STAMP): $(RUNTIME_STAMP)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	rm -f $(VENV)/.dev-*; touch $@
+
+run: $(RUNTIME_STAMP)
+	$(PY) -m engine init
+	$(PY) -m streamlit run dashboard/app.py --server.port 8501
+
+# Debian chromium for the real-browser tests: installed when missing and we are root; otherwise
+# those tests skip and say why.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian chromium for the browser tests"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+			|| echo "chromium could not be installed; browser tests will skip"; \
+	fi
+
+test: $(DEV_STAMP) chromium
+	TQDM_DISABLE=1 RADLENS_HOME=$$(mktemp -d) $(PY) -m pytest -q -p no:cacheprovider
+
+bench: $(DEV_STAMP)
+	$(PY) -m bench.ingest
+	$(PY) -m bench.worklist
+
+clean:
+	rm -rf $(VENV) .radlens

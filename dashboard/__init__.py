@@ -1,0 +1,1 @@
+"""Streamlit-only code: router, cached resources, session keys, reusable widgets."""

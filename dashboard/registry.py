@@ -1,0 +1,29 @@
+"""The pages of the dashboard, in sidebar order. The README test checks each title is documented."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["PageSpec", "PAGES", "ROOT"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class PageSpec:
+    script: str  # path from the repository root
+    title: str
+    icon: str
+    url_path: str
+
+    @property
+    def path(self) -> Path:
+        return ROOT / self.script
+
+
+PAGES = (
+    PageSpec("pages/worklist.py", "Worklist", ":material/list_alt:", "worklist"),
+    PageSpec("pages/upload.py", "Upload", ":material/upload_file:", "upload"),
+    PageSpec("pages/viewer.py", "Viewer", ":material/radiology:", "viewer"),
+)

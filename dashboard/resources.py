@@ -1,0 +1,36 @@
+"""The only @st.cache_resource functions: configuration, the store, decoded studies (read-only)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import streamlit as st
+
+from dashboard import state
+from engine.cases import load_image
+from engine.config import Config
+from engine.ingest import open_store
+from engine.io.study import Study
+from engine.store import Store
+
+
+@st.cache_resource
+def _base_config() -> Config:
+    return Config.from_env()
+
+
+def config() -> Config:
+    """The environment's config with the signed-in display name as the acting user."""
+    base = _base_config()
+    return dataclasses.replace(base, user=st.session_state.get(state.USER) or base.user)
+
+
+@st.cache_resource
+def store() -> Store:
+    return open_store(_base_config())
+
+
+@st.cache_resource(max_entries=8, show_spinner="Decoding image...")
+def study(image_path: str, image_id: int) -> Study:
+    """A decoded stored image. Stored files never change, so the path is a safe cache key."""
+    return load_image(_base_config(), {"path": image_path, "id": image_id})

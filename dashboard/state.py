@@ -1,0 +1,8 @@
+"""Session-state keys, in one place so pages never spell them twice."""
+
+USER = "radlens.user"  # display name recorded in the audit log
+CURRENT_CASE = "radlens.current_case"  # case id the viewer opens
+UPLOAD_RESULTS = "radlens.upload_results"  # the last batch's IngestResult list
+WINDOW_PRESET = "radlens.window_preset"
+WINDOW_CENTER = "radlens.window_center"
+WINDOW_WIDTH = "radlens.window_width"

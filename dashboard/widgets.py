@@ -1,0 +1,142 @@
+"""Reusable renderers. Pages call these; EngineErrors become one st.error line here and nowhere else."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from dashboard import state
+from dashboard.registry import PAGES
+from engine.errors import EngineError
+from engine.ingest import IngestResult, ingest_files
+from engine.io import presets
+from engine.io.study import Rendered, Spacing, Study, Window
+
+DISCLAIMER = "For research use only. Not for use in diagnostic procedures."
+_VIEWER = next(p for p in PAGES if p.url_path == "viewer")
+_CUSTOM = "Custom..."
+
+
+@contextmanager
+def engine_errors() -> Iterator[None]:
+    """Show an EngineError as one line and stop the page; anything else is a bug and propagates."""
+    try:
+        yield
+    except EngineError as error:
+        st.error(str(error), icon=":material/error:")
+        st.stop()
+
+
+def open_case(case_id: int) -> None:
+    st.session_state[state.CURRENT_CASE] = int(case_id)
+    st.switch_page(str(_VIEWER.path))
+
+
+def case_table(frame: pd.DataFrame, key: str, column_config: dict | None = None) -> None:
+    """A table of cases; selecting a row opens it in the viewer."""
+    event = st.dataframe(
+        frame, key=key, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
+        column_config=column_config or {},
+    )
+    selected = event.selection.rows if event else []
+    if selected and pd.notna(frame.iloc[selected[0]].get("Case")):
+        open_case(int(frame.iloc[selected[0]]["Case"]))
+
+
+def ingest_with_progress(files: Sequence, config, store) -> list[IngestResult]:
+    """Ingest uploaded files one by one under a progress bar; returns one result per file/zip member."""
+    bar = st.progress(0.0, text="Starting...")
+    results: list[IngestResult] = []
+    for i, upload in enumerate(files, start=1):
+        bar.progress(i / len(files), text=f"{i} of {len(files)}: {upload.name}")
+        results += ingest_files([(upload.name, upload.getvalue())], config, store)
+    bar.empty()
+    return results
+
+
+def results_summary(results: list[IngestResult]) -> None:
+    ok = sum(r.status == "ok" for r in results)
+    dup = sum(r.status == "duplicate" for r in results)
+    failed = len(results) - ok - dup
+    message = f"{ok} landed, {dup} already in the store, {failed} failed."
+    (st.warning if failed else st.success)(message + (" Failed files are listed with their reason." if failed else ""))
+    frame = pd.DataFrame(
+        [{"File": r.file, "Status": r.status, "Case": r.case_id, "Error": r.error} for r in results]
+    )
+    st.caption("Select a row to open its case.")
+    case_table(frame, "upload_results", {"Case": st.column_config.NumberColumn(format="%d")})
+
+
+def window_controls(study: Study, scope: int) -> Window | None:
+    """Preset picker (file windows, CT presets, pixel range) plus custom centre/width, per image."""
+    options = presets(study)
+    if not options:
+        return None
+    labels = [w.label for w in options] + [_CUSTOM]
+    keys = [f"{k}.{scope}" for k in (state.WINDOW_PRESET, state.WINDOW_CENTER, state.WINDOW_WIDTH)]
+    choice = st.selectbox("Window / level", labels, key=keys[0])
+    lo, hi = float(study.frames.min()), float(study.frames.max())
+    span = max(hi - lo, 1.0)
+    c_range, w_range = (lo - span / 2, hi + span / 2), (1.0, span * 2)
+    if choice != _CUSTOM:
+        window = options[labels.index(choice)]
+        st.session_state[keys[1]] = min(max(window.center, c_range[0]), c_range[1])
+        st.session_state[keys[2]] = min(max(window.width, w_range[0]), w_range[1])
+        return window
+    center = st.slider("Centre (level)", *c_range, key=keys[1])
+    width = st.slider("Width", *w_range, key=keys[2])
+    return Window(center, width, "LINEAR", "Custom")
+
+
+def image_view(rendered: Rendered, height: int = 720) -> None:
+    """The 8-bit display image with zoom (scroll/box) and pan, aspect ratio kept."""
+    image = rendered.image
+    figure = px.imshow(image, binary_string=True, binary_backend="pil", zmin=0, zmax=255)
+    figure.update_layout(height=height, margin=dict(l=0, r=0, t=0, b=0), dragmode="pan",
+                         paper_bgcolor="black", plot_bgcolor="black")
+    figure.update_xaxes(visible=False)
+    figure.update_yaxes(visible=False, scaleanchor="x")
+    st.plotly_chart(figure, config={"scrollZoom": True, "displaylogo": False}, width="stretch")
+
+
+def step_badges(steps: Sequence[str]) -> None:
+    """The display steps actually applied, as badges in order."""
+    st.markdown(" ".join(f":blue-badge[{_escape(s)}]" for s in steps))
+
+
+def image_facts(image: dict, study: Study, spacing: Spacing) -> None:
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Modality", image["modality"] or "-")
+    c2.metric("Size", f"{image['cols']} x {image['rows']}")
+    c3.metric("Frames", image["frames"])
+    c4.metric("Bits stored", image["bits_stored"])
+    st.caption(f"Pixel spacing: {spacing.describe()}")
+    if study.burned_in_risk:
+        st.warning("This image may contain burned-in text (names, dates, markers) that de-identification "
+                   "of the header cannot remove.", icon=":material/warning:")
+
+
+def tag_table(study: Study) -> None:
+    """The stored (de-identified) header, element by element."""
+    if study.dataset is None:
+        st.caption("No header: PNG/JPEG uploads are stored as re-encoded PNG without metadata.")
+        return
+    rows = [
+        {"Tag": f"({e.tag.group:04X},{e.tag.element:04X})", "Name": e.name, "VR": e.VR,
+         "Value": _short(e.value) if e.VR != "SQ" else f"{len(e.value)} item(s)"}
+        for e in study.dataset if e.keyword not in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+    ]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=360)
+
+
+def _short(value) -> str:
+    text = value.hex() if isinstance(value, bytes) else str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "(").replace("]", ")")

@@ -1,0 +1,34 @@
+"""Reading cases back: the case row with its images, and an image's stored (de-identified) file."""
+
+from __future__ import annotations
+
+from engine.config import Config
+from engine.errors import UnknownCase
+from engine.io import read_study
+from engine.io.study import Study
+from engine.store import Store
+
+__all__ = ["get_case", "load_image", "recent_case_ids"]
+
+
+def get_case(store: Store, case_id: int) -> dict:
+    """A case row with its images (a list of image rows). Raises UnknownCase."""
+    with store.read() as db:
+        rows = list(db.query("SELECT * FROM cases WHERE id = ?", [case_id]))
+        if not rows:
+            raise UnknownCase(f"case {case_id} does not exist; pick one from the worklist")
+        images = list(db.query("SELECT * FROM images WHERE case_id = ? ORDER BY id", [case_id]))
+    return {**rows[0], "images": images}
+
+
+def load_image(config: Config, image: dict) -> Study:
+    """Decode an image row's stored file (the de-identified copy; the original is never kept)."""
+    path = config.home / image["path"]
+    if not path.is_file():
+        raise UnknownCase(f"the stored file of image {image['id']} is missing from {config.files_dir}")
+    return read_study(path.read_bytes(), config.limits)
+
+
+def recent_case_ids(store: Store, limit: int = 200) -> list[int]:
+    with store.read() as db:
+        return [r[0] for r in db.execute("SELECT id FROM cases ORDER BY received_at DESC, id DESC LIMIT ?", [limit])]

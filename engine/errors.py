@@ -1,0 +1,61 @@
+"""Named errors. Every message is one line a user can act on; the dashboard shows it as is."""
+
+__all__ = [
+    "EngineError",
+    "UnreadableStudy",
+    "UnsupportedFormat",
+    "UnsupportedTransferSyntax",
+    "TruncatedPixelData",
+    "TooLarge",
+    "UnsafeArchive",
+    "NotAnImage",
+    "UnknownCase",
+    "FrameOutOfRange",
+    "short_reason",
+]
+
+
+class EngineError(Exception):
+    """Base class: an expected failure with a message meant for the user."""
+
+
+class UnreadableStudy(EngineError):
+    """The file is not a readable image or DICOM."""
+
+
+class UnsupportedFormat(EngineError):
+    """The file's content is none of DICOM, PNG, JPEG or ZIP."""
+
+
+class UnsupportedTransferSyntax(EngineError):
+    """The DICOM is encoded with a transfer syntax no installed decoder handles."""
+
+
+class TruncatedPixelData(EngineError):
+    """The DICOM header promises more pixel bytes than the file carries."""
+
+
+class TooLarge(EngineError):
+    """The file exceeds a configured limit (bytes, pixels or frames)."""
+
+
+class UnsafeArchive(EngineError):
+    """A zip member is unsafe (path traversal, bomb, nesting) and was refused."""
+
+
+class NotAnImage(EngineError):
+    """The DICOM holds no pixel data (e.g. a structured report or a DICOMDIR)."""
+
+
+class UnknownCase(EngineError):
+    """No case or image with that id exists in the store."""
+
+
+class FrameOutOfRange(EngineError):
+    """The requested frame index does not exist in the image."""
+
+
+def short_reason(exc: BaseException) -> str:
+    """The first line of a third-party exception, for wrapping it into a one-line EngineError."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:160]

@@ -1,0 +1,219 @@
+"""Ingest: bytes in -> de-identified file on disk + rows in the store, or a one-line error.
+
+Each file is decoded, validated and de-identified fully in memory first; only then is anything
+written, and the file write and the rows commit together (the file is removed if the rows fail).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from engine.config import Config
+from engine.errors import EngineError, TooLarge
+from engine.io import read_study
+from engine.io.archive import iter_zip
+from engine.io.deid import deidentify
+from engine.io.fields import fields_of
+from engine.io.sniff import detect_format
+from engine.io.study import Study
+from engine.store import Store, utc_now
+
+__all__ = ["IngestResult", "Prepared", "prepare", "ingest_files", "ingest_paths", "open_store"]
+
+log = logging.getLogger("radlens.ingest")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """The outcome for one file (one zip member counts as one file)."""
+
+    file: str
+    status: str  # ok, duplicate or error
+    case_id: int | None = None
+    image_id: int | None = None
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "error"
+
+
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """A decoded, de-identified study ready to be written."""
+
+    study: Study
+    stored_bytes: bytes
+    extension: str
+    fields: dict
+    study_key: str
+    sha256: str
+
+
+def open_store(config: Config) -> Store:
+    """The store for this config, migrated (idempotent)."""
+    store = Store(config.db_path)
+    store.migrate()
+    return store
+
+
+def prepare(data: bytes, salt: str, config: Config) -> Prepared:
+    """Decode + validate + de-identify in memory. Raises an EngineError; writes nothing."""
+    study = read_study(data, config.limits)
+    if study.dataset is not None:
+        deid = deidentify(study.dataset, salt)
+        buffer = io.BytesIO()
+        deid.save_as(buffer, enforce_file_format=True)
+        stored, extension = buffer.getvalue(), "dcm"
+        fields = fields_of(study, deid)
+        key_uid = str(deid.get("StudyInstanceUID", ""))
+    else:
+        stored, extension = _png_bytes(study.frames[0]), "png"
+        fields, key_uid = fields_of(study, None), ""
+    sha = hashlib.sha256(stored).hexdigest()
+    return Prepared(study, stored, extension, fields, f"study:{key_uid}" if key_uid else f"image:{sha}", sha)
+
+
+def _png_bytes(pixels: np.ndarray) -> bytes:
+    # Re-encoding drops every text/EXIF chunk the upload carried (they can hold names and dates).
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def ingest_files(
+    items: Iterable[tuple[str, bytes]],
+    config: Config,
+    store: Store | None = None,
+    source: str = "upload",
+    progress: Callable[[int, str], None] | None = None,
+) -> list[IngestResult]:
+    """Ingest (name, bytes) pairs; zips are expanded. One result per file; failures never stop the batch."""
+    store = store or open_store(config)
+    salt = store.setting("uid_salt") or ""
+    results: list[IngestResult] = []
+    for name, data in items:
+        for member_name, member, error in _expand(name, data, config):
+            result = (IngestResult(member_name, "error", error=_message(error)) if error
+                      else _ingest_one(member_name, member, salt, config, store, source))
+            results.append(result)
+            if progress:
+                progress(len(results), member_name)
+    _log_batch(store, config, results, source)
+    return results
+
+
+def ingest_paths(paths: Iterable[Path], config: Config, store: Store | None = None,
+                 source: str = "cli") -> Iterator[IngestResult]:
+    """Files, zips or folders (recursively) from disk, yielded as they land."""
+    for path in _walk(paths):
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            yield IngestResult(str(path), "error", error=f"cannot read file ({exc.strerror})")
+            continue
+        yield from ingest_files([(str(path), data)], config, store, source)
+
+
+def _walk(paths: Iterable[Path]) -> Iterator[Path]:
+    for path in map(Path, paths):
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        else:
+            yield path
+
+
+def _expand(name: str, data: bytes, config: Config) -> Iterator[tuple[str, bytes | None, EngineError | None]]:
+    try:
+        if len(data) > config.limits.max_upload_bytes:
+            raise TooLarge(f"file is {len(data) / 2**20:,.1f} MiB; the limit is {config.limits.max_upload_mb:,} MiB")
+        if data[:4] in (b"PK\x03\x04", b"PK\x05\x06") and detect_format(data) == "zip":
+            for member in iter_zip(data, config.limits):
+                yield f"{name}/{member.name}", member.data, member.error
+            return
+    except EngineError as error:
+        yield name, None, error
+        return
+    yield name, data, None
+
+
+def _ingest_one(name: str, data: bytes, salt: str, config: Config, store: Store, source: str) -> IngestResult:
+    try:
+        prepared = prepare(data, salt, config)
+    except EngineError as error:
+        return IngestResult(name, "error", error=_message(error))
+    case_id, image_id, duplicate = _write(prepared, config, store, source)
+    return IngestResult(name, "duplicate" if duplicate else "ok", case_id, image_id)
+
+
+def _write(prepared: Prepared, config: Config, store: Store, source: str) -> tuple[int, int, bool]:
+    with store.write() as db:
+        row = db.execute("SELECT case_id, id FROM images WHERE sha256 = ?", [prepared.sha256]).fetchone()
+        if row:
+            store.audit(db, config.user, "upload.duplicate", "image", row[1], {"case_id": row[0], "source": source})
+            return row[0], row[1], True
+        relative = Path("files") / uuid.uuid4().hex[:2] / f"{uuid.uuid4().hex}.{prepared.extension}"
+        target = config.home / relative
+        _write_atomic(target, prepared.stored_bytes)
+        try:
+            case_id = _upsert_case(db, prepared, source)
+            image_id = db["images"].insert(
+                {**prepared.fields, "case_id": case_id, "sha256": prepared.sha256, "path": str(relative),
+                 "created_at": utc_now()}
+            ).last_pk
+            store.audit(db, config.user, "upload", "image", image_id,
+                        {"case_id": case_id, "source": source, "format": prepared.fields["source_format"]})
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+    return case_id, image_id, False
+
+
+def _upsert_case(db, prepared: Prepared, source: str) -> int:
+    row = db.execute("SELECT id FROM cases WHERE study_key = ?", [prepared.study_key]).fetchone()
+    if row:
+        db.execute("UPDATE cases SET image_count = image_count + 1 WHERE id = ?", [row[0]])
+        return row[0]
+    f = prepared.fields
+    return db["cases"].insert({
+        "study_key": prepared.study_key, "source": source, "received_at": utc_now(), "image_count": 1,
+        **{k: f[k] for k in ("modality", "body_part", "view_position", "laterality", "study_description",
+                             "series_description", "study_date", "burned_in_risk")},
+    }).last_pk
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _message(error: EngineError) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def _log_batch(store: Store, config: Config, results: list[IngestResult], source: str) -> None:
+    # Counts and error classes only: file names and messages can carry identifiers.
+    errors = sorted({r.error.split(":", 1)[0] for r in results if not r.ok})
+    counts = {s: sum(r.status == s for r in results) for s in ("ok", "duplicate", "error")}
+    log.info("ingest source=%s ok=%d duplicate=%d error=%d kinds=%s", source, *counts.values(), ",".join(errors))
+    if counts["error"]:
+        store.log_action(config.user, "upload.failed", "batch", "", {"count": counts["error"], "kinds": errors})

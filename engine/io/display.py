@@ -1,0 +1,80 @@
+"""The display pipeline: Modality LUT (at read) -> VOI LUT/window -> MONOCHROME1 inversion -> 8-bit.
+
+VOI goes through pydicom's own apply_voi_lut/apply_windowing so that every VOI function (LINEAR,
+LINEAR_EXACT, SIGMOID) and VOI LUT sequence behaves exactly as pydicom defines it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydicom.pixels import apply_voi_lut, apply_windowing
+
+from engine.errors import FrameOutOfRange
+from engine.io.study import Rendered, Study, Window
+
+__all__ = ["render", "presets", "auto_window", "CT_PRESETS"]
+
+CT_PRESETS = (
+    Window(-600, 1500, name="Lung"),
+    Window(50, 350, name="Mediastinum"),
+    Window(400, 1800, name="Bone"),
+    Window(40, 80, name="Brain"),
+)
+
+
+def presets(study: Study) -> tuple[Window, ...]:
+    """Windows offered in the viewer: the file's own, CT presets for CT, and the pixel-range window."""
+    if study.is_color:
+        return ()
+    modality = str(study.dataset.get("Modality", "")) if study.dataset is not None else ""
+    ct = CT_PRESETS if modality == "CT" else ()
+    return study.windows + ct + (auto_window(study, 0),)
+
+
+def auto_window(study: Study, frame: int) -> Window:
+    """A LINEAR_EXACT window mapping the frame's minimum to black and its maximum to white."""
+    arr = study.frames[frame]
+    lo, hi = float(arr.min()), float(arr.max())
+    return Window((lo + hi) / 2, max(hi - lo, 1.0), "LINEAR_EXACT", "Pixel range")
+
+
+def render(study: Study, frame: int = 0, window: Window | None = None) -> Rendered:
+    """The 8-bit display image of one frame. `window=None` uses the file's own VOI (or pixel range)."""
+    if not 0 <= frame < study.n_frames:
+        raise FrameOutOfRange(f"frame {frame + 1} does not exist; the image has {study.n_frames} frame(s)")
+    arr = study.frames[frame]
+    if study.is_color:
+        return Rendered(_color_to_uint8(arr, int(study.voi.BitsStored)), study.read_steps + ("8-bit RGB",), None)
+    if window is None and "VOILUTSequence" in study.voi:
+        unit, step, used = _voi_lut(arr, study), "VOI LUT sequence", None
+    else:
+        used = window or (study.windows[0] if study.windows else auto_window(study, frame))
+        source = "user" if window else ("file" if study.windows else "auto")
+        unit, step = _window(arr, study, used), f"Window {used.label} {used.function} ({source})"
+    steps = study.read_steps + (step,)
+    if study.photometric == "MONOCHROME1":
+        unit, steps = 1.0 - unit, steps + ("MONOCHROME1 inverted",)
+    image = np.clip(np.round(unit * 255.0), 0, 255).astype(np.uint8)
+    return Rendered(image, steps + ("8-bit display",), used)
+
+
+def _window(arr: np.ndarray, study: Study, window: Window) -> np.ndarray:
+    ds = study.voi.copy()
+    ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = window.center, window.width, window.function
+    if "VOILUTSequence" in ds:
+        del ds.VOILUTSequence
+    with np.errstate(over="ignore", invalid="ignore"):
+        y_min, y_max = apply_windowing(np.array([-np.inf, np.inf]), ds)
+    return (apply_windowing(arr, ds) - y_min) / (y_max - y_min)
+
+
+def _voi_lut(arr: np.ndarray, study: Study) -> np.ndarray:
+    lut = np.asarray(study.voi.VOILUTSequence[0].LUTData, dtype=np.float64)
+    lo, hi = float(lut.min()), float(lut.max())
+    return (apply_voi_lut(arr, study.voi, prefer_lut=True).astype(np.float64) - lo) / max(hi - lo, 1.0)
+
+
+def _color_to_uint8(arr: np.ndarray, bits: int) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    return np.clip(np.round(arr.astype(np.float64) / (2**bits - 1) * 255.0), 0, 255).astype(np.uint8)

@@ -1,0 +1,182 @@
+"""The case store: one SQLite database (sqlite-utils) under RADLENS_HOME.
+
+A connection per operation; WAL; busy_timeout; writes in BEGIN IMMEDIATE transactions so two
+writers queue instead of failing half-way. Schema changes are numbered, idempotent migrations.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+__all__ = ["Store", "utc_now", "MIGRATIONS"]
+
+_BUSY_TIMEOUT_MS = 30_000
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _m001_initial(db: Database) -> None:
+    db["settings"].create({"key": str, "value": str}, pk="key")
+    db["cases"].create(
+        {
+            "id": int, "study_key": str, "source": str, "modality": str, "body_part": str,
+            "view_position": str, "laterality": str, "study_description": str, "series_description": str,
+            "study_date": str, "received_at": str, "image_count": int, "burned_in_risk": int,
+        },
+        pk="id", not_null={"study_key", "received_at"},
+    )
+    db["cases"].create_index(["study_key"], unique=True)
+    for column in ("received_at", "modality", "body_part", "study_date"):
+        db["cases"].create_index([column])
+    db["cases"].enable_fts(["modality", "body_part", "study_description", "series_description"], create_triggers=True)
+    db["images"].create(
+        {
+            "id": int, "case_id": int, "sha256": str, "path": str, "source_format": str, "modality": str,
+            "body_part": str, "view_position": str, "laterality": str, "rows": int, "cols": int,
+            "frames": int, "photometric": str, "bits_allocated": int, "bits_stored": int,
+            "spacing_row_mm": float, "spacing_col_mm": float, "spacing_source": str,
+            "manufacturer_model": str, "study_description": str, "series_description": str,
+            "study_date": str, "transfer_syntax": str, "burned_in_risk": int, "created_at": str,
+        },
+        pk="id", foreign_keys=[("case_id", "cases", "id")], not_null={"case_id", "sha256", "path"},
+    )
+    db["images"].create_index(["sha256"], unique=True)
+    db["images"].create_index(["case_id"])
+    db["predictions"].create(
+        {
+            "id": int, "case_id": int, "image_id": int, "model_name": str, "model_version": str,
+            "weights_sha256": str, "label": str, "probability": float, "probabilities": str,
+            "uncertainty": float, "ood_score": float, "latency_ms": float, "created_at": str,
+        },
+        pk="id", foreign_keys=[("case_id", "cases", "id"), ("image_id", "images", "id")],
+    )
+    db["predictions"].create_index(["case_id"])
+    db["reviews"].create(
+        {
+            "id": int, "case_id": int, "image_id": int, "prediction_id": int, "reviewer": str,
+            "verdict": str, "label": str, "comment": str, "created_at": str,
+        },
+        pk="id", foreign_keys=[("case_id", "cases", "id")],
+    )
+    db["reviews"].create_index(["case_id"])
+    db["models"].create(
+        {
+            "id": int, "name": str, "version": str, "task": str, "arch": str, "path": str,
+            "sha256": str, "card": str, "active": int, "created_at": str,
+        },
+        pk="id",
+    )
+    db["jobs"].create(
+        {
+            "id": int, "kind": str, "config": str, "status": str, "pid": int, "created_at": str,
+            "started_at": str, "finished_at": str, "error": str, "model_id": int,
+        },
+        pk="id",
+    )
+    db["job_metrics"].create(
+        {"id": int, "job_id": int, "epoch": int, "step": int, "name": str, "value": float, "created_at": str},
+        pk="id", foreign_keys=[("job_id", "jobs", "id")],
+    )
+    db["audit_log"].create(
+        {"id": int, "at": str, "actor": str, "action": str, "target_type": str, "target_id": str, "detail": str},
+        pk="id", not_null={"at", "actor", "action"},
+    )
+    for verb in ("UPDATE", "DELETE"):
+        db.execute(
+            f"CREATE TRIGGER audit_log_no_{verb.lower()} BEFORE {verb} ON audit_log "
+            "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END"
+        )
+
+
+MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
+    (1, "initial schema", _m001_initial),
+)
+
+
+class Store:
+    """Handle on the database file. Cheap to create; holds no open connection."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def _connect(self) -> Database:
+        conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        return Database(conn)
+
+    @contextmanager
+    def read(self) -> Iterator[Database]:
+        db = self._connect()
+        try:
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def write(self) -> Iterator[Database]:
+        """A BEGIN IMMEDIATE transaction: committed on success, rolled back on any exception."""
+        db = self._connect()
+        try:
+            db.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.conn.execute("ROLLBACK")
+                raise
+            db.conn.execute("COMMIT")
+        finally:
+            db.close()
+
+    def migrate(self) -> list[int]:
+        """Apply pending migrations; returns the versions applied (none on a second call)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.read() as db:
+            db.conn.execute("PRAGMA journal_mode = WAL")
+        applied = []
+        with self.write() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at TEXT)")
+            done = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
+            for version, name, apply in MIGRATIONS:
+                if version not in done:
+                    apply(db)
+                    db["schema_migrations"].insert({"version": version, "name": name, "applied_at": utc_now()})
+                    applied.append(version)
+            db.execute("INSERT OR IGNORE INTO settings (key, value) VALUES ('uid_salt', ?)", [secrets.token_hex(32)])
+        return applied
+
+    def setting(self, key: str) -> str | None:
+        with self.read() as db:
+            row = db.execute("SELECT value FROM settings WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    @staticmethod
+    def audit(db: Database, actor: str, action: str, target_type: str = "", target_id: Any = "",
+              detail: dict | None = None) -> None:
+        """Append one audit row inside the caller's write transaction."""
+        db["audit_log"].insert({
+            "at": utc_now(), "actor": actor, "action": action, "target_type": target_type,
+            "target_id": str(target_id), "detail": json.dumps(detail or {}, sort_keys=True),
+        })
+
+    def log_action(self, actor: str, action: str, target_type: str = "", target_id: Any = "",
+                   detail: dict | None = None) -> None:
+        with self.write() as db:
+            self.audit(db, actor, action, target_type, target_id, detail)
+
+    def audit_rows(self, limit: int = 100) -> list[dict]:
+        with self.read() as db:
+            return list(db.query("SELECT * FROM audit_log ORDER BY id DESC LIMIT ?", [limit]))

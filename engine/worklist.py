@@ -1,0 +1,94 @@
+"""Worklist queries: filters, text search (FTS5), sort and pagination over the cases table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.store import Store
+
+__all__ = ["WorklistQuery", "WorklistPage", "query_worklist", "facet_values", "SORTS", "STATUSES"]
+
+SORTS = {
+    "Newest first": "c.received_at DESC, c.id DESC",
+    "Oldest first": "c.received_at ASC, c.id ASC",
+    "Study date (newest)": "c.study_date DESC, c.id DESC",
+    "Modality": "c.modality ASC, c.id DESC",
+    "Case id": "c.id ASC",
+}
+STATUSES = {
+    "All": "",
+    "Awaiting prediction": "NOT EXISTS (SELECT 1 FROM predictions p WHERE p.case_id = c.id)",
+    "Has prediction": "EXISTS (SELECT 1 FROM predictions p WHERE p.case_id = c.id)",
+    "Reviewed": "EXISTS (SELECT 1 FROM reviews r WHERE r.case_id = c.id)",
+    "Not reviewed": "NOT EXISTS (SELECT 1 FROM reviews r WHERE r.case_id = c.id)",
+}
+_COLUMNS = ("c.id, c.modality, c.body_part, c.view_position, c.study_description, c.study_date, "
+            "c.received_at, c.image_count, c.burned_in_risk, c.source")
+
+
+@dataclass(frozen=True)
+class WorklistQuery:
+    """What the worklist shows. Empty tuples and None mean 'no filter'."""
+
+    modalities: tuple[str, ...] = ()
+    body_parts: tuple[str, ...] = ()
+    received_from: str | None = None  # ISO date, inclusive
+    received_to: str | None = None  # ISO date, inclusive
+    status: str = "All"  # a key of STATUSES
+    text: str = ""  # words matched as prefixes in modality, body part and descriptions; or a case id
+    sort: str = "Newest first"  # a key of SORTS
+    page: int = 1
+    page_size: int = 50
+
+
+@dataclass(frozen=True)
+class WorklistPage:
+    rows: list[dict] = field(default_factory=list)
+    total: int = 0
+    page: int = 1
+    pages: int = 1
+
+
+def _where(q: WorklistQuery) -> tuple[str, list]:
+    clauses, params = [], []
+    for column, values in (("c.modality", q.modalities), ("c.body_part", q.body_parts)):
+        if values:
+            clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
+            params += list(values)
+    if q.received_from:
+        clauses.append("c.received_at >= ?")
+        params.append(q.received_from)
+    if q.received_to:
+        clauses.append("c.received_at < date(?, '+1 day')")
+        params.append(q.received_to)
+    if STATUSES[q.status]:
+        clauses.append(STATUSES[q.status])
+    text = q.text.strip()
+    if text.isdigit():
+        clauses.append("c.id = ?")
+        params.append(int(text))
+    elif text:
+        clauses.append("c.id IN (SELECT rowid FROM cases_fts WHERE cases_fts MATCH ?)")
+        params.append(" ".join('"' + w.replace('"', '""') + '"*' for w in text.split()))
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def query_worklist(store: Store, q: WorklistQuery) -> WorklistPage:
+    """One page of cases matching the query, with the total count for pagination."""
+    where, params = _where(q)
+    with store.read() as db:
+        total = db.execute(f"SELECT count(*) FROM cases c{where}", params).fetchone()[0]
+        pages = max(1, -(-total // q.page_size))
+        page = min(max(1, q.page), pages)
+        sql = (f"SELECT {_COLUMNS} FROM cases c{where} ORDER BY {SORTS[q.sort]} LIMIT ? OFFSET ?")
+        rows = list(db.query(sql, params + [q.page_size, (page - 1) * q.page_size]))
+    return WorklistPage(rows, total, page, pages)
+
+
+def facet_values(store: Store, column: str) -> list[str]:
+    """Distinct non-empty values of a filterable column (modality or body_part)."""
+    if column not in ("modality", "body_part"):
+        raise ValueError(column)
+    with store.read() as db:
+        return [r[0] for r in db.execute(f"SELECT DISTINCT {column} FROM cases WHERE {column} != '' ORDER BY 1")]
+
