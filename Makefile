@@ -1,5 +1,5 @@
 # RadLens: `make run` serves the dashboard, `make test` runs every test. Both create or reuse .venv.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 SHARED_DATA := $(abspath ../shared/data)

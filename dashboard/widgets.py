@@ -109,12 +109,11 @@ def step_badges(steps: Sequence[str]) -> None:
 
 
 def image_facts(image: dict, study: Study, spacing: Spacing) -> None:
-    c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Modality", image["modality"] or "-")
-    c2.metric("Size", f"{image['cols']} x {image['rows']}")
-    c3.metric("Frames", image["frames"])
-    c4.metric("Bits stored", image["bits_stored"])
-    st.caption(f"Pixel spacing: {spacing.describe()}")
+    st.markdown(
+        f"**{image['modality'] or '-'}** {image['body_part'] or ''} {image['view_position'] or ''}  \n"
+        f"{image['cols']} x {image['rows']} px, {image['frames']} frame(s), {image['bits_stored']}-bit "
+        f"{image['photometric']}  \nPixel spacing: {spacing.describe()}"
+    )
     if study.burned_in_risk:
         st.warning("This image may contain burned-in text (names, dates, markers) that de-identification "
                    "of the header cannot remove.", icon=":material/warning:")

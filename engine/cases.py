@@ -8,7 +8,7 @@ from engine.io import read_study
 from engine.io.study import Study
 from engine.store import Store
 
-__all__ = ["get_case", "load_image", "recent_case_ids"]
+__all__ = ["get_case", "load_image", "recent_cases"]
 
 
 def get_case(store: Store, case_id: int) -> dict:
@@ -29,6 +29,9 @@ def load_image(config: Config, image: dict) -> Study:
     return read_study(path.read_bytes(), config.limits)
 
 
-def recent_case_ids(store: Store, limit: int = 200) -> list[int]:
+def recent_cases(store: Store, limit: int = 200) -> dict[int, str]:
+    """The newest cases as {id: one-line label}, newest first."""
+    sql = ("SELECT id, modality, body_part, study_description FROM cases "
+           "ORDER BY received_at DESC, id DESC LIMIT ?")
     with store.read() as db:
-        return [r[0] for r in db.execute("SELECT id FROM cases ORDER BY received_at DESC, id DESC LIMIT ?", [limit])]
+        return {r[0]: " ".join(f"#{r[0]} {r[1]} {r[2] or ''} {r[3] or ''}".split()) for r in db.execute(sql, [limit])}

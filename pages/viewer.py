@@ -3,7 +3,7 @@
 import streamlit as st
 
 from dashboard import resources, state, widgets
-from engine.cases import get_case, recent_case_ids
+from engine.cases import get_case, recent_cases
 from engine.io import render
 
 store = resources.store()
@@ -11,13 +11,14 @@ st.title("Study viewer")
 
 if "case" in st.query_params:
     st.session_state[state.CURRENT_CASE] = int(st.query_params["case"]) if st.query_params["case"].isdigit() else 0
-recent = recent_case_ids(store)
+recent = recent_cases(store)
 if not recent:
     st.info("No cases yet. Upload a study first.")
     st.page_link("pages/upload.py", label="Go to Upload", icon=":material/upload_file:")
     st.stop()
-current = st.session_state.setdefault(state.CURRENT_CASE, recent[0])
-case_id = st.selectbox("Case", recent if current in recent else [current] + recent, key=state.CURRENT_CASE)
+current = st.session_state.setdefault(state.CURRENT_CASE, next(iter(recent)))
+case_id = st.selectbox("Case", list(recent) if current in recent else [current, *recent], key=state.CURRENT_CASE,
+                       format_func=lambda i: recent.get(i, f"#{i}"))
 
 with widgets.engine_errors():
     case = get_case(store, case_id)

@@ -40,7 +40,8 @@ def fields_of(study: Study, deidentified: Dataset | None) -> dict[str, Any]:
         "spacing_col_mm": study.spacing.col_mm,
         "spacing_source": study.spacing.source,
         "manufacturer_model": _text(ds, "ManufacturerModelName"),
-        "study_description": _text(ds, "StudyDescription"),
+        "study_description": _text(ds, "StudyDescription") if deidentified is not None
+        else f"{study.source_format.upper()} image",
         "series_description": _text(ds, "SeriesDescription"),
         "study_date": _iso_date(_text(ds, "StudyDate")),
         "transfer_syntax": UID(ds.file_meta.TransferSyntaxUID).name if "TransferSyntaxUID" in getattr(ds, "file_meta", {}) else "",
