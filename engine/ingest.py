@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from engine.config import Config
-from engine.errors import EngineError, TooLarge
+from engine.errors import EngineError, TooLarge, UnreadableStudy, short_reason
 from engine.io import read_study
 from engine.io.archive import iter_zip
 from engine.io.deid import deidentify
@@ -72,17 +72,23 @@ def prepare(data: bytes, salt: str, config: Config) -> Prepared:
     """Decode + validate + de-identify in memory. Raises an EngineError; writes nothing."""
     study = read_study(data, config.limits)
     if study.dataset is not None:
-        deid = deidentify(study.dataset, salt)
-        buffer = io.BytesIO()
-        deid.save_as(buffer, enforce_file_format=True)
-        stored, extension = buffer.getvalue(), "dcm"
-        fields = fields_of(study, deid)
-        key_uid = str(deid.get("StudyInstanceUID", ""))
+        stored, fields, key_uid = _deidentified_dicom(study, salt)
+        extension = "dcm"
     else:
         stored, extension = _png_bytes(study.frames[0]), "png"
         fields, key_uid = fields_of(study, None), ""
     sha = hashlib.sha256(stored).hexdigest()
     return Prepared(study, stored, extension, fields, f"study:{key_uid}" if key_uid else f"image:{sha}", sha)
+
+
+def _deidentified_dicom(study: Study, salt: str) -> tuple[bytes, dict, str]:
+    try:
+        deid = deidentify(study.dataset, salt)
+        buffer = io.BytesIO()
+        deid.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue(), fields_of(study, deid), str(deid.get("StudyInstanceUID", ""))
+    except Exception as exc:  # malformed header values only surface when pydicom converts them here
+        raise UnreadableStudy(f"DICOM header could not be de-identified ({short_reason(exc)})") from None
 
 
 def _png_bytes(pixels: np.ndarray) -> bytes:

@@ -13,7 +13,7 @@ from engine.errors import EngineError, UnsafeArchive, UnreadableStudy, short_rea
 
 __all__ = ["Member", "iter_zip"]
 
-_SKIP_PREFIXES = ("__MACOSX/", ".")
+_SKIP_PREFIXES = ("__MACOSX/",)
 _SKIP_NAMES = {"DICOMDIR", "Thumbs.db", ".DS_Store"}
 _CHUNK = 1 << 20
 _RATIO_FROM = 16 << 20

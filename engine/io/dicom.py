@@ -65,9 +65,9 @@ def read_dicom(data: bytes, limits: Limits) -> Study:
     ds = parse_dicom(data)
     try:
         return _decode(ds, limits)
-    except EngineError:
+    except (EngineError, KeyboardInterrupt, SystemExit):
         raise
-    except Exception as exc:  # malformed values surface from pydicom/codecs with arbitrary types
+    except BaseException as exc:  # codecs fail with arbitrary types; Rust ones panic (a BaseException)
         raise UnreadableStudy(f"DICOM pixel data could not be decoded ({short_reason(exc)})") from None
 
 

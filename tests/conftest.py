@@ -1,0 +1,47 @@
+"""Shared fixtures: an isolated RADLENS_HOME per test, real test files, the shared datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+
+from engine.config import Config
+from engine.ingest import open_store
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+DATA_DIR = Path(os.environ["RADLENS_DATA_DIR"]) if os.environ.get("RADLENS_DATA_DIR") else None
+needs_data = pytest.mark.skipif(
+    DATA_DIR is None or not DATA_DIR.is_dir(), reason="RADLENS_DATA_DIR (../shared/data) is not present"
+)
+
+
+def dicom_path(name: str) -> Path:
+    """A real DICOM from pydicom's test files or pydicom-data (both installed locally)."""
+    return Path(get_testdata_file(name))
+
+
+def dicom_bytes(name: str) -> bytes:
+    return dicom_path(name).read_bytes()
+
+
+@pytest.fixture
+def config(tmp_path) -> Config:
+    return Config(home=tmp_path / "home", data_dir=DATA_DIR)
+
+
+@pytest.fixture
+def store(config):
+    return open_store(config)
+
+
+def store_snapshot(config: Config) -> tuple:
+    """What a failed ingest must leave unchanged: case/image rows and stored files."""
+    from engine.store import Store
+
+    with Store(config.db_path).read() as db:
+        counts = tuple(db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("cases", "images"))
+    files = sorted(str(p) for p in config.files_dir.rglob("*")) if config.files_dir.exists() else []
+    return counts, tuple(files)

@@ -1,0 +1,154 @@
+"""Ingest: good files land, each bad one fails alone with a one-line reason, nothing half-written."""
+
+import io
+import zipfile
+
+import numpy as np
+import pydicom
+import pydicom.encaps
+import pytest
+from PIL import Image
+
+from engine.cases import get_case, load_image
+from engine.config import Config, Limits
+from engine.ingest import ingest_files
+from engine.io.sniff import detect_format
+from tests.conftest import dicom_bytes, store_snapshot
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _with_tsyntax(name: str, uid: str) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(name)))
+    ds.file_meta.TransferSyntaxUID = uid
+    ds.PixelData = pydicom.encaps.encapsulate([ds.PixelData])
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
+
+
+BAD_INPUTS = {
+    "empty.dcm": (b"", "UnsupportedFormat"),
+    "notes.png": (b"patient notes, not an image\n" * 20, "UnsupportedFormat"),
+    "truncated.dcm": (dicom_bytes("CT_small.dcm")[:20_000], "TruncatedPixelData"),
+    "truncated.png": (_png(np.zeros((300, 300), np.uint8) + 7)[:200], "UnreadableStudy"),
+    "report.dcm": (dicom_bytes("reportsi.dcm"), "NotAnImage"),
+    "mpeg.dcm": (_with_tsyntax("CT_small.dcm", "1.2.840.10008.1.2.4.100"), "UnsupportedTransferSyntax"),
+}
+
+
+def test_batch_lands_good_files_and_reports_each_bad_one(config, store):
+    good = [("chest.dcm", dicom_bytes("RG1_UNCR.dcm")), ("mr.dcm", dicom_bytes("MR_small.dcm")),
+            ("ramp.png", _png(np.arange(256, dtype=np.uint8).reshape(16, 16)))]
+    bad = [(name, data) for name, (data, _) in BAD_INPUTS.items()]
+    results = ingest_files(good[:2] + bad + good[2:], config, store)
+    by_file = {r.file: r for r in results}
+    assert [by_file[n].status for n, _ in good] == ["ok"] * 3
+    for name, (_, error_class) in BAD_INPUTS.items():
+        assert by_file[name].status == "error"
+        assert by_file[name].error.startswith(error_class + ":"), by_file[name].error
+        assert "\n" not in by_file[name].error and by_file[name].case_id is None
+    (cases, images), files = store_snapshot(config)
+    assert (cases, images) == (3, 3) and len([f for f in files if f.endswith((".dcm", ".png"))]) == 3
+    assert not [f for f in files if f.endswith(".tmp")]
+
+
+def test_a_failed_file_writes_nothing(config, store):
+    before = store_snapshot(config)
+    for name, (data, _) in BAD_INPUTS.items():
+        assert ingest_files([(name, data)], config, store)[0].status == "error"
+    assert store_snapshot(config) == before
+
+
+def test_same_file_twice_is_one_image_and_same_study_is_one_case(config, store):
+    first = ingest_files([("a.dcm", dicom_bytes("MR_small.dcm"))], config, store)[0]
+    again = ingest_files([("b.dcm", dicom_bytes("MR_small.dcm"))], config, store)[0]
+    assert again.status == "duplicate" and (again.case_id, again.image_id) == (first.case_id, first.image_id)
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes("MR_small.dcm")))
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()  # another image of the same study
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    other = ingest_files([("c.dcm", buffer.getvalue())], config, store)[0]
+    assert other.status == "ok" and other.case_id == first.case_id and other.image_id != first.image_id
+    assert get_case(store, first.case_id)["image_count"] == 2
+
+
+def test_zip_of_a_folder_with_unsafe_members(config, store):
+    archive = _zip({
+        "study/CT.dcm": dicom_bytes("CT_small.dcm"),
+        "study/series2/IM0001": dicom_bytes("MR_small.dcm"),  # DICOM without extension
+        "../../etc/evil.dcm": dicom_bytes("MR_small_RLE.dcm"),
+        "inner.zip": _zip({"x.dcm": dicom_bytes("CT_small.dcm")}),
+        "__MACOSX/._CT.dcm": b"resource fork",
+        "study/broken.jpg": b"\xff\xd8\xff\xe0 not really",
+    })
+    results = {r.file: r for r in ingest_files([("folder.zip", archive)], config, store)}
+    assert results["folder.zip/study/CT.dcm"].status == "ok"
+    assert results["folder.zip/study/series2/IM0001"].status == "ok"
+    assert results["folder.zip/../../etc/evil.dcm"].error.startswith("UnsafeArchive")
+    assert results["folder.zip/inner.zip"].error.startswith("UnsafeArchive")
+    assert results["folder.zip/study/broken.jpg"].error.startswith("UnreadableStudy")
+    assert not any("MACOSX" in name for name in results)
+
+
+def test_zip_bomb_is_refused_without_expanding_it(tmp_path, store):
+    config = Config(home=store.path.parent, data_dir=None, limits=Limits(max_upload_mb=8))
+    bomb = _zip({"bomb.dcm": b"\0" * (64 << 20)})  # 64 MiB of zeros, ~64 KiB compressed
+    result = ingest_files([("bomb.zip", bomb)], config, store)
+    assert len(result) == 1 and result[0].error.startswith("UnsafeArchive")
+
+
+@pytest.mark.parametrize("limits, data, error", [
+    (Limits(max_pixels=10_000), dicom_bytes("RG1_UNCR.dcm"), "TooLarge"),
+    (Limits(max_frames=5), dicom_bytes("emri_small.dcm"), "TooLarge"),
+    (Limits(max_pixels=1_000), _png(np.zeros((100, 100), np.uint8)), "TooLarge"),
+    (Limits(max_upload_mb=1), dicom_bytes("RG1_UNCR.dcm"), "TooLarge"),
+])
+def test_configured_limits_refuse_before_decoding(tmp_path, limits, data, error):
+    config = Config(home=tmp_path, data_dir=None, limits=limits)
+    result = ingest_files([("x", data)], config)[0]
+    assert result.error.startswith(error) and "limit" in result.error
+
+
+def test_pillow_decompression_bomb_becomes_an_error(tmp_path):
+    config = Config(home=tmp_path, data_dir=None, limits=Limits(max_pixels=50_000_000))
+    huge = Image.new("1", (20_000, 20_000))  # 400 MP, a few KB as PNG
+    buffer = io.BytesIO()
+    huge.save(buffer, format="PNG")
+    assert ingest_files([("bomb.png", buffer.getvalue())], config)[0].error.startswith("TooLarge")
+
+
+def test_preamble_less_dicom_is_read(config, store):
+    data = dicom_bytes("CT_small.dcm")[128:]  # drop the preamble but not the meta header
+    data = data[4:]  # and the 'DICM' prefix
+    assert detect_format(data) == "dicom"
+    assert ingest_files([("bare", data)], config, store)[0].status == "ok"
+
+
+def test_stored_image_reads_back_identically(config, store):
+    result = ingest_files([("rg1.dcm", dicom_bytes("RG1_UNCR.dcm"))], config, store)[0]
+    image = get_case(store, result.case_id)["images"][0]
+    assert image["modality"] == "CR" and image["photometric"] == "MONOCHROME1"
+    assert image["rows"] == 1955 and image["cols"] == 1841
+    original = pydicom.dcmread(io.BytesIO(dicom_bytes("RG1_UNCR.dcm"))).pixel_array
+    assert np.array_equal(load_image(config, image).frames[0], original)
+    assert "/" not in image["path"].split("files/")[-1].split("/", 1)[-1]  # generated flat name
+
+
+def test_every_action_is_audited(config, store):
+    ingest_files([("a", dicom_bytes("MR_small.dcm")), ("b", b"")], config, store)
+    actions = [row["action"] for row in store.audit_rows()]
+    assert "upload" in actions and "upload.failed" in actions
+    assert all(row["actor"] == config.user for row in store.audit_rows())
