@@ -10,7 +10,7 @@ store = resources.store()
 st.title("Worklist")
 
 c1, c2, c3, c4 = st.columns([3, 2, 2, 2])
-text = c1.text_input("Search", placeholder="description, body part, modality or case id")
+text = c1.text_input("Search", placeholder="description, body part, modality or case id", key="worklist.search")
 modalities = c2.multiselect("Modality", facet_values(store, "modality"))
 body_parts = c3.multiselect("Body part", facet_values(store, "body_part"))
 status = c4.selectbox("Status", list(STATUSES))

@@ -1,0 +1,96 @@
+"""Real browser: upload a DICOM and a PNG, see both in the worklist, open the viewer. Screenshots are
+written to test-output/browser/."""
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import dicom_path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = ROOT / "test-output" / "browser"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason="Debian chromium is not installed (make test installs it when run as root)")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = _free_port()
+    env = {**os.environ, "RADLENS_HOME": str(tmp_path / "home")}
+    subprocess.run([sys.executable, "-m", "engine", "init", "--no-demo"], cwd=ROOT, env=env, check=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def _settle(page) -> None:
+    page.wait_for_selector('[data-testid="stApp"]')
+    page.wait_for_timeout(800)
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=90_000)
+
+
+def test_upload_worklist_viewer(server, tmp_path):
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    png = tmp_path / "ramp16.png"
+    ramp = np.tile(np.linspace(0, 65535, 512).astype(np.uint16), (384, 1))
+    Image.fromarray(ramp).save(png)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.goto(server + "/upload")
+        _settle(page)
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
+            [str(dicom_path("RG1_UNCR.dcm")), str(png)])
+        page.get_by_role("button", name="Ingest 2 file(s)").click()
+        page.get_by_text("2 landed, 0 already in the store, 0 failed.").wait_for(timeout=90_000)
+        _settle(page)
+        page.screenshot(path=OUTPUT / "upload.png", full_page=True)
+
+        page.goto(server + "/")
+        _settle(page)
+        page.get_by_text("2 case(s)").wait_for()
+        page.screenshot(path=OUTPUT / "worklist.png", full_page=True)
+
+        page.goto(server + "/viewer?case=1")
+        _settle(page)
+        page.wait_for_selector(".js-plotly-plot", timeout=60_000)
+        page.get_by_text("MONOCHROME1 inverted").wait_for()
+        page.screenshot(path=OUTPUT / "viewer.png", full_page=True)
+        disclaimers = page.get_by_text("For research use only. Not for use in diagnostic procedures.").count()
+        browser.close()
+    assert disclaimers >= 1
+    for name in ("upload.png", "worklist.png", "viewer.png"):
+        assert (OUTPUT / name).stat().st_size > 10_000

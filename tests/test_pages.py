@@ -1,0 +1,72 @@
+"""Every page through Streamlit's AppTest, on a real store seeded with real studies."""
+
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from dashboard.widgets import DISCLAIMER
+from engine.ingest import ingest_files
+from tests.conftest import dicom_bytes
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "dashboard" / "app.py")
+
+
+@pytest.fixture
+def app_home(config, store, monkeypatch):
+    monkeypatch.setenv("RADLENS_HOME", str(config.home))
+    st.cache_resource.clear()  # resources are process-wide; each test gets its own home
+    ingest_files([("rg1.dcm", dicom_bytes("RG1_UNCR.dcm")), ("ct.dcm", dicom_bytes("693_UNCR.dcm"))], config, store)
+    yield config
+    st.cache_resource.clear()
+
+
+def _run(page: str | None = None, **session) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    for key, value in session.items():
+        at.session_state[key] = value
+    at.run()
+    if page:
+        at.switch_page(str(ROOT / page)).run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any(DISCLAIMER in c.value for c in at.caption)
+    return at
+
+
+def test_worklist_lists_cases_and_filters(app_home):
+    at = _run()
+    assert at.title[0].value == "Worklist"
+    assert len(at.dataframe[0].value) == 2
+    at.multiselect[0].select("CT").run()
+    assert list(at.dataframe[0].value["Modality"]) == ["CT"]
+    at.text_input(key="worklist.search").input("nothing-matches-this").run()
+    assert len(at.dataframe[0].value) == 0 and any("0 case(s)" in c.value for c in at.caption)
+
+
+def test_upload_page_invites_files(app_home):
+    at = _run("pages/upload.py")
+    assert at.title[0].value == "Upload studies"
+    assert "Drop files" in at.info[0].value
+
+
+def test_viewer_shows_monochrome1_steps_and_tags(app_home):
+    at = _run("pages/viewer.py", **{"radlens.current_case": 1})
+    assert at.title[0].value == "Study viewer"
+    text = " ".join(m.value for m in at.markdown)
+    assert "MONOCHROME1 inverted" in text and "8-bit display" in text and "CR" in text
+    assert at.selectbox(key="radlens.window_preset.1").value.startswith("File window")
+    assert len(at.dataframe) == 1  # de-identified header table
+
+
+def test_viewer_window_presets_change_the_image_steps(app_home):
+    at = _run("pages/viewer.py", **{"radlens.current_case": 2})
+    at.selectbox(key="radlens.window_preset.2").select_index(2).run()  # a CT preset after the file windows
+    text = " ".join(m.value for m in at.markdown)
+    assert "(user)" in text and not at.exception
+
+
+def test_viewer_unknown_case_is_one_clear_error(app_home):
+    at = _run("pages/viewer.py", **{"radlens.current_case": 999})
+    assert "case 999 does not exist" in at.error[0].value
