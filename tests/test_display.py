@@ -144,5 +144,15 @@ def test_zero_or_missing_spacing_is_unknown(spacing):
 
 def test_spacing_from_pixel_spacing_and_ultrasound_regions():
     assert read_study(dicom_bytes("CT_small.dcm")).spacing.source == "PixelSpacing"
+    ds = pydicom.dcmread(dicom_path("emri_small.dcm"))
+    assert read_study(dicom_bytes("emri_small.dcm")).spacing.source == "unknown"  # it has none
+    measures, group = pydicom.Dataset(), pydicom.Dataset()
+    measures.PixelSpacing = [0.5, 0.25]
+    group.PixelMeasuresSequence = [measures]
+    ds.SharedFunctionalGroupsSequence = [group]
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    enhanced = read_study(buffer.getvalue()).spacing
+    assert (enhanced.source, enhanced.row_mm, enhanced.col_mm) == ("PixelMeasuresSequence", 0.5, 0.25)
     us = read_study(dicom_bytes("OBXXXX1A.dcm")).spacing
     assert us.source == "UltrasoundRegions" and 0.1 < us.row_mm < 1

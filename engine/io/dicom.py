@@ -185,11 +185,16 @@ def _as_list(value) -> list:
 
 
 def dicom_spacing(ds: Dataset) -> Spacing:
-    """Pixel spacing in mm from PixelSpacing, ImagerPixelSpacing or ultrasound regions; else unknown."""
+    """Pixel spacing in mm: PixelSpacing, ImagerPixelSpacing, functional groups, US regions; else unknown."""
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         spacing = _positive_pair(ds.get(keyword))
         if spacing:
             return Spacing(spacing[0], spacing[1], keyword)
+    for group in ds.get("SharedFunctionalGroupsSequence", []) or []:  # enhanced multi-frame objects
+        for measures in group.get("PixelMeasuresSequence", []) or []:
+            spacing = _positive_pair(measures.get("PixelSpacing"))
+            if spacing:
+                return Spacing(spacing[0], spacing[1], "PixelMeasuresSequence")
     for region in ds.get("SequenceOfUltrasoundRegions", []) or []:
         if region.get("PhysicalUnitsXDirection") == _US_CM and region.get("PhysicalUnitsYDirection") == _US_CM:
             pair = _positive_pair([abs(float(region.get("PhysicalDeltaY", 0))) * 10,

@@ -31,7 +31,7 @@ class Spacing:
 
     row_mm: float | None
     col_mm: float | None
-    source: str  # PixelSpacing, ImagerPixelSpacing, UltrasoundRegions or unknown
+    source: str  # PixelSpacing, ImagerPixelSpacing, PixelMeasuresSequence, UltrasoundRegions or unknown
 
     @property
     def known(self) -> bool:
