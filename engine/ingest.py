@@ -25,7 +25,7 @@ from engine.io import read_study
 from engine.io.archive import iter_zip
 from engine.io.deid import deidentify
 from engine.io.fields import fields_of
-from engine.io.sniff import detect_format
+from engine.io.sniff import is_zip
 from engine.io.study import Study
 from engine.store import Store, utc_now
 
@@ -144,7 +144,7 @@ def _expand(name: str, data: bytes, config: Config) -> Iterator[tuple[str, bytes
     try:
         if len(data) > config.limits.max_upload_bytes:
             raise TooLarge(f"file is {len(data) / 2**20:,.1f} MiB; the limit is {config.limits.max_upload_mb:,} MiB")
-        if data[:4] in (b"PK\x03\x04", b"PK\x05\x06") and detect_format(data) == "zip":
+        if is_zip(data):
             for member in iter_zip(data, config.limits):
                 yield f"{name}/{member.name}", member.data, member.error
             return

@@ -16,6 +16,7 @@ import hashlib
 import re
 
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, PYDICOM_IMPLEMENTATION_UID
 
@@ -117,7 +118,7 @@ def _clean_item(item: Dataset, salt: str, shift: dt.timedelta, identifiers: set[
 
 
 def _uid(value, salt: str):
-    if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(value, str):
+    if isinstance(value, (list, tuple, MultiValue)):
         return [_uid(v, salt) for v in value]
     uid = UID(str(value))
     return uid if (not value or uid.name != str(uid)) else pseudo_uid(salt, str(uid))  # keep registered UIDs

@@ -51,7 +51,6 @@ def parse_dicom(data: bytes) -> Dataset:
     """Parse a DICOM header and pixel data element (not yet decoded). Raises UnreadableStudy."""
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=data[128:132] != b"DICM")
-        ds.PixelData if "PixelData" in ds else None  # force the element to be read now
     except Exception as exc:  # pydicom raises many types for a malformed stream
         raise UnreadableStudy(f"not a readable DICOM file ({short_reason(exc)})") from None
     if not hasattr(ds, "file_meta") or "TransferSyntaxUID" not in ds.file_meta:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from engine.errors import UnsupportedFormat
 
-__all__ = ["detect_format", "FORMATS"]
+__all__ = ["detect_format", "is_zip", "FORMATS"]
 
 FORMATS = ("dicom", "png", "jpeg", "zip")
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -25,7 +25,7 @@ def detect_format(data: bytes) -> str:
         return "png"
     if data.startswith(_JPEG):
         return "jpeg"
-    if data.startswith(_ZIP):
+    if is_zip(data):
         return "zip"
     if len(data) >= 8 and data[:2] in _BARE_DICOM_GROUPS and _looks_like_element(data):
         return "dicom"
@@ -39,3 +39,7 @@ def _looks_like_element(data: bytes) -> bool:
         return True
     length = int.from_bytes(data[4:8], "little")
     return 0 < length < len(data)
+
+
+def is_zip(data: bytes) -> bool:
+    return data.startswith(_ZIP)
