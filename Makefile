@@ -11,7 +11,7 @@ endif
 RUNTIME_STAMP := $(VENV)/.runtime-$(shell cat requirements.txt | sha256sum | cut -c1-16)
 DEV_STAMP := $(VENV)/.dev-$(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
 
-.PHONY: run test bench chromium clean
+.PHONY: run test bench train chromium clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -46,6 +46,13 @@ test: $(DEV_STAMP) chromium
 bench: $(DEV_STAMP)
 	$(PY) -m bench.ingest
 	$(PY) -m bench.worklist
+	$(PY) -m bench.case_latency
+	$(PY) -m bench.ood
+
+# Re-train the shipped classifier (the exact command is also in weights/cxr-pneumonia-resnet18.json).
+train: $(RUNTIME_STAMP)
+	$(PY) -m engine.train.run --dataset cxr_pneumonia --model resnet18 --size 224 --epochs 30 --patience 8 \
+		--half --threads 2 --name cxr-pneumonia-resnet18 --output $(RADLENS_HOME)/runs/cxr-pneumonia-resnet18
 
 clean:
 	rm -rf $(VENV) .radlens

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PageSpec", "PAGES", "ROOT"]
+__all__ = ["PageSpec", "PAGES", "ROOT", "page_path"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,4 +26,11 @@ PAGES = (
     PageSpec("pages/worklist.py", "Worklist", ":material/list_alt:", "worklist"),
     PageSpec("pages/upload.py", "Upload", ":material/upload_file:", "upload"),
     PageSpec("pages/viewer.py", "Viewer", ":material/radiology:", "viewer"),
+    PageSpec("pages/diagnosis.py", "Diagnosis", ":material/diagnosis:", "diagnosis"),
+    PageSpec("pages/models.py", "Models", ":material/model_training:", "models"),
 )
+
+
+def page_path(url_path: str) -> str:
+    """The absolute script path st.page_link / st.switch_page need for the page at `url_path`."""
+    return str(next(p for p in PAGES if p.url_path == url_path).path)

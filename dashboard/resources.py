@@ -1,4 +1,4 @@
-"""The only @st.cache_resource functions: configuration, the store, decoded studies (read-only)."""
+"""The only @st.cache_resource functions: configuration, the store, decoded studies, models (read-only)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import streamlit as st
 from dashboard import state
 from engine.cases import load_image
 from engine.config import Config
+from engine.diagnosis import load_classifier
+from engine.infer import Classifier
 from engine.ingest import open_store
 from engine.io.study import Study
 from engine.store import Store
@@ -34,3 +36,9 @@ def store() -> Store:
 def study(image_path: str, image_id: int) -> Study:
     """A decoded stored image. Stored files never change, so the path is a safe cache key."""
     return load_image(_base_config(), {"path": image_path, "id": image_id})
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading model...")
+def classifier(name: str) -> Classifier:
+    """A loaded classifier shared by every session; Classifier serialises calls with its own lock."""
+    return load_classifier(_base_config(), store(), name)

@@ -6,3 +6,4 @@ UPLOAD_RESULTS = "radlens.upload_results"  # the last batch's IngestResult list
 WINDOW_PRESET = "radlens.window_preset"
 WINDOW_CENTER = "radlens.window_center"
 WINDOW_WIDTH = "radlens.window_width"
+DIAGNOSIS = "radlens.diagnosis"  # {(image id, weights sha, tta): CaseResult} so reruns do not re-log

@@ -10,14 +10,14 @@ import plotly.express as px
 import streamlit as st
 
 from dashboard import state
-from dashboard.registry import PAGES
+from dashboard.registry import page_path
+from engine.cases import recent_cases
 from engine.errors import EngineError
 from engine.ingest import IngestResult, ingest_files
 from engine.io import presets
 from engine.io.study import Rendered, Spacing, Study, Window
 
 DISCLAIMER = "For research use only. Not for use in diagnostic procedures."
-_VIEWER = next(p for p in PAGES if p.url_path == "viewer")
 _CUSTOM = "Custom..."
 
 
@@ -33,7 +33,28 @@ def engine_errors() -> Iterator[None]:
 
 def open_case(case_id: int) -> None:
     st.session_state[state.CURRENT_CASE] = int(case_id)
-    st.switch_page(str(_VIEWER.path))
+    st.switch_page(page_path("viewer"))
+
+
+def case_picker(store) -> int:
+    """The current case (from ?case=N, the worklist, or the newest), as a selectbox; stops when there is none."""
+    if "case" in st.query_params:
+        value = st.query_params["case"]
+        st.session_state[state.CURRENT_CASE] = int(value) if value.isdigit() else 0
+    recent = recent_cases(store)
+    if not recent:
+        st.info("No cases yet. Upload a study first.")
+        st.page_link(page_path("upload"), label="Go to Upload", icon=":material/upload_file:")
+        st.stop()
+    current = st.session_state.setdefault(state.CURRENT_CASE, next(iter(recent)))
+    return st.selectbox("Case", list(recent) if current in recent else [current, *recent], key=state.CURRENT_CASE,
+                        format_func=lambda i: recent.get(i, f"#{i}"))
+
+
+def image_picker(case: dict) -> dict:
+    images = case["images"]
+    return images[0] if len(images) == 1 else st.selectbox(
+        "Image", images, format_func=lambda i: f"Image {i['id']}: {i['series_description'] or i['modality']}")
 
 
 def case_table(frame: pd.DataFrame, key: str, column_config: dict | None = None) -> None:

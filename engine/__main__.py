@@ -1,4 +1,4 @@
-"""Command line: python -m engine {init,ingest,render} ... (see README)."""
+"""Command line: python -m engine {init,ingest,render,classify} ... (see README)."""
 
 from __future__ import annotations
 
@@ -57,6 +57,41 @@ def _render(args, config: Config) -> int:
     return 0
 
 
+def _classify(args, config: Config) -> int:
+    from engine.diagnosis import diagnose_image, get_image, load_classifier
+    from engine.explain import overlay
+
+    store, failed = open_store(config), 0
+    classifier = load_classifier(config, store, args.model)
+    if args.cam_out:
+        args.cam_out.mkdir(parents=True, exist_ok=True)
+    for result in ingest_paths(args.paths, config, store):
+        if not result.ok:
+            failed += 1
+            print(json.dumps({"file": result.file, "error": result.error}), flush=True)
+            continue
+        done = diagnose_image(config, store, classifier, get_image(store, result.image_id), args.tta)
+        p = done.prediction
+        record = {
+            "file": result.file, "case_id": done.case_id, "prediction_id": done.prediction_id, "label": p.label,
+            "probability": round(p.probability, 4), "probabilities": p.probabilities,
+            "probabilities_raw": p.probabilities_raw, "threshold": round(p.threshold, 4),
+            "uncertainty": round(p.uncertainty, 4), "uncertainty_method": p.uncertainty_method,
+            "ood_score": round(p.ood_score, 2), "ood_threshold": round(p.ood_threshold, 2),
+            "out_of_distribution": p.out_of_distribution, "model": classifier.loaded.name,
+            "model_version": classifier.loaded.version, "latency_ms": round(p.latency_ms, 1),
+        }
+        if args.cam_out:
+            record["cam"] = str(args.cam_out / f"case{done.case_id}-image{done.image_id}-{p.cam_method}.png")
+            Image.fromarray(overlay(done.gray, p.cam)).save(record["cam"])
+        if args.json:
+            print(json.dumps(record), flush=True)
+        else:
+            flag = "  OUT OF DISTRIBUTION" if p.out_of_distribution else ""
+            print(f"{result.file}: {p.label} (p={p.probability:.3f}, {p.latency_ms:.0f} ms){flag}", flush=True)
+    return 1 if failed else 0
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description="RadLens engine commands")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,10 +106,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     rend.add_argument("--window", help="CENTER,WIDTH in modality units (default: the file's own window)")
     rend.add_argument("--out", type=Path, required=True)
     rend.add_argument("--json", action="store_true", help="print display steps, shape, spacing, stored fields")
+    classify = sub.add_parser("classify", help="ingest images and classify them (JSON per image with --json)")
+    classify.add_argument("paths", nargs="+", type=Path)
+    classify.add_argument("--model", help="installed model name (default: the active one)")
+    classify.add_argument("--cam-out", type=Path, help="folder for Grad-CAM overlay PNGs")
+    classify.add_argument("--tta", type=int, default=0, help="test-time augmentation views for uncertainty")
+    classify.add_argument("--json", action="store_true", help="one JSON object per line")
     return parser
 
 
-COMMANDS = {"init": _init, "ingest": _ingest, "render": _render}
+COMMANDS = {"init": _init, "ingest": _ingest, "render": _render, "classify": _classify}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,10 @@ __all__ = [
     "NotAnImage",
     "UnknownCase",
     "FrameOutOfRange",
+    "UnknownModel",
+    "WeightsUnavailable",
+    "BadCheckpoint",
+    "ModelMismatch",
     "short_reason",
 ]
 
@@ -59,3 +63,19 @@ def short_reason(exc: BaseException) -> str:
     """The first line of a third-party exception, for wrapping it into a one-line EngineError."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:160]
+
+
+class UnknownModel(EngineError):
+    """No registered architecture or installed model has that name."""
+
+
+class WeightsUnavailable(EngineError):
+    """The weights file a model needs is not on this machine."""
+
+
+class BadCheckpoint(EngineError):
+    """A weights file or model card is missing, corrupt or of an unknown format version."""
+
+
+class ModelMismatch(EngineError):
+    """The model cannot be used on this input (e.g. a classifier asked to segment)."""

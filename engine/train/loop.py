@@ -1,0 +1,78 @@
+"""One epoch of training and batched evaluation, device-agnostic (AMP + channels_last on CUDA)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from torch import nn
+
+from engine.models.ood import pooled
+from engine.models.preprocess import Preprocessing
+from engine.train.data import ImageSet
+
+__all__ = ["train_one_epoch", "predict", "class_weights", "warmup_cosine"]
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights for the loss (n / (k * n_c)): the minority class counts as much in total."""
+    counts = torch.bincount(labels, minlength=n_classes).float().clamp_min(1)
+    return counts.sum() / (n_classes * counts)
+
+
+def warmup_cosine(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_one_epoch(model: nn.Module, data: ImageSet, prep: Preprocessing, loss_fn: nn.Module, optimizer,
+                    scheduler, scaler, augment, batch_size: int, generator: torch.Generator,
+                    device: torch.device) -> float:
+    model.train()
+    order = torch.randperm(len(data.labels), generator=generator)
+    total, seen = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        if len(idx) < 2:  # BatchNorm cannot train on a batch of one
+            continue
+        x = torch.stack([augment(data.images[i]) for i in idx]).clamp_(0, 1)
+        x = prep.normalize(x).to(device, memory_format=torch.channels_last)
+        y = data.labels[idx].to(device)
+        with _autocast(device):
+            loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        total += loss.item() * len(idx)
+        seen += len(idx)
+    return total / max(seen, 1)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, prep: Preprocessing, feature_layer: nn.Module,
+            device: torch.device, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and pooled feature-layer activations (for the OOD gate) of un-augmented images."""
+    model.eval()
+    captured: list[torch.Tensor] = []
+    handle = feature_layer.register_forward_hook(lambda m, i, o: captured.append(pooled(o).cpu()))
+    logits = []
+    try:
+        for start in range(0, len(images), batch_size):
+            x = prep.normalize(images[start:start + batch_size]).to(device, memory_format=torch.channels_last)
+            with _autocast(device):
+                logits.append(model(x).float().cpu())
+    finally:
+        handle.remove()
+    return torch.cat(logits), torch.cat(captured)

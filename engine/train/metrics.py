@@ -1,0 +1,105 @@
+"""Evaluation metrics for a binary classifier, calibration by temperature scaling, reliability."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score, roc_curve
+
+__all__ = ["split_report", "binary_report", "auc_ci", "sens_at_spec", "ece", "reliability", "fit_temperature",
+           "threshold_for_specificity"]
+
+
+def auc_ci(y: np.ndarray, p: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """AUC with a percentile bootstrap 95 % CI (resampling images; resamples with one class are skipped)."""
+    rng = np.random.default_rng(seed)
+    aucs = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        if 0 < y[idx].sum() < len(idx):
+            aucs.append(roc_auc_score(y[idx], p[idx]))
+    lo, hi = np.percentile(aucs, [2.5, 97.5])
+    return float(roc_auc_score(y, p)), float(lo), float(hi)
+
+
+def sens_at_spec(y: np.ndarray, p: np.ndarray, spec: float = 0.90) -> float:
+    """The highest sensitivity reachable with specificity >= spec."""
+    fpr, tpr, _ = roc_curve(y, p)
+    ok = fpr <= 1.0 - spec + 1e-12
+    return float(tpr[ok].max())
+
+
+def threshold_for_specificity(y: np.ndarray, p: np.ndarray, spec: float = 0.90) -> float:
+    """The lowest threshold (most sensitive) whose specificity is still >= spec; predict positive at p >= t."""
+    negatives = np.sort(p[y == 0])
+    allowed_fp = int(np.floor(len(negatives) * (1.0 - spec) + 1e-9))
+    # Strictly above the (allowed_fp + 1)-th highest negative score.
+    k = len(negatives) - allowed_fp - 1
+    return float(np.nextafter(negatives[k], np.inf)) if k >= 0 else 0.0
+
+
+def ece(y: np.ndarray, p: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error of the positive-class probability, equal-width bins."""
+    return float(sum(n / len(y) * abs(acc - conf) for conf, acc, n in reliability(y, p, bins) if n))
+
+
+def reliability(y: np.ndarray, p: np.ndarray, bins: int = 15) -> list[tuple[float, float, int]]:
+    """Per bin: (mean predicted probability, observed positive rate, count)."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    out = []
+    for b in range(bins):
+        m = which == b
+        out.append((float(p[m].mean()) if m.any() else float((edges[b] + edges[b + 1]) / 2),
+                    float(y[m].mean()) if m.any() else 0.0, int(m.sum())))
+    return out
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Temperature T minimising the NLL of softmax(logits / T) (Guo et al. 2017), fitted on validation."""
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return log_t.exp().item()
+
+
+def binary_report(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
+    """Every metric on the model card for positive-class probabilities p and labels y (1 = positive)."""
+    pred = (p >= threshold).astype(int)
+    tp = int(((pred == 1) & (y == 1)).sum())
+    tn = int(((pred == 0) & (y == 0)).sum())
+    fp = int(((pred == 1) & (y == 0)).sum())
+    fn = int(((pred == 0) & (y == 1)).sum())
+    auc, lo, hi = auc_ci(y, p)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    fpr, tpr, _ = roc_curve(y, p)
+    return {
+        "n": int(len(y)), "positives": int(y.sum()), "negatives": int(len(y) - y.sum()),
+        "auc": auc, "auc_ci95": [lo, hi],
+        "accuracy": (tp + tn) / len(y), "precision": precision,
+        "sensitivity": recall, "specificity": tn / (tn + fp) if tn + fp else 0.0,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "sensitivity_at_specificity_0.90": sens_at_spec(y, p, 0.90),
+        "confusion": {"tp": tp, "fp": fp, "tn": tn, "fn": fn},
+        "ece": ece(y, p), "reliability": reliability(y, p),
+        "roc": {"fpr": [round(float(v), 4) for v in fpr], "tpr": [round(float(v), 4) for v in tpr]},
+    }
+
+
+def split_report(logits: torch.Tensor, labels: np.ndarray, temperature: float, threshold: float) -> dict:
+    """The card's metrics for one split: calibrated probabilities at the operating threshold, plus the
+    ECE and reliability of the uncalibrated ones."""
+    raw = torch.softmax(logits.float(), dim=1)[:, 1].numpy()
+    calibrated = torch.softmax(logits.float() / temperature, dim=1)[:, 1].numpy()
+    report = binary_report(labels, calibrated, threshold)
+    report["ece_before_calibration"] = ece(labels, raw)
+    report["reliability_before_calibration"] = reliability(labels, raw)
+    return report

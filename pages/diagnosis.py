@@ -1,0 +1,46 @@
+"""Diagnosis: calibrated probability, uncertainty, OOD gate and Grad-CAM for a case; the clinician's review."""
+
+import streamlit as st
+
+from dashboard import model_widgets, resources, state, widgets
+from engine.cases import get_case
+from engine.diagnosis import add_review, case_history, diagnose_cases, diagnose_image, unreviewed_cases
+from engine.models.catalog import active_model
+
+store, config = resources.store(), resources.config()
+st.title("Diagnosis")
+case_id = widgets.case_picker(store)
+
+with widgets.engine_errors():
+    installed = active_model(config, store, "classification")
+    classifier = resources.classifier(installed.name)
+    image = widgets.image_picker(get_case(store, case_id))
+    tta = 8 if st.toggle("Test-time augmentation uncertainty (9 forwards instead of 1)", key="diagnosis.tta") else 0
+    key = (image["id"], classifier.loaded.sha256, tta)
+    results = st.session_state.setdefault(state.DIAGNOSIS, {})
+    if key not in results:  # one logged prediction per opening, not per rerun
+        results[key] = diagnose_image(config, store, classifier, image, tta)
+    result = results[key]
+
+    left, right = st.columns([3, 2])
+    with left:
+        show, opacity, colormap = model_widgets.overlay_controls()
+        model_widgets.cam_view(result.gray, result.prediction, show, opacity, colormap)
+    with right:
+        card = classifier.loaded.card
+        model_widgets.prediction_panel(result.prediction, installed.name, card["version"], card["positive_label"])
+        submitted = model_widgets.review_form(classifier.loaded.labels, key=f"review.{case_id}")
+        if submitted:
+            add_review(store, config.user, case_id, *submitted, prediction_id=result.prediction_id)
+            st.success("Review saved.", icon=":material/check:")
+
+    st.subheader("Case history")
+    model_widgets.history(case_history(store, case_id))
+    pending = unreviewed_cases(store)
+    if st.button(f"Run on all {len(pending)} unreviewed cases", icon=":material/playlist_play:", disabled=not pending):
+        bar = st.progress(0.0)
+        done, failed = diagnose_cases(config, store, classifier, pending,
+                                      lambda n, total, what: bar.progress(n / total, text=f"{n} of {total}: {what}"))
+        st.success(f"Classified {len(done)} case(s); {len(failed)} failed.")
+        for case, reason in failed.items():
+            st.error(f"Case #{case}: {reason}")

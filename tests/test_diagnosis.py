@@ -1,0 +1,164 @@
+"""The shipped classifier: its card reproduces, calibration and the OOD gate work, every inference and
+review is logged, a broken case in a batch fails alone, and the `classify` command."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine.diagnosis import add_review, case_history, diagnose_cases, diagnose_image, get_image, load_classifier
+from engine.errors import EngineError
+from engine.infer import Classifier
+from engine.ingest import ingest_files
+from engine.models import cam_layer, load_model
+from engine.models.catalog import SHIPPED_DIR, active_model, installed_models, set_active
+from engine.train.data import gray_of_file, load_dataset
+from engine.train.loop import predict
+from engine.train.metrics import ece, split_report
+from tests.conftest import DATA_DIR, dicom_bytes, dicom_path, needs_data
+from tests.test_cli import _cli
+
+SHIPPED = SHIPPED_DIR / "cxr-pneumonia-resnet18.safetensors"
+CARD_KEYS = ("auc", "accuracy", "precision", "sensitivity", "specificity", "f1",
+             "sensitivity_at_specificity_0.90", "ece", "ece_before_calibration")
+
+
+@pytest.fixture(scope="module")
+def classifier() -> Classifier:
+    return Classifier(load_model(SHIPPED))
+
+
+@pytest.fixture(scope="module")
+def evaluated():
+    """Logits of the shipped weights on the validation and held-out test splits, recomputed from the data."""
+    loaded = load_model(SHIPPED)
+    splits = load_dataset("cxr_pneumonia", loaded.preprocessing, DATA_DIR, only=("val", "test"))
+    layer = cam_layer(loaded.model, loaded.card["arch"])
+    return loaded, {s: (predict(loaded.model, data.images, loaded.preprocessing, layer, torch.device("cpu"))[0],
+                        data.labels.numpy()) for s, data in splits.sets.items()}
+
+
+@needs_data
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_shipped_card_numbers_reproduce(evaluated, split):
+    loaded, outputs = evaluated
+    card = loaded.card
+    logits, labels = outputs[split]
+    report = split_report(logits, labels, card["calibration"]["temperature"], card["operating_point"]["threshold"])
+    stated = card["metrics"][split]
+    assert report["n"] == stated["n"] and report["confusion"] == stated["confusion"]
+    for key in CARD_KEYS:
+        assert report[key] == pytest.approx(stated[key], abs=1e-3), key
+    assert report["auc_ci95"] == pytest.approx(stated["auc_ci95"], abs=1e-3)
+
+
+@needs_data
+def test_calibration_lowers_ece_on_the_validation_split(evaluated):
+    loaded, outputs = evaluated
+    logits, labels = outputs["val"]
+    t = loaded.card["calibration"]["temperature"]
+    before = ece(labels, torch.softmax(logits, 1)[:, 1].numpy())
+    after = ece(labels, torch.softmax(logits / t, 1)[:, 1].numpy())
+    assert after < before
+
+
+def test_ood_gate_flags_non_chest_images_and_passes_chest_radiographs(classifier):
+    ultrasound = classifier.classify(gray_of_file(dicom_path("US1_J2KR.dcm")))
+    mri = classifier.classify(gray_of_file(dicom_path("MR2_J2KR.dcm")))
+    chest = classifier.classify(gray_of_file(dicom_path("RG1_UNCR.dcm")))
+    assert ultrasound.out_of_distribution and mri.out_of_distribution
+    assert ultrasound.ood_score > 2 * classifier.ood_threshold
+    assert not chest.out_of_distribution
+
+
+@needs_data
+def test_ood_gate_passes_held_out_chest_xrays_and_flags_fetal_ultrasound(classifier):
+    cxr = sorted((DATA_DIR / "cxr_pneumonia" / "train").glob("*/*.jpg"))[:12]
+    hc18 = sorted((DATA_DIR / "hc18" / "images").glob("*.png"))[:6]
+    assert sum(classifier.classify(gray_of_file(p)).out_of_distribution for p in cxr) <= 1
+    assert all(classifier.classify(gray_of_file(p)).out_of_distribution for p in hc18)
+
+
+def test_tta_uncertainty_is_a_small_spread_and_repeatable(classifier):
+    gray = gray_of_file(dicom_path("RG1_UNCR.dcm"))
+    first, second = classifier.classify(gray, tta=4), classifier.classify(gray, tta=4)
+    assert first.uncertainty_method == "tta-4" and 0 <= first.uncertainty < 0.5
+    assert first.uncertainty == second.uncertainty
+
+
+def test_every_inference_writes_a_predictions_row_with_its_provenance(config, store, classifier):
+    [result] = ingest_files([("chest.dcm", dicom_bytes("RG1_UNCR.dcm"))], config, store)
+    image = get_image(store, result.image_id)
+    first = diagnose_image(config, store, classifier, image)
+    diagnose_image(config, store, classifier, image)
+    with store.read() as db:
+        rows = list(db.query("SELECT * FROM predictions ORDER BY id"))
+        audit = [r["action"] for r in db.query("SELECT action FROM audit_log")]
+    assert len(rows) == 2 and audit.count("predict") == 2
+    row = rows[0]
+    assert row["id"] == first.prediction_id and row["image_sha256"] == image["sha256"]
+    assert row["model_name"] == "cxr-pneumonia-resnet18" and row["weights_sha256"] == classifier.loaded.sha256
+    assert row["preprocessing"].startswith("gray 224x224") and row["cam_method"] == "gradcam"
+    assert row["probability"] == pytest.approx(first.prediction.probability)
+    assert json.loads(row["probabilities_raw"])["pneumonia"] == pytest.approx(row["probability_raw"])
+    assert row["label"] in ("normal", "pneumonia") and row["latency_ms"] > 0 and row["ood_flag"] == 0
+
+
+def test_a_review_is_stored_with_an_audit_row_and_shows_in_the_history(config, store, classifier):
+    [result] = ingest_files([("chest.dcm", dicom_bytes("RG1_UNCR.dcm"))], config, store)
+    done = diagnose_image(config, store, classifier, get_image(store, result.image_id))
+    add_review(store, "dr-a", result.case_id, "corrected", "normal", "  no consolidation ", done.prediction_id)
+    history = case_history(store, result.case_id)
+    assert history["reviews"][0]["verdict"] == "corrected" and history["reviews"][0]["comment"] == "no consolidation"
+    assert history["predictions"][0]["model_version"] == classifier.loaded.version
+    with store.read() as db:
+        audit = list(db.query("SELECT * FROM audit_log WHERE action = 'review'"))
+    assert audit[0]["actor"] == "dr-a" and json.loads(audit[0]["detail"])["prediction_id"] == done.prediction_id
+    with pytest.raises(EngineError, match="needs the correct label"):
+        add_review(store, "dr-a", result.case_id, "corrected")
+    with pytest.raises(EngineError, match="Unknown verdict"):
+        add_review(store, "dr-a", result.case_id, "maybe")
+
+
+def test_batch_diagnosis_a_missing_file_fails_alone(config, store, classifier):
+    results = ingest_files([(n, dicom_bytes(n)) for n in ("RG1_UNCR.dcm", "RG3_UNCR.dcm", "693_J2KR.dcm")],
+                           config, store)
+    broken = get_image(store, results[1].image_id)
+    (config.home / broken["path"]).unlink()
+    seen = []
+    done, failed = diagnose_cases(config, store, classifier, [r.case_id for r in results],
+                                  lambda n, total, what: seen.append((n, total)), batch_size=2)
+    assert [d.case_id for d in done] == [results[0].case_id, results[2].case_id]
+    assert list(failed) == [results[1].case_id] and "missing" in failed[results[1].case_id]
+    assert seen[-1] == (3, 3)
+    with store.read() as db:
+        assert db.execute("SELECT count(*) FROM predictions").fetchone()[0] == 2
+
+
+def test_the_shipped_model_is_installed_and_active_by_default(config, store):
+    assert "cxr-pneumonia-resnet18" in [m.name for m in installed_models(config)]
+    assert active_model(config, store).name == "cxr-pneumonia-resnet18"
+    assert load_classifier(config, store).loaded.sha256 == load_model(SHIPPED).sha256
+    with pytest.raises(EngineError, match="No installed model named"):
+        set_active(config, store, "nope")
+
+
+def test_classify_command_prints_json_per_image_and_writes_overlays(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "chest.dcm").write_bytes(dicom_bytes("RG1_UNCR.dcm"))
+    (folder / "broken.dcm").write_bytes(dicom_bytes("RG1_UNCR.dcm")[:2000])
+    run = _cli(tmp_path / "home", "classify", str(folder), "--cam-out", str(tmp_path / "cams"), "--json")
+    assert run.returncode == 1, run.stderr
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    good = next(r for r in lines if "label" in r)
+    bad = next(r for r in lines if "error" in r)
+    assert good["model"] == "cxr-pneumonia-resnet18" and 0 <= good["probability"] <= 1
+    assert {"uncertainty", "ood_score", "out_of_distribution", "latency_ms", "model_version",
+            "probabilities_raw"} <= set(good)
+    assert bad["file"] == "broken.dcm" and bad["error"]
+    from PIL import Image
+
+    cam = np.asarray(Image.open(good["cam"]))
+    assert cam.ndim == 3 and cam.shape[2] == 3 and cam.shape[:2] == (1955, 1841)
