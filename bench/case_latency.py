@@ -28,7 +28,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from bench.common import report
 from engine.config import Config
 from engine.diagnosis import get_image, gray_image, load_classifier, record_prediction
-from engine.explain import overlay
+from engine.explain import DISPLAY_MAX_SIDE, fit_within, overlay
 from engine.infer import Prediction
 from engine.ingest import ingest_files, open_store
 from engine.models import cam_layer
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
             st.mark("decode")
             prediction = classifier.classify(gray)
             st.mark("classify+cam")
-            overlay(gray, prediction.cam)
+            overlay(gray, prediction.cam, max_side=DISPLAY_MAX_SIDE)
             st.mark("overlay")
             record_prediction(store, classifier, image, prediction, "bench")
             st.mark("log")
@@ -95,8 +95,9 @@ def main(argv: list[str] | None = None) -> None:
             with GradCAM(model=typical_model, target_layers=[layer]) as cam:
                 heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(target)])[0]
             st.mark("classify+cam")
-            rgb = np.repeat(gray[..., None], 3, 2).astype(np.float32) / 255
-            show_cam_on_image(rgb, cv2.resize(heat, gray.shape[::-1]), use_rgb=True)
+            shown = fit_within(gray, DISPLAY_MAX_SIDE)  # the same display size as the single pass
+            rgb = np.repeat(shown[..., None], 3, 2).astype(np.float32) / 255
+            show_cam_on_image(rgb, cv2.resize(heat, shown.shape[::-1]), use_rgb=True)
             st.mark("overlay")
             p = float(probs[1])
             record_prediction(store, classifier, image, Prediction(
@@ -131,7 +132,9 @@ def main(argv: list[str] | None = None) -> None:
             "input_size": prep.size, "device": str(classifier.device), "cases": figures,
             "note": "single_pass = engine.infer.Classifier (one forward, head-only backward, channels_last) + "
                     "engine.explain.overlay; typical = no-grad forward + grad-cam GradCAM (second forward, full "
-                    "backward) + show_cam_on_image; both decode the stored file and write the prediction row",
+                    "backward) + show_cam_on_image; both decode the stored file (JPEG kept as uploaded minus "
+                    "metadata; DICOM), overlay at the page's display size (longest side "
+                    f"{DISPLAY_MAX_SIDE} px) and write the prediction row",
         })
 
 

@@ -9,7 +9,7 @@ import streamlit as st
 
 from dashboard.registry import page_path
 from engine.diagnosis import VERDICTS
-from engine.explain import COLORMAPS, overlay
+from engine.explain import COLORMAPS, DISPLAY_MAX_SIDE, overlay
 from engine.infer import OOD_WARNING, Prediction
 from engine.io.study import Rendered
 
@@ -19,7 +19,7 @@ __all__ = ["overlay_controls", "cam_view", "prediction_panel", "review_form", "h
 
 def overlay_controls() -> tuple[bool, float, str]:
     c1, c2, c3 = st.columns([1, 2, 1])
-    show = c1.toggle("Grad-CAM overlay", value=True)
+    show = c1.toggle("Overlay", value=True, help="Grad-CAM heatmap of the model's evidence")
     opacity = c2.slider("Opacity", 0.0, 1.0, 0.4, 0.05, disabled=not show)
     colormap = c3.selectbox("Colormap", list(COLORMAPS), disabled=not show)
     return show, opacity, colormap
@@ -28,11 +28,12 @@ def overlay_controls() -> tuple[bool, float, str]:
 def cam_view(gray, prediction: Prediction, show: bool, opacity: float, colormap: str) -> None:
     from dashboard.widgets import image_view
 
-    image = overlay(gray, prediction.cam, opacity, colormap) if show else gray
+    image = overlay(gray, prediction.cam, opacity, colormap, DISPLAY_MAX_SIDE) if show else gray
     image_view(Rendered(image, (), None), height=640)
     if show:
         st.caption(f"Grad-CAM ({prediction.cam_method}) of **{prediction.label}**: warm colours mark the regions "
-                   "that raised that class's score most. It shows where the model looked, not a lesion outline.")
+                   "that raised that class's score most. It shows where the model looked, not a lesion outline. "
+                   f"Shown at up to {DISPLAY_MAX_SIDE} px; the Viewer has the full resolution.")
 
 
 def prediction_panel(prediction: Prediction, model_name: str, model_version: str, positive: str) -> None:
@@ -40,7 +41,7 @@ def prediction_panel(prediction: Prediction, model_name: str, model_version: str
         st.warning(f"{OOD_WARNING} (OOD score {prediction.ood_score:.1f} > threshold "
                    f"{prediction.ood_threshold:.1f})", icon=":material/warning:")
     flagged = prediction.label == positive
-    st.metric(f"Calibrated probability of {positive}", f"{prediction.probability:.1%}")
+    st.metric(f"Calibrated probability of {positive}", percent(prediction.probability))
     side = ":orange-badge[Above" if flagged else ":green-badge[Below"
     st.markdown(f"{side} the operating threshold {prediction.threshold:.1%}: **{prediction.label}**]")
     spread = ("± {:.1%} (spread over test-time augmentation)" if prediction.uncertainty_method.startswith("tta")
@@ -54,11 +55,16 @@ def prediction_panel(prediction: Prediction, model_name: str, model_version: str
                  query_params={"model": model_name})
 
 
+def percent(p: float) -> str:
+    """A probability as a percentage that never rounds to a false 0 % or 100 %."""
+    return "> 99.9%" if p > 0.999 else "< 0.1%" if p < 0.001 else f"{p:.1%}"
+
+
 def probability_bars(prediction: Prediction) -> None:
     labels = list(prediction.probabilities)
     figure = go.Figure([
         go.Bar(y=labels, x=[prediction.probabilities[k] for k in labels], orientation="h", name="calibrated",
-               text=[f"{prediction.probabilities[k]:.1%}" for k in labels], textposition="auto"),
+               text=[percent(prediction.probabilities[k]) for k in labels], textposition="auto"),
         go.Bar(y=labels, x=[prediction.probabilities_raw[k] for k in labels], orientation="h", name="raw",
                opacity=0.45),
     ])
@@ -106,7 +112,7 @@ def card_metrics(card: dict) -> None:
     for key, name in _METRICS:
         row = {"Metric": name}
         for split, m in card["metrics"].items():
-            ci = f" ({m['auc_ci95'][0]:.3f}-{m['auc_ci95'][1]:.3f})" if key == "auc" else ""
+            ci = f" ({m['ci95'][key][0]:.3f}-{m['ci95'][key][1]:.3f})" if key in m.get("ci95", {}) else ""
             row[f"{split} (n={m['n']})"] = f"{m[key]:.3f}{ci}"
         rows.append(row)
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")

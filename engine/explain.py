@@ -22,7 +22,8 @@ from torch import nn
 
 from engine.errors import EngineError
 
-__all__ = ["CAM_METHODS", "COLORMAPS", "single_pass_cam", "standard_cam", "overlay", "head_only_backward"]
+__all__ = ["CAM_METHODS", "COLORMAPS", "single_pass_cam", "standard_cam", "overlay", "fit_within",
+           "head_only_backward", "DISPLAY_MAX_SIDE"]
 
 # grad-cam's own classes by name; methods that need no gradient or many forwards are listed for the
 # Explainability page but the single pass only makes sense for gradient methods.
@@ -30,6 +31,7 @@ CAM_METHODS: dict[str, type[BaseCAM]] = {
     "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "xgradcam": XGradCAM,
     "layercam": LayerCAM, "eigencam": EigenCAM, "scorecam": ScoreCAM, "ablationcam": AblationCAM,
 }
+DISPLAY_MAX_SIDE = 1280  # overlays on screen: a 2k film is shown at most this large
 SINGLE_PASS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam")
 
 COLORMAPS = {"jet": cv2.COLORMAP_JET, "inferno": cv2.COLORMAP_INFERNO, "viridis": cv2.COLORMAP_VIRIDIS,
@@ -94,12 +96,15 @@ def standard_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: in
     return logits, maps
 
 
-def overlay(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.4, colormap: str = "jet") -> np.ndarray:
+def overlay(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.4, colormap: str = "jet",
+            max_side: int | None = None) -> np.ndarray:
     """An RGB uint8 image: the CAM (any size, values in [0, 1]) resized onto the gray image. Each pixel's
     blend weight is alpha x its CAM value, so regions without evidence keep the radiograph unchanged
-    instead of being tinted by the colormap's low end."""
+    instead of being tinted by the colormap's low end. `max_side` first shrinks the image (area
+    interpolation) to what a screen shows; the CAM's own resolution is 1/32 of the model input anyway."""
     if colormap not in COLORMAPS:
         raise EngineError(f"Unknown colormap {colormap!r}. Available: {', '.join(COLORMAPS)}")
+    gray = fit_within(gray, max_side) if max_side else gray
     h, w = gray.shape[:2]
     heat = cv2.resize(cam.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
     np.clip(heat, 0.0, 1.0, out=heat)
@@ -107,3 +112,12 @@ def overlay(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.4, colormap: str
                           cv2.COLOR_BGR2RGB)
     weight = heat * np.float32(alpha)
     return cv2.blendLinear(colour, cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB), weight, 1.0 - weight)
+
+
+def fit_within(image: np.ndarray, max_side: int) -> np.ndarray:
+    """The image shrunk (area interpolation, aspect kept) so its longer side is at most max_side."""
+    h, w = image.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return image
+    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)

@@ -10,7 +10,6 @@ import hashlib
 import io
 import logging
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from engine.io import read_study
 from engine.io.archive import iter_zip
 from engine.io.deid import deidentify
 from engine.io.fields import fields_of
+from engine.io.jpeg import strip_jpeg_metadata
 from engine.io.sniff import is_zip
 from engine.io.study import Study
 from engine.store import Store, utc_now
@@ -75,7 +75,7 @@ def prepare(data: bytes, salt: str, config: Config) -> Prepared:
         stored, fields, key_uid = _deidentified_dicom(study, salt)
         extension = "dcm"
     else:
-        stored, extension = _png_bytes(study.frames[0]), "png"
+        stored, extension = _raster_bytes(data, study)
         fields, key_uid = fields_of(study, None), ""
     sha = hashlib.sha256(stored).hexdigest()
     return Prepared(study, stored, extension, fields, f"study:{key_uid}" if key_uid else f"image:{sha}", sha)
@@ -89,6 +89,21 @@ def _deidentified_dicom(study: Study, salt: str) -> tuple[bytes, dict, str]:
         return buffer.getvalue(), fields_of(study, deid), str(deid.get("StudyInstanceUID", ""))
     except Exception as exc:  # malformed header values only surface when pydicom converts them here
         raise UnreadableStudy(f"DICOM header could not be de-identified ({short_reason(exc)})") from None
+
+
+def _raster_bytes(data: bytes, study: Study) -> tuple[bytes, str]:
+    """A JPEG keeps its compressed image with the metadata segments removed, if it decodes to exactly the
+    pixels read (an EXIF rotation, for one, would not); anything else is re-encoded as PNG."""
+    if study.source_format == "jpeg":
+        stripped = strip_jpeg_metadata(data)
+        if stripped is not None:
+            try:
+                same = np.array_equal(read_study(stripped).frames[0], study.frames[0])
+            except EngineError:
+                same = False
+            if same:
+                return stripped, "jpg"
+    return _png_bytes(study.frames[0]), "png"
 
 
 def _png_bytes(pixels: np.ndarray) -> bytes:

@@ -88,3 +88,52 @@ def test_uids_are_replaced_consistently_per_salt():
     assert a.StudyInstanceUID.startswith("2.25.") and len(a.StudyInstanceUID) <= 64
     assert a.SOPClassUID == ds.SOPClassUID  # registered UIDs are kept
     assert a.StudyDate == b.StudyDate and a.SeriesDate == a.StudyDate  # one shift per patient
+
+
+def test_jpeg_metadata_is_dropped_and_the_compressed_image_kept_bit_exact(config, store):
+    """EXIF and COM segments can hold names; the stored JPEG keeps only what decoding needs."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from engine.ingest import ingest_files
+    from engine.io import read_study
+
+    pixels = np.tile(np.arange(0, 256, 2, dtype=np.uint8), (96, 1))
+    exif = Image.Exif()
+    exif[0x010E] = "DOE^JANE 1970-01-01"  # ImageDescription
+    exif[0x0112] = 1  # orientation: as stored
+    for progressive in (False, True):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "JPEG", exif=exif.tobytes(), comment=b"DOE^JANE MRN 12345",
+                                     progressive=progressive, quality=90)
+        upload = buffer.getvalue()
+        [result] = ingest_files([(f"jane-{progressive}.jpg", upload)], config, store)
+        with store.read() as db:
+            path = db.execute("SELECT path FROM images WHERE id = ?", [result.image_id]).fetchone()[0]
+        stored = (config.home / path).read_bytes()
+        assert path.endswith(".jpg") and b"DOE^JANE" not in stored and b"Exif" not in stored
+        assert np.array_equal(read_study(stored).frames[0], read_study(upload).frames[0])
+        assert len(stored) < len(upload)
+
+
+def test_a_rotated_jpeg_is_stored_as_png_with_the_rotation_applied(config, store):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from engine.ingest import ingest_files
+    from engine.io import read_study
+
+    pixels = np.tile(np.arange(0, 240, 3, dtype=np.uint8), (40, 1))  # 40 x 80
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", exif=exif.tobytes())
+    [result] = ingest_files([("rotated.jpg", buffer.getvalue())], config, store)
+    with store.read() as db:
+        path = db.execute("SELECT path FROM images WHERE id = ?", [result.image_id]).fetchone()[0]
+    stored = read_study((config.home / path).read_bytes())
+    assert path.endswith(".png") and stored.shape == (80, 40)

@@ -43,7 +43,8 @@ def test_train_resume_and_load(tmp_path, monkeypatch):
     assert card["data"]["counts"]["train"] == {"normal": 12, "pneumonia": 12}
     assert card["labels"] == ["normal", "pneumonia"] and card["preprocessing"]["size"] == 48
     assert card["calibration"]["temperature"] > 0 and 0 <= card["operating_point"]["threshold"] <= 1
-    assert {"auc", "auc_ci95", "sensitivity_at_specificity_0.90", "ece", "confusion"} <= set(card["metrics"]["test"])
+    assert {"auc", "ci95", "sensitivity_at_specificity_0.90", "ece", "confusion"} <= set(card["metrics"]["test"])
+    assert set(card["metrics"]["test"]["ci95"]) >= {"auc", "sensitivity", "specificity", "f1"}
     assert "python -m engine.train.run" in card["training"]["command"]
     assert not list(out.glob(".*tmp"))
 

@@ -6,20 +6,27 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-__all__ = ["split_report", "binary_report", "auc_ci", "sens_at_spec", "ece", "reliability", "fit_temperature",
+__all__ = ["split_report", "binary_report", "bootstrap_ci", "auc_ci", "sens_at_spec", "ece", "reliability", "fit_temperature",
            "threshold_for_specificity"]
 
 
-def auc_ci(y: np.ndarray, p: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """AUC with a percentile bootstrap 95 % CI (resampling images; resamples with one class are skipped)."""
+def bootstrap_ci(y: np.ndarray, p: np.ndarray, statistic, n_boot: int = 2000, seed: int = 0) -> dict[str, list[float]]:
+    """Percentile bootstrap 95 % CIs of every value `statistic(y, p)` returns, resampling images with a
+    fixed seed (reproducible); resamples holding one class only are skipped."""
     rng = np.random.default_rng(seed)
-    aucs = []
+    samples: dict[str, list[float]] = {}
     for _ in range(n_boot):
         idx = rng.integers(0, len(y), len(y))
         if 0 < y[idx].sum() < len(idx):
-            aucs.append(roc_auc_score(y[idx], p[idx]))
-    lo, hi = np.percentile(aucs, [2.5, 97.5])
-    return float(roc_auc_score(y, p)), float(lo), float(hi)
+            for key, value in statistic(y[idx], p[idx]).items():
+                samples.setdefault(key, []).append(value)
+    return {k: [float(v) for v in np.percentile(v, [2.5, 97.5])] for k, v in samples.items()}
+
+
+def auc_ci(y: np.ndarray, p: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """AUC with its percentile bootstrap 95 % CI."""
+    lo, hi = bootstrap_ci(y, p, lambda a, b: {"auc": roc_auc_score(a, b)}, n_boot, seed)["auc"]
+    return float(roc_auc_score(y, p)), lo, hi
 
 
 def sens_at_spec(y: np.ndarray, p: np.ndarray, spec: float = 0.90) -> float:
@@ -70,25 +77,31 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return log_t.exp().item()
 
 
-def binary_report(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
-    """Every metric on the model card for positive-class probabilities p and labels y (1 = positive)."""
-    pred = (p >= threshold).astype(int)
-    tp = int(((pred == 1) & (y == 1)).sum())
-    tn = int(((pred == 0) & (y == 0)).sum())
-    fp = int(((pred == 1) & (y == 0)).sum())
-    fn = int(((pred == 0) & (y == 1)).sum())
-    auc, lo, hi = auc_ci(y, p)
+def _point_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    pred = p >= threshold
+    tp, fp = int((pred & (y == 1)).sum()), int((pred & (y == 0)).sum())
+    tn, fn = int((~pred & (y == 0)).sum()), int((~pred & (y == 1)).sum())
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
-    fpr, tpr, _ = roc_curve(y, p)
     return {
-        "n": int(len(y)), "positives": int(y.sum()), "negatives": int(len(y) - y.sum()),
-        "auc": auc, "auc_ci95": [lo, hi],
-        "accuracy": (tp + tn) / len(y), "precision": precision,
+        "auc": float(roc_auc_score(y, p)), "accuracy": (tp + tn) / len(y), "precision": precision,
         "sensitivity": recall, "specificity": tn / (tn + fp) if tn + fp else 0.0,
         "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
         "sensitivity_at_specificity_0.90": sens_at_spec(y, p, 0.90),
-        "confusion": {"tp": tp, "fp": fp, "tn": tn, "fn": fn},
+    }
+
+
+def binary_report(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
+    """Every metric on the model card, each with a bootstrap 95 % CI, for positive-class probabilities p
+    and labels y (1 = positive); threshold-dependent metrics count p >= threshold as positive."""
+    pred = p >= threshold
+    fpr, tpr, _ = roc_curve(y, p)
+    return {
+        "n": int(len(y)), "positives": int(y.sum()), "negatives": int(len(y) - y.sum()),
+        **_point_metrics(y, p, threshold),
+        "ci95": bootstrap_ci(y, p, lambda a, b: _point_metrics(a, b, threshold)),
+        "confusion": {"tp": int((pred & (y == 1)).sum()), "fp": int((pred & (y == 0)).sum()),
+                      "tn": int((~pred & (y == 0)).sum()), "fn": int((~pred & (y == 1)).sum())},
         "ece": ece(y, p), "reliability": reliability(y, p),
         "roc": {"fpr": [round(float(v), 4) for v in fpr], "tpr": [round(float(v), 4) for v in tpr]},
     }

@@ -11,7 +11,6 @@ Used for the shipped model and by background jobs. Writes into --output:
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import random
