@@ -41,7 +41,8 @@ def prediction_panel(prediction: Prediction, model_name: str, model_version: str
         st.warning(f"{OOD_WARNING} (OOD score {prediction.ood_score:.1f} > threshold "
                    f"{prediction.ood_threshold:.1f})", icon=":material/warning:")
     flagged = prediction.label == positive
-    st.metric(f"Calibrated probability of {positive}", percent(prediction.probability))
+    caveat = " (unreliable for this image)" if prediction.out_of_distribution else ""
+    st.metric(f"Calibrated probability of {positive}{caveat}", percent(prediction.probability))
     side = ":orange-badge[Above" if flagged else ":green-badge[Below"
     st.markdown(f"{side} the operating threshold {prediction.threshold:.1%}: **{prediction.label}**]")
     spread = ("± {:.1%} (spread over test-time augmentation)" if prediction.uncertainty_method.startswith("tta")

@@ -136,8 +136,8 @@ def case_history(store: Store, case_id: int) -> dict[str, list[dict]]:
     """Every prediction (newest first, by model version) and every review of a case."""
     with store.read() as db:
         predictions = list(db.query(
-            "SELECT id, created_at, model_name, model_version, substr(weights_sha256, 1, 12) AS weights, label, "
-            "probability, uncertainty, uncertainty_method, ood_score, ood_flag, latency_ms, actor "
+            "SELECT id, created_at, label, probability, uncertainty, uncertainty_method, ood_score, ood_flag, "
+            "model_name, model_version, substr(weights_sha256, 1, 12) AS weights, latency_ms, actor "
             "FROM predictions WHERE case_id = ? ORDER BY id DESC", [case_id]))
         reviews = list(db.query(
             "SELECT id, created_at, reviewer, verdict, label, comment, prediction_id "
