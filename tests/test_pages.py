@@ -75,7 +75,8 @@ def test_viewer_unknown_case_is_one_clear_error(app_home):
 def test_diagnosis_shows_calibrated_probability_cam_and_saves_a_review(app_home):
     at = _run("pages/diagnosis.py", **{"radlens.current_case": 1})
     assert at.title[0].value == "Diagnosis"
-    assert at.metric[0].label == "Calibrated probability of pneumonia" and at.metric[0].value.endswith("%")  # "> 99.9%" at most
+    # RG1 is an adult film: the label may add "(unreliable for this image)"; the value is "> 99.9%" at most
+    assert at.metric[0].label.startswith("Calibrated probability of pneumonia") and at.metric[0].value.endswith("%")
     text = " ".join(m.value for m in at.markdown)
     assert "operating threshold" in text and "Uncertainty" in text and "OOD score" in text
     assert any("Grad-CAM (gradcam)" in c.value for c in at.caption)
