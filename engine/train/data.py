@@ -105,7 +105,7 @@ def _folder(root: Path, prep: Preprocessing, only: tuple[str, ...]) -> Splits:
     else:
         rows = [{"path": str(p.relative_to(root)), "label": p.parent.name, "split": p.parent.parent.name}
                 for split in SPLITS for p in sorted((root / split).glob("*/*")) if p.is_file()]
-    names = sorted({r["label"] for r in rows})
+    names = sorted({r["label"] for r in rows})  # alphabetical: the second label is the positive class
     if len(names) < 2:
         raise EngineError(f"{root}: need at least two labels, found {names or 'none'}")
     return Splits(names, _from_rows(rows, root, prep, names, only), f"folder {root}")

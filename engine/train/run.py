@@ -24,6 +24,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from engine.config import Config
+from engine.errors import EngineError
 from engine.models.checkpoint import atomic_write, load_state, save_model, save_state
 from engine.models.ood import fit_gaussian, mahalanobis
 from engine.models.preprocess import Preprocessing
@@ -103,6 +104,8 @@ def main(args: argparse.Namespace) -> dict:
     prep = Preprocessing(size=args.size, mean=round(float(train.images.mean()), 4),
                          std=round(float(train.images.std()), 4))
     n_classes = len(splits.label_names)
+    if n_classes != 2:  # the card's metrics, threshold and calibration are defined for two classes
+        raise EngineError(f"the training program handles two labels (negative, positive); got {splits.label_names}")
 
     model = create_model(args.model, num_classes=n_classes, pretrained=args.pretrained)
     model = model.to(device, memory_format=torch.channels_last)
@@ -200,4 +203,7 @@ def _calibrate_and_describe(model, args, splits, prep, feature_layer, device, be
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    try:
+        main(get_args_parser().parse_args())
+    except EngineError as error:
+        sys.exit(f"error: {error}")
