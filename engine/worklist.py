@@ -24,6 +24,14 @@ STATUSES = {
 }
 _COLUMNS = ("c.id, c.modality, c.body_part, c.view_position, c.study_description, c.study_date, "
             "c.received_at, c.image_count, c.burned_in_risk, c.source")
+# The latest prediction and review of each case on the page. Asked for the page's ids only: as
+# columns of the paged query SQLite would evaluate them for every matching row before sorting.
+_LATEST = ("SELECT c.id, "
+           "(SELECT label FROM predictions x WHERE x.case_id = c.id ORDER BY x.id DESC LIMIT 1) AS latest_label, "
+           "(SELECT probability FROM predictions x WHERE x.case_id = c.id ORDER BY x.id DESC LIMIT 1) "
+           "AS latest_probability, "
+           "(SELECT verdict FROM reviews x WHERE x.case_id = c.id ORDER BY x.id DESC LIMIT 1) AS latest_review "
+           "FROM cases c WHERE c.id IN ({ids})")
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,9 @@ def query_worklist(store: Store, q: WorklistQuery) -> WorklistPage:
         page = min(max(1, q.page), pages)
         sql = (f"SELECT {_COLUMNS} FROM cases c{where} ORDER BY {SORTS[q.sort]} LIMIT ? OFFSET ?")
         rows = list(db.query(sql, params + [q.page_size, (page - 1) * q.page_size]))
-    return WorklistPage(rows, total, page, pages)
+        ids = [r["id"] for r in rows]
+        latest = {r.pop("id"): r for r in db.query(_LATEST.format(ids=",".join("?" * len(ids))), ids)}
+    return WorklistPage([{**r, **latest[r["id"]]} for r in rows], total, page, pages)
 
 
 def facet_values(store: Store, column: str) -> list[str]:

@@ -151,3 +151,16 @@ def test_classify_command_prints_json_per_image_and_writes_overlays(tmp_path):
 
     cam = np.asarray(Image.open(good["cam"]))
     assert cam.ndim == 3 and cam.shape[2] == 3 and cam.shape[:2] == (1955, 1841)
+
+
+def test_the_worklist_shows_each_cases_latest_model_output_and_review(config, store, classifier):
+    from engine.worklist import WorklistQuery, query_worklist
+
+    [chest, ct] = ingest_files([(n, dicom_bytes(n)) for n in ("RG1_UNCR.dcm", "693_J2KR.dcm")], config, store)
+    done = diagnose_image(config, store, classifier, get_image(store, chest.image_id))
+    add_review(store, "dr-a", chest.case_id, "agree", prediction_id=done.prediction_id)
+    rows = {r["id"]: r for r in query_worklist(store, WorklistQuery()).rows}
+    assert rows[chest.case_id]["latest_label"] == done.prediction.label
+    assert rows[chest.case_id]["latest_probability"] == pytest.approx(done.prediction.probability)
+    assert rows[chest.case_id]["latest_review"] == "agree"
+    assert rows[ct.case_id]["latest_label"] is None and rows[ct.case_id]["latest_review"] is None
