@@ -13,7 +13,7 @@ from engine.cases import get_case, load_image
 from engine.config import Config, Limits
 from engine.ingest import ingest_files
 from engine.io.sniff import detect_format
-from tests.conftest import dicom_bytes, store_snapshot
+from tests.conftest import dicom_bytes, needs_data, store_snapshot
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -152,3 +152,15 @@ def test_every_action_is_audited(config, store):
     actions = [row["action"] for row in store.audit_rows()]
     assert "upload" in actions and "upload.failed" in actions
     assert all(row["actor"] == config.user for row in store.audit_rows())
+
+
+@needs_data
+def test_demo_seed_lands_every_study_once_and_names_the_chest_films(config, store):
+    from engine.demo import seed_demo
+    from engine.worklist import WorklistQuery, query_worklist
+
+    results = seed_demo(config, store)
+    assert len(results) == 18 and all(r.status == "ok" for r in results)
+    assert seed_demo(config, store) == []  # a second start adds nothing
+    chest = query_worklist(store, WorklistQuery(body_parts=("CHEST",), text="pediatric"))
+    assert chest.total == 12 and all(r["modality"] == "OT" for r in chest.rows)
