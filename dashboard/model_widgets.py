@@ -8,10 +8,12 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard.registry import page_path
+from dashboard.widgets import image_view
 from engine.diagnosis import VERDICTS
 from engine.explain import COLORMAPS, DISPLAY_MAX_SIDE, overlay
 from engine.infer import OOD_WARNING, Prediction
 from engine.io.study import Rendered
+from engine.models.preprocess import Preprocessing
 
 __all__ = ["overlay_controls", "cam_view", "prediction_panel", "review_form", "history", "card_metrics",
            "roc_chart", "reliability_chart", "prep_text", "card_details"]
@@ -26,8 +28,6 @@ def overlay_controls() -> tuple[bool, float, str]:
 
 
 def cam_view(gray, prediction: Prediction, show: bool, opacity: float, colormap: str) -> None:
-    from dashboard.widgets import image_view
-
     image = overlay(gray, prediction.cam, opacity, colormap, DISPLAY_MAX_SIDE) if show else gray
     image_view(Rendered(image, (), None), height=640)
     if show:
@@ -141,8 +141,6 @@ def reliability_chart(card: dict, split: str = "test") -> None:
 
 
 def prep_text(card: dict) -> str:
-    from engine.models.preprocess import Preprocessing
-
     return Preprocessing.from_dict(card["preprocessing"]).summary()
 
 

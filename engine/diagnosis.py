@@ -12,10 +12,9 @@ from engine.cases import get_case, load_image
 from engine.config import Config
 from engine.errors import EngineError, UnknownCase
 from engine.infer import Classifier, Prediction
-from engine.io import render
 from engine.models.catalog import active_model, find_model
 from engine.models.checkpoint import load_model
-from engine.models.preprocess import to_gray_uint8
+from engine.models.preprocess import model_view
 from engine.store import Store, utc_now
 
 __all__ = ["load_classifier", "get_image", "gray_image", "CaseResult", "VERDICTS", "diagnose_image", "diagnose_cases", "record_prediction", "add_review",
@@ -76,7 +75,7 @@ def record_prediction(store: Store, classifier: Classifier, image: dict, predict
 
 def gray_image(config: Config, image: dict) -> np.ndarray:
     """The stored image's display rendering (first frame, its own window) as 8-bit gray: the model's input."""
-    return to_gray_uint8(render(load_image(config, image)).image)
+    return model_view(load_image(config, image))
 
 
 def diagnose_image(config: Config, store: Store, classifier: Classifier, image: dict, tta: int = 0) -> CaseResult:

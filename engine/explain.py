@@ -18,6 +18,7 @@ import torch
 from pytorch_grad_cam import (AblationCAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM,
                               XGradCAM)
 from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from engine.errors import EngineError
@@ -87,8 +88,6 @@ def standard_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: in
                  method: str = "gradcam") -> tuple[torch.Tensor, np.ndarray]:
     """The typical pattern (the baseline): a plain forward for the prediction, then grad-cam's own forward
     and full backward. The model's parameters must require grad."""
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
     with torch.no_grad():
         logits = model(x)
     with CAM_METHODS[method](model=model, target_layers=[layer]) as cam:

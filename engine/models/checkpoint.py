@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -97,8 +97,6 @@ def save_model(path: Path, model: nn.Module, card: dict, extras: dict[str, torch
 
 def read_card(path: Path) -> dict:
     """The card stored inside a .safetensors file (the .json beside it is a copy for people)."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             card = json.loads((f.metadata() or {})["radlens_card"])

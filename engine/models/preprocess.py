@@ -18,8 +18,10 @@ import numpy as np
 import torch
 
 from engine.errors import BadCheckpoint
+from engine.io import render
+from engine.io.study import Study
 
-__all__ = ["Preprocessing", "to_gray_uint8"]
+__all__ = ["Preprocessing", "to_gray_uint8", "model_view"]
 
 
 @dataclass(frozen=True)
@@ -61,3 +63,9 @@ def to_gray_uint8(image: np.ndarray) -> np.ndarray:
         return image
     weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
     return np.clip(image[..., :3].astype(np.float32) @ weights + 0.5, 0, 255).astype(np.uint8)
+
+
+def model_view(study: Study) -> np.ndarray:
+    """What every model sees of a study, in training and at inference: the first frame as the viewer
+    renders it by default (its own window, MONOCHROME1 inverted), as 8-bit luminance."""
+    return to_gray_uint8(render(study).image)

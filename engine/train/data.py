@@ -17,8 +17,8 @@ import torch
 from torchvision.transforms import v2
 
 from engine.errors import EngineError
-from engine.io import read_study, render
-from engine.models.preprocess import Preprocessing, to_gray_uint8
+from engine.io import read_study
+from engine.models.preprocess import Preprocessing, model_view
 
 __all__ = ["ImageSet", "Splits", "DATASETS", "load_dataset", "gray_of_file", "augmentation", "SPLITS"]
 
@@ -46,7 +46,7 @@ class Splits:
 
 def gray_of_file(path: Path) -> np.ndarray:
     """The 8-bit grayscale image the viewer shows for a file (first frame)."""
-    return to_gray_uint8(render(read_study(Path(path).read_bytes())).image)
+    return model_view(read_study(Path(path).read_bytes()))
 
 
 def _from_rows(rows: list[dict], root: Path, prep: Preprocessing, label_names: list[str],

@@ -77,10 +77,14 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return log_t.exp().item()
 
 
-def _point_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+def _confusion(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, int]:
     pred = p >= threshold
-    tp, fp = int((pred & (y == 1)).sum()), int((pred & (y == 0)).sum())
-    tn, fn = int((~pred & (y == 0)).sum()), int((~pred & (y == 1)).sum())
+    return {"tp": int((pred & (y == 1)).sum()), "fp": int((pred & (y == 0)).sum()),
+            "tn": int((~pred & (y == 0)).sum()), "fn": int((~pred & (y == 1)).sum())}
+
+
+def _point_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    tp, fp, tn, fn = _confusion(y, p, threshold).values()
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     return {
@@ -94,14 +98,12 @@ def _point_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, 
 def binary_report(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
     """Every metric on the model card, each with a bootstrap 95 % CI, for positive-class probabilities p
     and labels y (1 = positive); threshold-dependent metrics count p >= threshold as positive."""
-    pred = p >= threshold
     fpr, tpr, _ = roc_curve(y, p)
     return {
         "n": int(len(y)), "positives": int(y.sum()), "negatives": int(len(y) - y.sum()),
         **_point_metrics(y, p, threshold),
         "ci95": bootstrap_ci(y, p, lambda a, b: _point_metrics(a, b, threshold)),
-        "confusion": {"tp": int((pred & (y == 1)).sum()), "fp": int((pred & (y == 0)).sum()),
-                      "tn": int((~pred & (y == 0)).sum()), "fn": int((~pred & (y == 1)).sum())},
+        "confusion": _confusion(y, p, threshold),
         "ece": ece(y, p), "reliability": reliability(y, p),
         "roc": {"fpr": [round(float(v), 4) for v in fpr], "tpr": [round(float(v), 4) for v in tpr]},
     }

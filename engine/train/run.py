@@ -152,7 +152,7 @@ def main(args: argparse.Namespace) -> dict:
     if args.half:  # evaluate exactly the weights that will be stored
         model.load_state_dict({k: v.half().float() if v.is_floating_point() else v
                                for k, v in model.state_dict().items()})
-    card = _calibrate_and_describe(model, args, splits, prep, feature_layer, device, best, started)
+    card = _calibrate_and_describe(model, name, args, splits, prep, feature_layer, device, best, started)
     card["training"]["epochs_run"] = epochs_run
     extras = card.pop("_extras")
     sha = save_model(out / f"{name}.safetensors", model.cpu(), card, extras=extras, half=args.half)
@@ -161,7 +161,7 @@ def main(args: argparse.Namespace) -> dict:
     return card
 
 
-def _calibrate_and_describe(model, args, splits, prep, feature_layer, device, best, started) -> dict:
+def _calibrate_and_describe(model, name, args, splits, prep, feature_layer, device, best, started) -> dict:
     """Temperature, operating threshold and OOD threshold fitted on validation; the test split reported."""
     sets = splits.sets
     outputs = {s: predict(model, sets[s].images, prep, feature_layer, device) for s in ("train", "val", "test")}
@@ -172,7 +172,6 @@ def _calibrate_and_describe(model, args, splits, prep, feature_layer, device, be
     val_ood = mahalanobis(outputs["val"][1], mean, precision).numpy()
     ood_threshold = float(np.quantile(val_ood, OOD_QUANTILE))
     metrics = {s: split_report(outputs[s][0], labels[s], temperature, threshold) for s in ("val", "test")}
-    name = args.name or f"{args.dataset}-{args.model}"
     return {
         "name": name, "version": args.version, "task": "classification", "arch": args.model,
         "model_args": {"num_classes": len(splits.label_names)},
