@@ -10,6 +10,7 @@ from dashboard import state
 from engine.cases import load_image
 from engine.config import Config
 from engine.diagnosis import load_classifier
+from engine.explainability import Explainer
 from engine.infer import Classifier
 from engine.ingest import open_store
 from engine.io.study import Study
@@ -42,3 +43,9 @@ def study(image_path: str, image_id: int) -> Study:
 def classifier(name: str) -> Classifier:
     """A loaded classifier shared by every session; Classifier serialises calls with its own lock."""
     return load_classifier(_base_config(), store(), name)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Preparing explanations...")
+def explainer(name: str) -> Explainer:
+    """Explanation methods for a cached classifier (shares its model and lock)."""
+    return Explainer(classifier(name))

@@ -7,3 +7,5 @@ WINDOW_PRESET = "radlens.window_preset"
 WINDOW_CENTER = "radlens.window_center"
 WINDOW_WIDTH = "radlens.window_width"
 DIAGNOSIS = "radlens.diagnosis"  # {(image id, weights sha, tta): CaseResult} so reruns do not re-log
+EXPLAIN_METHODS = "radlens.explain.methods"  # the methods the Explainability grid shows
+AUDIT_RUNNING = "radlens.audit.running"  # an audit was running at the last refresh

@@ -1,4 +1,4 @@
-"""Command line: python -m engine {init,ingest,render,classify} ... (see README)."""
+"""Command line: python -m engine {init,ingest,render,classify,audit} ... (see README)."""
 
 from __future__ import annotations
 
@@ -92,6 +92,26 @@ def _classify(args, config: Config) -> int:
     return 1 if failed else 0
 
 
+def _audit(args, config: Config) -> int:
+    from engine.audit import run_audit, start_audit
+    from engine.models.catalog import active_model
+
+    store = open_store(config)
+    if args.run is None:  # a new audit in the foreground
+        name = args.model or active_model(config, store, "classification").name
+        args.run = start_audit(config, store, name, args.method, args.dataset, args.split, args.layer, args.limit,
+                               background=False)
+    summary = run_audit(config, store, args.run)
+    if args.json:
+        print(json.dumps({k: v for k, v in summary.items() if k != "images"}, indent=2))
+    else:
+        print(f"audit {args.run}: {summary['n']} images; heatmap mass in the outer border "
+              f"{summary['border_share'][0]:.1%} (uniform {summary['uniform']['border_share']:.0%}), in the top "
+              f"corners {summary['corner_share'][0]:.1%} (uniform {summary['uniform']['corner_share']:.1%}); "
+              f"mean ROAD {summary['road'][0]:+.3f}")
+    return 0
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description="RadLens engine commands")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -112,10 +132,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     classify.add_argument("--cam-out", type=Path, help="folder for Grad-CAM overlay PNGs")
     classify.add_argument("--tta", type=int, default=0, help="test-time augmentation views for uncertainty")
     classify.add_argument("--json", action="store_true", help="one JSON object per line")
+    audit = sub.add_parser("audit", help="where the model looks across a dataset split (explanation audit)")
+    audit.add_argument("--model", help="installed classifier (default: the active one)")
+    audit.add_argument("--method", default="gradcam", help="explanation method (default: gradcam)")
+    audit.add_argument("--layer", help="target layer (default: the architecture's last stage)")
+    audit.add_argument("--dataset", default="cxr_pneumonia")
+    audit.add_argument("--split", default="test")
+    audit.add_argument("--limit", type=int, help="N images spread evenly over the split")
+    audit.add_argument("--run", type=int, help="execute an audit the dashboard queued (its id)")
+    audit.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser
 
 
-COMMANDS = {"init": _init, "ingest": _ingest, "render": _render, "classify": _classify}
+COMMANDS = {"init": _init, "ingest": _ingest, "render": _render, "classify": _classify, "audit": _audit}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,42 +1,177 @@
-"""Grad-CAM family explanations (pytorch-grad-cam) and the single-pass CAM used at inference.
+"""Grad-CAM family explanations (pytorch-grad-cam): the method registry, the single-pass CAM used at
+inference, and batched versions of the two many-forward methods.
 
 The usual pattern runs one forward for the prediction, then grad-cam runs a second forward and a backward
 through every parameter. Here the class score and the CAM come from ONE forward: a hook turns the target
 layer's output into a leaf tensor that requires grad, and the model's parameters do not, so autograd
-records only the head (pooling + classifier) and the backward runs through nothing else. The map equals
-grad-cam's standard GradCAM (tests/test_explain.py).
+records only the layers after it and the backward runs through nothing else. The map equals grad-cam's
+standard one (tests/test_explain.py).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
-from pytorch_grad_cam import (AblationCAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM,
-                              XGradCAM)
+import torch.nn.functional as F
+from pytorch_grad_cam import (AblationCAM, EigenCAM, EigenGradCAM, FullGrad, GradCAM, GradCAMPlusPlus, HiResCAM,
+                              LayerCAM, RandomCAM, ScoreCAM, XGradCAM)
+from pytorch_grad_cam.ablation_layer import AblationLayer
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from engine.errors import EngineError
 
-__all__ = ["CAM_METHODS", "COLORMAPS", "single_pass_cam", "standard_cam", "overlay", "fit_within",
-           "head_only_backward", "DISPLAY_MAX_SIDE"]
+__all__ = ["Method", "METHODS", "BASELINE", "CAM_METHODS", "COLORMAPS", "Progress", "compute_cam", "target_layers",
+           "inference_copy", "keep_top", "comparison_sheet", "png_bytes", "single_pass_cam", "standard_cam", "overlay", "fit_within", "head_only_backward",
+           "DISPLAY_MAX_SIDE"]
 
-# grad-cam's own classes by name; methods that need no gradient or many forwards are listed for the
-# Explainability page but the single pass only makes sense for gradient methods.
-CAM_METHODS: dict[str, type[BaseCAM]] = {
-    "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "xgradcam": XGradCAM,
-    "layercam": LayerCAM, "eigencam": EigenCAM, "scorecam": ScoreCAM, "ablationcam": AblationCAM,
-}
+Progress = Callable[[int, int], None]  # (done, total) forwards of a many-forward method
+
+
+class BatchedScoreCAM(ScoreCAM):
+    """grad-cam's ScoreCAM with the masked copies built one batch at a time (not all channels at once), run
+    through `inference_model` when set (a BN-folded channels_last copy: same scores, faster on CPU), with
+    progress. The weights are the library's: a softmax over channels of the target score of the input
+    masked by each upsampled, min-max normalised activation map."""
+
+    batch_size = 32
+    inference_model: nn.Module | None = None
+    progress: Progress | None = None
+
+    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
+        model = self.inference_model or self.model
+        with torch.no_grad():
+            maps = F.interpolate(torch.from_numpy(activations).to(self.device), size=input_tensor.shape[-2:],
+                                 mode="bilinear", align_corners=True)  # = the library's UpsamplingBilinear2d
+            low, high = maps.amin(dim=(2, 3), keepdim=True), maps.amax(dim=(2, 3), keepdim=True)
+            maps = (maps - low) / (high - low + 1e-8)
+            n, channels = maps.shape[:2]
+            weights = []
+            for i, target in enumerate(targets):
+                scores: list[float] = []
+                for start in range(0, channels, self.batch_size):
+                    batch = input_tensor[i][None] * maps[i, start:start + self.batch_size, None]
+                    scores += [float(target(o)) for o in model(batch.contiguous(memory_format=torch.channels_last))]
+                    if self.progress:
+                        self.progress(i * channels + len(scores), n * channels)
+                weights.append(torch.softmax(torch.tensor(scores), dim=-1))
+            return torch.stack(weights).numpy()
+
+
+class TailAblationCAM(AblationCAM):
+    """grad-cam's AblationCAM (its AblationLayer zeroes one channel per copy) where each batch of ablated
+    copies runs the layers BEFORE the target once, at batch size 1: a forward hook swaps the target's output
+    for the copies, so only the layers after it see the batch. Same scores; for a last-stage target 512 full
+    forwards become 512 head evaluations. Falls back to the library's full forwards when the layers after
+    the target need the front's batch (a concatenation across the target, as in DenseNet blocks)."""
+
+    progress: Progress | None = None
+
+    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
+        try:
+            return self._tail_weights(input_tensor, target_layer, targets, activations)
+        except RuntimeError:
+            return super().get_cam_weights(input_tensor, target_layer, targets, activations, grads)
+
+    def _tail_weights(self, input_tensor, target_layer, targets, activations):
+        ablation = AblationLayer()
+        acts = torch.from_numpy(activations).to(self.device)
+        n, channels = acts.shape[:2]
+        weights = np.zeros((n, channels), np.float32)
+        handle = target_layer.register_forward_hook(lambda module, inputs, output: ablation(output))
+        try:
+            with torch.no_grad():
+                for i, target in enumerate(targets):
+                    original = float(target(self.outputs[i]))
+                    for start in range(0, channels, self.batch_size):
+                        ablation.indices = np.arange(start, min(start + self.batch_size, channels))
+                        ablation.set_next_batch(i, acts, len(ablation.indices))
+                        scores = np.float32([float(target(o)) for o in self.model(input_tensor[i:i + 1])])
+                        weights[i, ablation.indices] = (original - scores) / original  # the library's weight
+                        if self.progress:
+                            self.progress(i * channels + int(ablation.indices[-1]) + 1, n * channels)
+        finally:
+            handle.remove()
+        return weights
+
+
+@dataclass(frozen=True)
+class Method:
+    """One explanation method: grad-cam's class and how RadLens runs it."""
+
+    name: str
+    title: str
+    cam: type[BaseCAM]
+    single_pass: bool  # gradient methods: the CAM comes out of the head-only backward
+    forwards: str  # cost, shown to the user
+    layer_free: bool = False  # FullGrad uses every bias layer, not the chosen one
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("gradcam", "Grad-CAM", GradCAM, True, "1"),
+    Method("gradcam++", "Grad-CAM++", GradCAMPlusPlus, True, "1"),
+    Method("xgradcam", "XGrad-CAM", XGradCAM, True, "1"),
+    Method("hirescam", "HiRes-CAM", HiResCAM, True, "1"),
+    Method("layercam", "Layer-CAM", LayerCAM, True, "1"),
+    Method("eigencam", "Eigen-CAM", EigenCAM, False, "1, no gradient"),
+    Method("eigengradcam", "EigenGrad-CAM", EigenGradCAM, True, "1"),
+    Method("fullgrad", "FullGrad", FullGrad, False, "1 + full backward to the input", layer_free=True),
+    Method("ablationcam", "Ablation-CAM", TailAblationCAM, False, "1 per channel (after the layer only)"),
+    Method("scorecam", "Score-CAM", BatchedScoreCAM, False, "1 per channel"),
+    Method("random", "Random (baseline)", RandomCAM, True, "1"),
+)}
+BASELINE = "random"  # grad-cam's RandomCAM: random channel weights; what "better than chance" is measured against
+CAM_METHODS: dict[str, type[BaseCAM]] = {name: m.cam for name, m in METHODS.items()}
 DISPLAY_MAX_SIDE = 1280  # overlays on screen: a 2k film is shown at most this large
-SINGLE_PASS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam")
 
 COLORMAPS = {"jet": cv2.COLORMAP_JET, "inferno": cv2.COLORMAP_INFERNO, "viridis": cv2.COLORMAP_VIRIDIS,
              "turbo": cv2.COLORMAP_TURBO}
+
+
+def target_layers(model: nn.Module, default: str) -> list[str]:
+    """Layers a CAM can use: the architecture's default (its last stage) first, then every conv layer from
+    the deepest to the first."""
+    convs = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    return [default] + [name for name in reversed(convs) if name != default]
+
+
+def inference_copy(model: nn.Module) -> nn.Module:
+    """A frozen eval copy with BatchNorm folded into the convolutions (torch.fx), channels_last: the same
+    outputs to float precision, for the many no-gradient forwards of Score-CAM and the faithfulness
+    metrics. Models fx cannot trace are copied unfused."""
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        fast = fuse(model.eval())
+    except Exception:  # noqa: BLE001 - tracing failures come in many types; the plain copy is always right
+        fast = copy.deepcopy(model)
+    return fast.to(memory_format=torch.channels_last).eval().requires_grad_(False)
+
+
+def compute_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, method: str, target: int, *,
+                batch_size: int = 32, progress: Progress | None = None,
+                inference_model: nn.Module | None = None) -> np.ndarray:
+    """(N, H, W) maps in [0, 1] of `method` for class `target`, always through grad-cam's `with` form so
+    its hooks are released. The model's parameters must not require grad (Classifier freezes them)."""
+    if method not in METHODS:
+        raise EngineError(f"Unknown explanation method {method!r}. Available: {', '.join(METHODS)}")
+    spec = METHODS[method]
+    if spec.single_pass:
+        return single_pass_cam(model, layer, x, lambda _: target, method)[1]
+    layers = [] if spec.layer_free else [layer]
+    gradients = torch.enable_grad() if method == "fullgrad" else nullcontext()
+    with gradients, spec.cam(model=model, target_layers=layers) as cam:
+        cam.batch_size = batch_size
+        cam.progress = progress
+        cam.inference_model = inference_model
+        return cam(input_tensor=x, targets=[ClassifierOutputTarget(target)] * len(x))
 
 
 @contextmanager
@@ -74,8 +209,8 @@ def single_pass_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor,
     The model's parameters must not require grad (Classifier freezes them); `choose` maps one image's
     logits to the class whose evidence the CAM shows.
     """
-    if method not in SINGLE_PASS:
-        raise EngineError(f"{method} cannot run in a single pass; use one of {', '.join(SINGLE_PASS)}")
+    if not METHODS[method].single_pass:
+        raise EngineError(f"{method} cannot run in a single pass")
     targets = [_Target(choose) for _ in range(len(x))]
     with torch.enable_grad(), head_only_backward(layer), CAM_METHODS[method](model=model, target_layers=[layer]) as cam:
         maps = cam(input_tensor=x, targets=targets)
@@ -120,3 +255,36 @@ def fit_within(image: np.ndarray, max_side: int) -> np.ndarray:
     if scale >= 1:
         return image
     return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+def keep_top(cam: np.ndarray, percent: float) -> np.ndarray:
+    """The map with everything below its top `percent` % of pixels set to 0 (100 keeps the whole map)."""
+    if percent >= 100:
+        return cam
+    return np.where(cam >= np.percentile(cam, 100 - percent), cam, 0).astype(cam.dtype)
+
+
+def comparison_sheet(gray: np.ndarray, cams: dict[str, np.ndarray], alpha: float = 0.4, colormap: str = "jet",
+                     columns: int = 3, tile: int = 512) -> np.ndarray:
+    """One RGB image: the overlays of several maps on the same image in a grid, each titled."""
+    tiles = []
+    for title, cam in cams.items():
+        image = overlay(gray, cam, alpha, colormap, max_side=tile)
+        canvas = np.full((tile + 40, tile, 3), 255, np.uint8)
+        h, w = image.shape[:2]
+        canvas[40 + (tile - h) // 2:40 + (tile - h) // 2 + h, (tile - w) // 2:(tile - w) // 2 + w] = image
+        cv2.putText(canvas, title, (8, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 0, 0), 2, cv2.LINE_AA)
+        tiles.append(canvas)
+    blank = np.full_like(tiles[0], 255)
+    tiles += [blank] * (-len(tiles) % columns)
+    rows = [np.hstack(tiles[i:i + columns]) for i in range(0, len(tiles), columns)]
+    return np.vstack(rows)
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """An RGB (or gray) uint8 image as PNG file bytes."""
+    image = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise EngineError("could not encode the image as PNG")
+    return encoded.tobytes()

@@ -65,12 +65,12 @@ class Classifier:
         self.threshold = float(loaded.card["operating_point"]["threshold"])
         self.ood_threshold = float(loaded.card["ood"]["threshold"])
         self.positive = loaded.labels.index(loaded.card["positive_label"])
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # also held by explanations: hooks live on the shared modules
         self._tta = v2.RandomAffine(degrees=5, translate=(0.03, 0.03), scale=(0.95, 1.05))
         size = loaded.preprocessing.size
         self.classify(np.zeros((size, size), np.uint8))  # warm-up: the first real case reports a true latency
 
-    def _choose(self, logits: torch.Tensor) -> int:
+    def choose(self, logits: torch.Tensor) -> int:
         p = torch.softmax(logits / self.temperature, dim=-1)[self.positive]
         return self.positive if float(p) >= self.threshold else 1 - self.positive
 
@@ -82,8 +82,8 @@ class Classifier:
         start = time.perf_counter()
         prep = self.loaded.preprocessing
         x = torch.cat([prep(g) for g in grays]).to(self.device, memory_format=torch.channels_last)
-        with self._lock:
-            logits, cams, chosen, activations = single_pass_cam(self.model, self.layer, x, self._choose)
+        with self.lock:
+            logits, cams, chosen, activations = single_pass_cam(self.model, self.layer, x, self.choose)
             spreads = self._tta_spread(x, tta) if tta else None
         features = pooled(activations)
         ood = mahalanobis(features, self.loaded.extras["ood_mean"].cpu(), self.loaded.extras["ood_precision"].cpu())

@@ -109,9 +109,31 @@ def _m002_prediction_provenance(db: Database) -> None:
     db["predictions"].create_index(["model_name", "model_version"])
 
 
+def _m003_explanations(db: Database) -> None:
+    """Cached explanation maps with their faithfulness, and dataset-level explanation audits."""
+    db["explanations"].create(
+        {
+            "id": int, "image_sha256": str, "weights_sha256": str, "model_name": str, "model_version": str,
+            "method": str, "target": str, "layer": str, "cam": bytes, "runtime_ms": float, "faithfulness": str,
+            "created_at": str,
+        },
+        pk="id",
+    )
+    db["explanations"].create_index(["image_sha256", "weights_sha256", "method", "target", "layer"], unique=True)
+    db["explanation_audits"].create(
+        {
+            "id": int, "model_name": str, "model_version": str, "weights_sha256": str, "method": str, "layer": str,
+            "dataset": str, "split": str, "limit_n": int, "status": str, "done": int, "total": int, "pid": int,
+            "error": str, "summary": str, "heatmaps": bytes, "actor": str, "created_at": str, "finished_at": str,
+        },
+        pk="id",
+    )
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (1, "initial schema", _m001_initial),
     (2, "prediction provenance", _m002_prediction_provenance),
+    (3, "explanations and explanation audits", _m003_explanations),
 )
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,26 @@ def _settle(page) -> None:
     page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=90_000)
 
 
+@contextmanager
+def _chest_film_page(server: str, tmp_path: Path, path: str, height: int):
+    """A pediatric chest X-ray (one of the demo's full-resolution films; RG1 without the data) ingested
+    as case 1, and a browser page open at `path`."""
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    data = Path(os.environ.get("RADLENS_DATA_DIR", "/nonexistent")) / "cxr_pneumonia_fullres"
+    film = data / "person1597_bacteria_4190.jpeg" if data.is_dir() else dicom_path("RG1_UNCR.dcm")
+    env = {**os.environ, "RADLENS_HOME": str(tmp_path / "home")}
+    subprocess.run([sys.executable, "-m", "engine", "ingest", str(film)], cwd=ROOT, env=env, check=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": height})
+        page.goto(server + path)
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
 def test_upload_worklist_viewer(server, tmp_path):
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     OUTPUT.mkdir(parents=True, exist_ok=True)
@@ -98,16 +119,7 @@ def test_upload_worklist_viewer(server, tmp_path):
 
 def test_diagnosis_of_a_chest_xray_shows_probability_and_overlay(server, tmp_path):
     """Open a pediatric chest X-ray (the demo's full-resolution films) in Diagnosis, then the model card."""
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    data = Path(os.environ.get("RADLENS_DATA_DIR", "/nonexistent")) / "cxr_pneumonia_fullres"
-    film = data / "person1597_bacteria_4190.jpeg" if data.is_dir() else dicom_path("RG1_UNCR.dcm")
-    env = {**os.environ, "RADLENS_HOME": str(tmp_path / "home")}
-    subprocess.run([sys.executable, "-m", "engine", "ingest", str(film)], cwd=ROOT, env=env, check=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 1100})
-        page.goto(server + "/diagnosis?case=1")
+    with _chest_film_page(server, tmp_path, "/diagnosis?case=1", height=1100) as page:
         _settle(page)
         page.wait_for_selector(".js-plotly-plot", timeout=60_000)
         page.get_by_text("Calibrated probability of pneumonia").wait_for()
@@ -120,10 +132,27 @@ def test_diagnosis_of_a_chest_xray_shows_probability_and_overlay(server, tmp_pat
         page.get_by_text("Installed weights").wait_for()
         page.wait_for_selector(".js-plotly-plot", timeout=60_000)
         page.screenshot(path=OUTPUT / "models.png", full_page=True)
-        browser.close()
     assert value.endswith("%") and 0 <= float(value.strip("<> %")) <= 100
     channels = image.astype(int)
     coloured = (np.abs(channels[..., 0] - channels[..., 2]) > 40).mean()  # the gray film has R == G == B
     assert coloured > 0.01, "no Grad-CAM colour on the displayed image"
     for name in ("diagnosis.png", "models.png"):
         assert (OUTPUT / name).stat().st_size > 10_000
+
+
+def test_explainability_grid_renders_three_methods_with_faithfulness(server, tmp_path):
+    """A chest X-ray on the Explainability page: three overlays, the faithfulness table, the curves."""
+    with _chest_film_page(server, tmp_path, "/explainability?case=1", height=2200) as page:
+        _settle(page)
+        page.get_by_text("Deletion curves").wait_for(timeout=180_000)
+        _settle(page)
+        overlays = page.locator('[data-testid="stImage"] img')
+        count = overlays.count()
+        first = np.asarray(Image.open(io.BytesIO(overlays.first.screenshot())).convert("RGB")).astype(int)
+        titles = [page.get_by_text(t, exact=True).count() for t in ("Grad-CAM", "Grad-CAM++", "Eigen-CAM")]
+        road = sum(page.get_by_text(t, exact=True).count() for t in ("above random", "not above random"))
+        page.screenshot(path=OUTPUT / "explainability.png", full_page=True)
+    assert count == 3 and all(titles), (count, titles)
+    assert road == 3
+    assert (np.abs(first[..., 0] - first[..., 2]) > 40).mean() > 0.01, "no heatmap colour on the first overlay"
+    assert (OUTPUT / "explainability.png").stat().st_size > 50_000

@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard.widgets import DISCLAIMER
 from engine.ingest import ingest_files
-from tests.conftest import dicom_bytes
+from tests.conftest import dicom_bytes, needs_data
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "dashboard" / "app.py")
@@ -107,3 +107,40 @@ def test_models_page_lists_weights_card_and_architectures(app_home):
     assert "Sensitivity @ spec 0.90" in list(metrics["Metric"])
     assert set(at.dataframe[-1].value["Architecture"]) >= {"resnet18", "densenet121", "convnext_tiny"}
     assert any("Known limitations" in m.value for m in at.markdown)
+
+
+def test_explainability_compares_three_methods_with_faithfulness_and_caches_them(app_home):
+    at = _run("pages/explainability.py", **{"radlens.current_case": 1})
+    assert at.title[0].value == "Explainability"
+    assert at.multiselect(key="radlens.explain.methods").value == ["gradcam", "gradcam++", "eigencam"]
+    assert len(at.image) == 3  # the grid: one overlay per method
+    table = at.dataframe[0].value
+    assert list(table["Method"]) == ["Grad-CAM", "Grad-CAM++", "Eigen-CAM", "Random (baseline)"]
+    assert table["ROAD"].notna().all() and {"Deletion AUC (MoRF)", "Keep-map change"} <= set(table.columns)
+    assert [b.label for b in at.get("download_button")][:1] == ["Comparison sheet"]
+    assert len(at.get("download_button")) == 4
+    at.slider[-1].set_value(20).run()  # top 20 % only: served from the store's cache
+    assert not at.exception
+    grid = " ".join(m.value for m in at.markdown)
+    assert grid.count("cached") == 3 and "random" in grid
+
+
+@needs_data
+def test_explainability_audit_tab_shows_a_stored_audit(app_home):
+    from engine.audit import run_audit, start_audit
+    from engine.ingest import open_store
+
+    store = open_store(app_home)
+    run_audit(app_home, store, start_audit(app_home, store, "cxr-pneumonia-resnet18", "gradcam", "cxr_pneumonia",
+                                           "test", limit=6, background=False))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    at.switch_page(str(ROOT / "pages/explainability.py"))
+    at.query_params["tab"] = "Dataset audit"
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    labels = [m.label for m in at.metric]
+    assert labels[:2] == ["Heatmap mass in the outer 10 % border", "Mass in the two top corners"]
+    assert "uniform map: 35%" in at.metric[0].delta
+    assert any("6 images" in m.value for m in at.markdown)
+    assert len(at.get("button")) >= 6  # "Open as a case" under each of the most-outside images
