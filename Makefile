@@ -48,6 +48,9 @@ bench: $(DEV_STAMP)
 	$(PY) -m bench.worklist
 	$(PY) -m bench.case_latency
 	$(PY) -m bench.ood
+	$(PY) -m bench.explain runtime
+	$(PY) -m bench.explain faithfulness --skip scorecam
+	$(PY) -m bench.explain faithfulness --methods scorecam,gradcam,random --every 4 --tag scorecam
 
 # Re-train the shipped classifier (the exact command is also in weights/cxr-pneumonia-resnet18.json).
 train: $(RUNTIME_STAMP)

@@ -13,15 +13,15 @@ import streamlit as st
 
 from dashboard import state
 from dashboard.registry import page_path
-from engine.audit import TOP_OUTSIDE, audit_heatmaps, dataset_file, list_audits
+from engine.audit import TOP_OUTSIDE, audit_heatmaps, dataset_file, get_audit, list_audits
 from engine.explain import BASELINE, COLORMAPS, METHODS, comparison_sheet, keep_top, overlay, png_bytes
 from engine.explainability import Explainer, Heatmap
 from engine.faithfulness import METRICS, REMOVED
 from engine.ingest import ingest_paths
 from engine.train.data import DATASETS, SPLITS, gray_of_file
 
-__all__ = ["method_controls", "display_controls", "overlay_grid", "faithfulness_table", "deletion_curves", "exports",
-           "audit_form", "audit_runs", "audit_title", "audit_view"]
+__all__ = ["method_controls", "display_controls", "comparison", "overlay_grid", "faithfulness_table", "deletion_curves", "exports",
+           "audit_intro", "audit_form", "audit_runs", "audit_picker", "audit_view"]
 
 DEFAULT_METHODS = ["gradcam", "gradcam++", "eigencam"]
 SLOW = ("scorecam",)  # seconds per image on a CPU: the user is told before choosing
@@ -50,6 +50,18 @@ def display_controls() -> tuple[float, str, int]:
     top = c3.slider("Show the top % of each map", 5, 100, 100, 5,
                     help="Hide everything below each map's top k % of pixels (100 = the whole map).")
     return opacity, colormap, top
+
+
+def comparison(gray, heatmaps: list[Heatmap], methods: list[str], opacity: float, colormap: str, top: int,
+               stem: str) -> None:
+    """The chosen methods' overlays, their faithfulness next to the random baseline's, curves, exports."""
+    baseline = next(h for h in heatmaps if h.method == BASELINE)
+    shown = [h for h in heatmaps if h.method in methods]
+    overlay_grid(gray, shown, baseline, opacity, colormap, top)
+    st.subheader("Faithfulness")
+    faithfulness_table(shown, baseline)
+    deletion_curves(shown, baseline)
+    exports(gray, shown, opacity, colormap, top, stem)
 
 
 def _runtime(h: Heatmap) -> str:
@@ -153,6 +165,8 @@ def audit_runs(store) -> None:
         "method": METHODS[r["method"]].title, "data": f"{r['dataset']} {r['split']}", "status": r["status"],
         "progress": r["done"] / r["total"] if r["total"] else 0.0, "border_share": r["border_share"],
         "corner_share": r["corner_share"], "road": r["road"], "error": r["error"]} for r in runs])
+    if frame["error"].isna().all():
+        frame = frame.drop(columns="error")
     st.dataframe(frame, hide_index=True, width="stretch",
                  column_config={"progress": st.column_config.ProgressColumn("Progress", min_value=0, max_value=1),
                                 "border_share": st.column_config.NumberColumn("Border mass", format="percent"),
@@ -160,10 +174,21 @@ def audit_runs(store) -> None:
                                 "road": st.column_config.NumberColumn("Mean ROAD", format="%+.2f")})
 
 
-def audit_title(runs: dict[int, dict]):
-    """A selectbox format_func naming an audit by model version, method and data."""
-    return lambda i: (f"#{i}: {runs[i]['model_name']} v{runs[i]['model_version']}, {METHODS[runs[i]['method']].title}, "
-                      f"{runs[i]['dataset']} {runs[i]['split']} ({runs[i]['created_at'][:16]})")
+def audit_intro(model_name: str) -> None:
+    st.caption(f"Run one method over a whole dataset split with **{model_name}**: how much of the heatmap falls "
+               "on the image border and the top corners (where markers and burned-in text sit), and how faithful "
+               "the maps are. Runs in the background; every run is kept for comparing model versions.")
+
+
+def audit_picker(store) -> dict | None:
+    """The finished audit to show (newest first), or None when there is none."""
+    runs = {r["id"]: r for r in list_audits(store) if r["status"] == "finished"}
+    if not runs:
+        return None
+    chosen = st.selectbox("Show audit", list(runs), format_func=lambda i: (
+        f"#{i}: {runs[i]['model_name']} v{runs[i]['model_version']}, {METHODS[runs[i]['method']].title}, "
+        f"{runs[i]['dataset']} {runs[i]['split']} ({runs[i]['created_at'][:16]})"))
+    return get_audit(store, chosen)
 
 
 def audit_view(config, store, row: dict, explainer: Explainer, colormap: str = "jet") -> None:

@@ -5,10 +5,9 @@ import streamlit as st
 
 from dashboard import explain_widgets as ew
 from dashboard import resources, widgets
-from engine.audit import get_audit, list_audits, start_audit
+from engine.audit import start_audit
 from engine.cases import get_case
 from engine.diagnosis import gray_image
-from engine.explain import BASELINE
 from engine.explainability import explain_image
 from engine.models.catalog import active_model
 
@@ -28,28 +27,18 @@ def case_view(explainer) -> None:
     heatmaps = explain_image(store, explainer, image, gray, methods, target, layer, config.user,
                              lambda done, what: bar.progress(done, text=what))
     bar.empty()
-    baseline = next(h for h in heatmaps if h.method == BASELINE)
-    shown = [h for h in heatmaps if h.method in methods]
-    ew.overlay_grid(gray, shown, baseline, opacity, colormap, top)
-    st.subheader("Faithfulness")
-    ew.faithfulness_table(shown, baseline)
-    ew.deletion_curves(shown, baseline)
-    ew.exports(gray, shown, opacity, colormap, top, f"case{case_id}-image{image['id']}")
+    ew.comparison(gray, heatmaps, methods, opacity, colormap, top, f"case{case_id}-image{image['id']}")
 
 
 def audit_view(model_name: str) -> None:
-    st.caption(f"Run one method over a whole dataset split with **{model_name}**: how much of the heatmap falls "
-               "on the image border and the top corners (where markers and burned-in text sit), and how faithful "
-               "the maps are. Runs in the background; every run is kept for comparing model versions.")
+    ew.audit_intro(model_name)
     request = ew.audit_form()
     if request:
         audit_id = start_audit(config, store, model_name, **request)
         st.success(f"Audit {audit_id} started in the background.", icon=":material/hourglass_top:")
     ew.audit_runs(store)
-    finished = {r["id"]: r for r in list_audits(store) if r["status"] == "finished"}
-    if finished:
-        chosen = st.selectbox("Show audit", list(finished), format_func=ew.audit_title(finished))
-        row = get_audit(store, chosen)
+    row = ew.audit_picker(store)
+    if row:
         ew.audit_view(config, store, row, resources.explainer(row["model_name"]))
 
 

@@ -43,7 +43,7 @@ def small():
 def _live_arrays() -> int:
     """Tensors and numpy arrays alive after a full collection: what a leaking CAM would accumulate."""
     gc.collect()
-    return sum(isinstance(o, (torch.Tensor, np.ndarray)) for o in gc.get_objects())
+    return sum(type(o) in (torch.Tensor, torch.nn.Parameter, np.ndarray) for o in gc.get_objects())
 
 
 def _hooks(model: torch.nn.Module) -> int:
