@@ -23,9 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from engine.config import Config
+from engine.diagnosis import load_classifier
 from engine.errors import EngineError
+from engine.explain import METHODS
 from engine.explainability import Explainer
 from engine.faithfulness import mean_ci
+from engine.models.catalog import find_model
 from engine.store import Store, utc_now
 from engine.train.data import DATASETS, load_dataset
 
@@ -122,19 +125,14 @@ def dataset_file(config: Config, dataset: str, name: str) -> Path | None:
 def start_audit(config: Config, store: Store, model_name: str, method: str, dataset: str, split: str,
                 layer: str | None = None, limit: int | None = None, background: bool = True) -> int:
     """Record an audit and (by default) start its background process; returns the audit id."""
-    from engine.explain import METHODS
-    from engine.models.catalog import find_model
-    from engine.models.checkpoint import read_card
-
     if method not in METHODS:
         raise EngineError(f"Unknown explanation method {method!r}. Available: {', '.join(METHODS)}")
     if dataset not in DATASETS:
         raise EngineError(f"Unknown dataset {dataset!r}. Available: {', '.join(DATASETS)}")
     installed = find_model(config, model_name)
-    card = read_card(installed.path)
     with store.write() as db:
         audit_id = db["explanation_audits"].insert({
-            "model_name": installed.name, "model_version": card["version"], "method": method, "layer": layer or "",
+            "model_name": installed.name, "model_version": installed.card["version"], "method": method, "layer": layer or "",
             "dataset": dataset, "split": split, "limit_n": limit, "status": "queued", "done": 0, "total": 0,
             "actor": config.user, "created_at": utc_now(),
         }).last_pk
@@ -148,43 +146,38 @@ def start_audit(config: Config, store: Store, model_name: str, method: str, data
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                    env={**os.environ, "RADLENS_HOME": str(config.home), "TQDM_DISABLE": "1",
                                         **({"RADLENS_DATA_DIR": str(config.data_dir)} if config.data_dir else {})})
-    with store.write() as db:
-        db["explanation_audits"].update(audit_id, {"pid": process.pid})
+    _update(store, audit_id, pid=process.pid)
     return audit_id
 
 
 def run_audit(config: Config, store: Store, audit_id: int) -> dict:
     """Execute a queued audit in this process, recording progress, the result or the failure."""
-    from engine.diagnosis import load_classifier
-
     row = get_audit(store, audit_id)
-    table = lambda db: db["explanation_audits"]  # noqa: E731
-    with store.write() as db:
-        table(db).update(audit_id, {"status": "running", "pid": os.getpid()})
+    _update(store, audit_id, status="running", pid=os.getpid())
     try:
         explainer = Explainer(load_classifier(config, store, row["model_name"]))
-
-        def progress(done: int, total: int) -> None:
-            with store.write() as db:
-                table(db).update(audit_id, {"done": done, "total": total})
-
         summary, heatmaps = audit_split(explainer, row["dataset"], row["split"], config.data_dir, row["method"],
-                                        row["layer"] or None, row["limit_n"], progress)
+                                        row["layer"] or None, row["limit_n"],
+                                        lambda done, total: _update(store, audit_id, done=done, total=total))
     except Exception as error:  # noqa: BLE001 - any failure is recorded on the row as one line, never lost
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        with store.write() as db:
-            table(db).update(audit_id, {"status": "failed", "error": message, "finished_at": utc_now()})
+        _update(store, audit_id, status="failed", error=message, finished_at=utc_now())
         raise EngineError(f"audit {audit_id} failed: {message}") from error
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **{label: cam.astype(np.float16) for label, cam in heatmaps.items()})
     loaded = explainer.classifier.loaded
     with store.write() as db:
-        table(db).update(audit_id, {
+        db["explanation_audits"].update(audit_id, {
             "status": "finished", "summary": json.dumps(summary), "heatmaps": buffer.getvalue(),
             "weights_sha256": loaded.sha256, "layer": row["layer"] or explainer.default_layer, "finished_at": utc_now()})
         Store.audit(db, row["actor"] or config.user, "explain.audit.finish", "explanation_audit", audit_id,
                     {"n": summary["n"], "border_share": summary["border_share"][0]})
     return summary
+
+
+def _update(store: Store, audit_id: int, **values) -> None:
+    with store.write() as db:
+        db["explanation_audits"].update(audit_id, values)
 
 
 def _alive(pid: int | None) -> bool:

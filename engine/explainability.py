@@ -7,7 +7,8 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,18 +97,15 @@ class Explainer:
         return out
 
 
-class _seeded_numpy:
+@contextmanager
+def _seeded_numpy(seed: int) -> Iterator[None]:
     """numpy's global generator seeded inside the block and restored after it."""
-
-    def __init__(self, seed: int):
-        self.seed = seed
-
-    def __enter__(self) -> None:
-        self.state = np.random.get_state()
-        np.random.seed(self.seed)
-
-    def __exit__(self, *exc) -> None:
-        np.random.set_state(self.state)
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 def encode_map(cam: np.ndarray) -> bytes:
