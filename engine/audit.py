@@ -207,11 +207,10 @@ def list_audits(store: Store) -> list[dict]:
 
 
 def get_audit(store: Store, audit_id: int) -> dict:
-    with store.read() as db:
-        rows = list(db.query("SELECT * FROM explanation_audits WHERE id = ?", [audit_id]))
-    if not rows:
+    row = store.row("explanation_audits", audit_id)
+    if row is None:
         raise EngineError(f"explanation audit {audit_id} does not exist")
-    return rows[0]
+    return row
 
 
 def audit_heatmaps(row: dict) -> dict[str, np.ndarray]:

@@ -42,11 +42,10 @@ def load_classifier(config: Config, store: Store, name: str | None = None) -> Cl
 
 
 def get_image(store: Store, image_id: int) -> dict:
-    with store.read() as db:
-        rows = list(db.query("SELECT * FROM images WHERE id = ?", [image_id]))
-    if not rows:
+    row = store.row("images", image_id)
+    if row is None:
         raise UnknownCase(f"image {image_id} does not exist")
-    return rows[0]
+    return row
 
 
 def record_prediction(store: Store, classifier: Classifier, image: dict, prediction: Prediction, actor: str) -> int:

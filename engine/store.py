@@ -191,6 +191,12 @@ class Store:
             db.execute("INSERT OR IGNORE INTO settings (key, value) VALUES ('uid_salt', ?)", [secrets.token_hex(32)])
         return applied
 
+    def row(self, table: str, row_id: int) -> dict | None:
+        """One row of `table` by primary key, or None."""
+        with self.read() as db:
+            rows = list(db.query(f"SELECT * FROM [{table}] WHERE id = ?", [row_id]))
+        return rows[0] if rows else None
+
     def setting(self, key: str) -> str | None:
         with self.read() as db:
             row = db.execute("SELECT value FROM settings WHERE key = ?", [key]).fetchone()
