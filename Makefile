@@ -51,11 +51,15 @@ bench: $(DEV_STAMP)
 	$(PY) -m bench.explain runtime
 	$(PY) -m bench.explain faithfulness --skip scorecam
 	$(PY) -m bench.explain faithfulness --methods scorecam,gradcam,random --every 4 --tag scorecam
+	$(PY) -m bench.segment quality
+	$(PY) -m bench.segment latency
 
-# Re-train the shipped classifier (the exact command is also in weights/cxr-pneumonia-resnet18.json).
+# Re-train the shipped models (the exact commands are also in their cards, weights/*.json).
 train: $(RUNTIME_STAMP)
 	$(PY) -m engine.train.run --dataset cxr_pneumonia --model resnet18 --size 224 --epochs 30 --patience 8 \
 		--half --threads 2 --name cxr-pneumonia-resnet18 --output $(RADLENS_HOME)/runs/cxr-pneumonia-resnet18
+	$(PY) -m engine.train.run --dataset hc18 --model unet --size 256 --epochs 40 --patience 10 --batch-size 16 \
+		--threads 2 --name hc18-unet --output $(RADLENS_HOME)/runs/hc18-unet
 
 clean:
 	rm -rf $(VENV) .radlens

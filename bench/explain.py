@@ -26,7 +26,8 @@ import numpy as np
 
 from bench.common import RESULTS, report
 from engine.explain import BASELINE, METHODS
-from engine.faithfulness import METRICS, mean_ci
+from engine.faithfulness import METRICS
+from engine.train.metrics import mean_ci
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "cxr-pneumonia-resnet18.safetensors"
 

@@ -18,7 +18,7 @@ from engine.explain import BASELINE, COLORMAPS, METHODS, comparison_sheet, keep_
 from engine.explainability import Explainer, Heatmap
 from engine.faithfulness import METRICS, REMOVED
 from engine.ingest import ingest_paths
-from engine.train.data import DATASETS, SPLITS, gray_of_file
+from engine.train.data import SPLITS, datasets, gray_of_file
 
 __all__ = ["method_controls", "display_controls", "comparison", "overlay_grid", "faithfulness_table", "deletion_curves", "exports",
            "audit_intro", "audit_form", "audit_runs", "audit_picker", "audit_view"]
@@ -140,7 +140,7 @@ def audit_form() -> dict | None:
     with st.form("audit"):
         c1, c2, c3, c4 = st.columns(4)
         method = c1.selectbox("Method", [m for m in METHODS if m != BASELINE], format_func=lambda m: METHODS[m].title)
-        dataset = c2.selectbox("Dataset", [d for d, (_, folder) in DATASETS.items() if folder])
+        dataset = c2.selectbox("Dataset", datasets("classification", in_data_dir=True))
         split = c3.selectbox("Split", SPLITS, index=SPLITS.index("test"))
         limit = c4.number_input("Images (0 = all)", 0, 10_000, 0, 10, help="Spread evenly over the split")
         if st.form_submit_button("Start audit", icon=":material/play_arrow:"):

@@ -16,7 +16,7 @@ from engine.io.study import Rendered
 from engine.models.preprocess import Preprocessing
 
 __all__ = ["overlay_controls", "cam_view", "prediction_panel", "review_form", "history", "card_metrics",
-           "roc_chart", "reliability_chart", "prep_text", "card_details"]
+           "roc_chart", "reliability_chart", "prep_text", "card_details", "headline", "card_summary", "seg_card_metrics"]
 
 
 def overlay_controls() -> tuple[bool, float, str]:
@@ -138,6 +138,50 @@ def reliability_chart(card: dict, split: str = "test") -> None:
     figure.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line_dash="dot", name="perfect")
     figure.update_layout(height=380, margin=dict(l=0, r=0, t=40, b=0))
     st.plotly_chart(figure, width="stretch")
+
+
+_SEG_METRICS = (("dice", "Dice", 3), ("iou", "IoU", 3), ("hd95_mm", "HD95 (mm)", 2),
+                ("hc_abs_error_mm", "HC absolute error (mm)", 2), ("hc_error_mm", "HC error, signed (mm)", 2),
+                ("hc_abs_error_of_truth_fit_mm", "Floor: HC error of the truth masks (mm)", 2))
+
+
+def seg_card_metrics(card: dict) -> None:
+    """Mean (95 % CI) [median, 90th percentile] per split, at the images' own size."""
+    rows = []
+    for key, name, digits in _SEG_METRICS:
+        row = {"Metric": name}
+        for split, m in card["metrics"].items():
+            v = m[key]
+            row[f"{split} (n={m['n']})"] = (f"{v['mean']:.{digits}f} ({v['ci95'][0]:.{digits}f}-{v['ci95'][1]:.{digits}f})"
+                                            f"  [median {v['median']:.{digits}f}, p90 {v['p90']:.{digits}f}]")
+        rows.append(row)
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+
+def headline(card: dict) -> str:
+    """The one-line test result the models table shows, per task."""
+    m = card["metrics"]["test"]
+    if card["task"] == "segmentation":
+        return f"Dice {m['dice']['mean']:.3f}, HC error {m['hc_abs_error_mm']['mean']:.2f} mm"
+    return f"AUC {m['auc']:.3f}"
+
+
+def card_summary(card: dict) -> None:
+    """The card's decision rules and its metrics, as the task defines them."""
+    if card["task"] == "segmentation":
+        rule = card["measurement"]
+        st.markdown(f"Post-processing: {card['postprocessing']}. Boundary offset "
+                    f"**{rule['boundary_offset_px']:.2f} px**, fitted on {rule['fitted_on']} ({rule['rule']}).")
+        seg_card_metrics(card)
+        return
+    st.markdown(f"Operating threshold {card['operating_point']['threshold']:.3f} ({card['operating_point']['rule']}); "
+                f"temperature {card['calibration']['temperature']:.3f}; OOD threshold {card['ood']['threshold']:.1f}")
+    card_metrics(card)
+    c1, c2 = st.columns(2)
+    with c1:
+        roc_chart(card)
+    with c2:
+        reliability_chart(card)
 
 
 def prep_text(card: dict) -> str:

@@ -27,6 +27,7 @@ PAGES = (
     PageSpec("pages/upload.py", "Upload", ":material/upload_file:", "upload"),
     PageSpec("pages/viewer.py", "Viewer", ":material/radiology:", "viewer"),
     PageSpec("pages/diagnosis.py", "Diagnosis", ":material/diagnosis:", "diagnosis"),
+    PageSpec("pages/segmentation.py", "Segmentation", ":material/donut_large:", "segmentation"),
     PageSpec("pages/explainability.py", "Explainability", ":material/blur_on:", "explainability"),
     PageSpec("pages/models.py", "Models", ":material/model_training:", "models"),
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import streamlit as st
 
 from dashboard import state
@@ -14,6 +15,8 @@ from engine.explainability import Explainer
 from engine.infer import Classifier
 from engine.ingest import open_store
 from engine.io.study import Study
+from engine.segment import Segmenter
+from engine.segmentation import load_segmenter
 from engine.store import Store
 
 
@@ -49,3 +52,12 @@ def classifier(name: str) -> Classifier:
 def explainer(name: str) -> Explainer:
     """Explanation methods for a cached classifier (shares its model and lock)."""
     return Explainer(classifier(name))
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading segmentation model...")
+def segmenter(name: str) -> Segmenter:
+    """A loaded segmentation model shared by every session (Segmenter serialises calls with its lock).
+    One warm-up call on a blank image takes the one-off CPU kernel set-up (hundreds of ms) off the first case."""
+    segmenter = load_segmenter(_base_config(), store(), name)
+    segmenter.segment(np.zeros((64, 64), np.uint8))
+    return segmenter

@@ -9,3 +9,4 @@ WINDOW_WIDTH = "radlens.window_width"
 DIAGNOSIS = "radlens.diagnosis"  # {(image id, weights sha, tta): CaseResult} so reruns do not re-log
 EXPLAIN_METHODS = "radlens.explain.methods"  # the methods the Explainability grid shows
 AUDIT_RUNNING = "radlens.audit.running"  # an audit was running at the last refresh
+SEGMENTATION = "radlens.segmentation"  # {(image id, weights sha, pixel size): CaseSegmentation}, as DIAGNOSIS

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TypeVar
 
 import pandas as pd
 import plotly.express as px
@@ -17,6 +18,7 @@ from engine.ingest import IngestResult, ingest_files
 from engine.io import presets
 from engine.io.study import Rendered, Spacing, Study, Window
 
+T = TypeVar("T")
 DISCLAIMER = "For research use only. Not for use in diagnostic procedures."
 _CUSTOM = "Custom..."
 
@@ -29,6 +31,17 @@ def engine_errors() -> Iterator[None]:
     except EngineError as error:
         st.error(str(error), icon=":material/error:")
         st.stop()
+
+
+def once_per_opening(state_key: str, key: tuple, compute: Callable[[], T], keep: int = 8) -> T:
+    """compute() once per key in this session, so a rerun (a slider moved) neither recomputes nor logs it
+    again; the last `keep` results are kept."""
+    results = st.session_state.setdefault(state_key, {})
+    if key not in results:
+        results[key] = compute()
+        while len(results) > keep:
+            results.pop(next(iter(results)))
+    return results[key]
 
 
 def open_case(case_id: int) -> None:

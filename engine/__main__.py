@@ -1,4 +1,4 @@
-"""Command line: python -m engine {init,ingest,render,classify,audit} ... (see README)."""
+"""Command line: python -m engine {init,ingest,render,classify,segment,audit} ... (see README)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from PIL import Image
@@ -13,7 +14,7 @@ from PIL import Image
 from engine.config import Config
 from engine.demo import seed_demo
 from engine.errors import EngineError
-from engine.ingest import ingest_paths, open_store, prepare
+from engine.ingest import IngestResult, ingest_paths, open_store, prepare
 from engine.io import render
 from engine.io.study import Window
 
@@ -57,20 +58,29 @@ def _render(args, config: Config) -> int:
     return 0
 
 
+def _landed(paths: list[Path], config: Config, store, failed: list) -> Iterator[tuple[IngestResult, dict]]:
+    """Ingest the paths; yield (result, image row) per landed file. A file that did not land prints one
+    JSON error line and is appended to `failed`; the others go on."""
+    from engine.diagnosis import get_image
+
+    for result in ingest_paths(paths, config, store):
+        if result.ok:
+            yield result, get_image(store, result.image_id)
+        else:
+            failed.append(result)
+            print(json.dumps({"file": result.file, "error": result.error}), flush=True)
+
+
 def _classify(args, config: Config) -> int:
-    from engine.diagnosis import diagnose_image, get_image, load_classifier
+    from engine.diagnosis import diagnose_image, load_classifier
     from engine.explain import overlay
 
-    store, failed = open_store(config), 0
+    store, failed = open_store(config), []
     classifier = load_classifier(config, store, args.model)
     if args.cam_out:
         args.cam_out.mkdir(parents=True, exist_ok=True)
-    for result in ingest_paths(args.paths, config, store):
-        if not result.ok:
-            failed += 1
-            print(json.dumps({"file": result.file, "error": result.error}), flush=True)
-            continue
-        done = diagnose_image(config, store, classifier, get_image(store, result.image_id), args.tta)
+    for result, image in _landed(args.paths, config, store, failed):
+        done = diagnose_image(config, store, classifier, image, args.tta)
         p = done.prediction
         record = {
             "file": result.file, "case_id": done.case_id, "prediction_id": done.prediction_id, "label": p.label,
@@ -89,6 +99,39 @@ def _classify(args, config: Config) -> int:
         else:
             flag = "  OUT OF DISTRIBUTION" if p.out_of_distribution else ""
             print(f"{result.file}: {p.label} (p={p.probability:.3f}, {p.latency_ms:.0f} ms){flag}", flush=True)
+    return 1 if failed else 0
+
+
+def _segment(args, config: Config) -> int:
+    from engine.segmentation import load_segmenter, manifest_match, mask_png, segment_case_image
+
+    store, failed = open_store(config), []
+    segmenter = load_segmenter(config, store, args.model)
+    if args.mask_out:
+        args.mask_out.mkdir(parents=True, exist_ok=True)
+    for result, image in _landed(args.paths, config, store, failed):
+        match = manifest_match(Path(result.file)) if Path(result.file).is_file() else None
+        done = segment_case_image(config, store, segmenter, image, args.pixel_size, match)
+        m, loaded = done.result.measurement, segmenter.loaded
+        record = {
+            "file": result.file, "case_id": done.case_id, "segmentation_id": done.segmentation_id,
+            "head_circumference": round(m.circumference, 2) if m else None,
+            "area": round(m.area, 1) if m else None, "unit": m.unit if m else None,
+            "spacing_mm": done.spacing.row_mm, "spacing_source": done.spacing.source,
+            "bbox": m.bbox if m else None, "mask_pixels": int(done.result.mask.sum()),
+            "latency_ms": round(done.result.latency_ms, 1), "model": loaded.name, "model_version": loaded.version,
+            **({"dice": round(done.scores["dice"], 4), "hd95": round(done.scores["hd95"], 3)} if done.scores else {}),
+        }
+        if args.mask_out:
+            record["mask"] = str(args.mask_out / f"case{done.case_id}-image{done.image_id}-mask.png")
+            Path(record["mask"]).write_bytes(mask_png(done.result.mask))
+        if args.json:
+            print(json.dumps(record), flush=True)
+        elif m:
+            print(f"{result.file}: HC {m.circumference:.1f} {m.unit}, area {m.area:.0f} {m.unit}2 "
+                  f"(spacing: {done.spacing.describe()}; {done.result.latency_ms:.0f} ms)", flush=True)
+        else:
+            print(f"{result.file}: no head found (empty mask)", flush=True)
     return 1 if failed else 0
 
 
@@ -132,6 +175,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     classify.add_argument("--cam-out", type=Path, help="folder for Grad-CAM overlay PNGs")
     classify.add_argument("--tta", type=int, default=0, help="test-time augmentation views for uncertainty")
     classify.add_argument("--json", action="store_true", help="one JSON object per line")
+    segment = sub.add_parser("segment", help="ingest images, segment them and measure the head circumference")
+    segment.add_argument("paths", nargs="+", type=Path)
+    segment.add_argument("--model", help="installed segmentation model (default: the active one)")
+    segment.add_argument("--pixel-size", type=float, help="pixel size in mm (default: the DICOM's own, else "
+                         "the manifest of the dataset folder the file sits in, else measure in pixels)")
+    segment.add_argument("--mask-out", type=Path, help="folder for mask PNGs (255 = head)")
+    segment.add_argument("--json", action="store_true", help="one JSON object per line")
     audit = sub.add_parser("audit", help="where the model looks across a dataset split (explanation audit)")
     audit.add_argument("--model", help="installed classifier (default: the active one)")
     audit.add_argument("--method", default="gradcam", help="explanation method (default: gradcam)")
@@ -144,7 +194,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"init": _init, "ingest": _ingest, "render": _render, "classify": _classify, "audit": _audit}
+COMMANDS = {"init": _init, "ingest": _ingest, "render": _render, "classify": _classify, "segment": _segment,
+            "audit": _audit}
 
 
 def main(argv: list[str] | None = None) -> int:

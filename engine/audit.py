@@ -27,10 +27,10 @@ from engine.diagnosis import load_classifier
 from engine.errors import EngineError
 from engine.explain import METHODS
 from engine.explainability import Explainer
-from engine.faithfulness import mean_ci
+from engine.train.metrics import mean_ci
 from engine.models.catalog import find_model
 from engine.store import Store, utc_now
-from engine.train.data import DATASETS, load_dataset
+from engine.train.data import DATASETS, datasets, load_dataset
 
 __all__ = ["BORDER", "CORNER", "AuditImage", "region_masks", "mass_shares", "audit_split", "start_audit", "run_audit",
            "list_audits", "get_audit", "audit_heatmaps", "dataset_file", "TOP_OUTSIDE"]
@@ -117,7 +117,7 @@ def _class_means(records: list[AuditImage]) -> dict:
 
 def dataset_file(config: Config, dataset: str, name: str) -> Path | None:
     """The file behind an audited image, when the dataset is a folder of files (to open it as a case)."""
-    folder = DATASETS[dataset][1]
+    folder = DATASETS[dataset].folder
     path = config.data_dir / folder / name if config.data_dir and folder else None
     return path if path and path.is_file() else None
 
@@ -127,8 +127,8 @@ def start_audit(config: Config, store: Store, model_name: str, method: str, data
     """Record an audit and (by default) start its background process; returns the audit id."""
     if method not in METHODS:
         raise EngineError(f"Unknown explanation method {method!r}. Available: {', '.join(METHODS)}")
-    if dataset not in DATASETS:
-        raise EngineError(f"Unknown dataset {dataset!r}. Available: {', '.join(DATASETS)}")
+    if dataset not in datasets("classification"):
+        raise EngineError(f"Unknown dataset {dataset!r}. Available: {', '.join(datasets('classification'))}")
     installed = find_model(config, model_name)
     with store.write() as db:
         audit_id = db["explanation_audits"].insert({

@@ -1,13 +1,17 @@
-"""Demo studies seeded on first start: real DICOMs from pydicom-data and real chest X-ray JPEGs."""
+"""Demo studies seeded on first start: real DICOMs from pydicom-data, real chest X-ray JPEGs and real fetal
+head ultrasounds (HC18 test split: three PNGs, and one wrapped as a US DICOM with its pixel size)."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
+import cv2
 from pydicom.data import get_testdata_file
 
 from engine.config import Config
 from engine.ingest import IngestResult, ingest_files
+from engine.io.wrap import ultrasound_dicom
 from engine.store import Store
 
 __all__ = ["DEMO_DICOMS", "demo_files", "seed_demo"]
@@ -16,6 +20,23 @@ __all__ = ["DEMO_DICOMS", "demo_files", "seed_demo"]
 DEMO_DICOMS = ("RG1_UNCR.dcm", "RG3_UNCR.dcm", "693_J2KR.dcm", "MR2_J2KR.dcm", "US1_J2KR.dcm", "emri_small.dcm")
 _FULLRES = "cxr_pneumonia_fullres"
 _FULLRES_DESCRIPTION = "Pediatric chest X-ray (Kermany 2018, demo)"
+_HC18 = "hc18"
+_HC18_DESCRIPTION = "Fetal head ultrasound (HC18, demo)"
+_HC18_N = 4  # test-split images; the last is wrapped as DICOM
+
+
+def _hc18_items(config: Config) -> list[tuple[str, bytes]]:
+    folder = config.data_dir / _HC18 if config.data_dir else None
+    if folder is None or not (folder / "manifest.csv").is_file():
+        return []
+    with open(folder / "manifest.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "test"][:_HC18_N]
+    items = [(Path(r["image"]).name, (folder / r["image"]).read_bytes()) for r in rows[:-1]]
+    last = rows[-1]
+    gray = cv2.imread(str(folder / last["image"]), cv2.IMREAD_GRAYSCALE)
+    items.append((Path(last["image"]).stem + ".dcm", ultrasound_dicom(gray, float(last["pixel_size_mm"]),
+                                                                      _HC18_DESCRIPTION)))
+    return items
 
 
 def demo_files(config: Config) -> list[Path]:
@@ -31,12 +52,16 @@ def seed_demo(config: Config, store: Store) -> list[IngestResult]:
         return []
     files = demo_files(config)
     results = ingest_files(((p.name, p.read_bytes()) for p in files), config, store, source="demo")
-    # JPEGs carry no header: say what the dataset's README says they are, so the worklist is readable.
+    heads = ingest_files(_hc18_items(config), config, store, source="demo")
+    # PNGs and JPEGs carry no header: say what the dataset's README says they are, so the worklist is readable.
     films = [r.case_id for p, r in zip(files, results) if p.parent.name == _FULLRES and r.status == "ok"]
+    described = [(c, {"body_part": "CHEST", "study_description": _FULLRES_DESCRIPTION}) for c in films]
+    described += [(r.case_id, {"modality": "US", "body_part": "HEAD", "study_description": _HC18_DESCRIPTION})
+                  for r in heads if r.status == "ok"]
     with store.write() as db:
-        for case_id in films:
-            db["cases"].update(case_id, {"body_part": "CHEST", "study_description": _FULLRES_DESCRIPTION})
-            db.execute("UPDATE images SET body_part = 'CHEST', study_description = ? WHERE case_id = ?",
-                       [_FULLRES_DESCRIPTION, case_id])
+        for case_id, fields in described:
+            db["cases"].update(case_id, fields)
+            db.execute(f"UPDATE images SET {', '.join(f'{k} = ?' for k in fields)} WHERE case_id = ?",
+                       [*fields.values(), case_id])
         db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('demo_seeded', '1')")
-    return results
+    return results + heads

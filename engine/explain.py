@@ -155,15 +155,17 @@ def inference_copy(model: nn.Module) -> nn.Module:
     return fast.to(memory_format=torch.channels_last).eval().requires_grad_(False)
 
 
-def compute_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, method: str, target: int, *,
+def compute_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, method: str, target: int | Callable, *,
                 batch_size: int = 32, progress: Progress | None = None,
                 inference_model: nn.Module | None = None) -> np.ndarray:
-    """(N, H, W) maps in [0, 1] of `method` for class `target`, always through grad-cam's `with` form so
-    its hooks are released. The model's parameters must not require grad (Classifier freezes them)."""
+    """(N, H, W) maps in [0, 1] of `method` for class `target` (or any grad-cam target object, such as
+    SemanticSegmentationTarget for a mask), always through grad-cam's `with` form so its hooks are
+    released. The model's parameters must not require grad (Classifier freezes them); with a target
+    object and a gradient method, wrap the call in `head_only_backward(layer)`."""
     if method not in METHODS:
         raise EngineError(f"Unknown explanation method {method!r}. Available: {', '.join(METHODS)}")
     spec = METHODS[method]
-    if spec.single_pass:
+    if spec.single_pass and isinstance(target, int):
         return single_pass_cam(model, layer, x, lambda _: target, method)[1]
     layers = [] if spec.layer_free else [layer]
     gradients = torch.enable_grad() if method == "fullgrad" else nullcontext()
@@ -171,7 +173,7 @@ def compute_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, method: str
         cam.batch_size = batch_size
         cam.progress = progress
         cam.inference_model = inference_model
-        return cam(input_tensor=x, targets=[ClassifierOutputTarget(target)] * len(x))
+        return cam(input_tensor=x, targets=[ClassifierOutputTarget(target) if isinstance(target, int) else target] * len(x))
 
 
 @contextmanager

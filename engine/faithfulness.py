@@ -25,7 +25,7 @@ from scipy.sparse import csc_matrix
 from scipy.sparse.linalg import spsolve
 from torch import nn
 
-__all__ = ["FastNoisyLinearImputer", "LogOddsTarget", "Faithfulness", "REMOVED", "score_map", "mean_ci", "METRICS"]
+__all__ = ["FastNoisyLinearImputer", "LogOddsTarget", "Faithfulness", "REMOVED", "score_map", "METRICS"]
 
 # Fractions of pixels removed. grad-cam's ARCC uses these four ROAD percentiles; each costs one sparse
 # solve per map (0.05-0.5 s on this CPU), so nine would more than double the time for little change.
@@ -139,12 +139,3 @@ def score_map(model: nn.Module, x: torch.Tensor, cam: np.ndarray, target: int, s
         morf=tuple(map(float, morf)), lerf=tuple(map(float, lerf)), morf_auc=_area(confidence, morf),
         lerf_auc=_area(confidence, lerf), complexity=float(Complexity()(cams)[0]),
     )
-
-
-def mean_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean with its percentile bootstrap 95 % CI (resampling images, fixed seed)."""
-    values = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (n_boot, len(values)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(values.mean()), float(low), float(high)

@@ -130,10 +130,26 @@ def _m003_explanations(db: Database) -> None:
     )
 
 
+def _m004_segmentations(db: Database) -> None:
+    """Every segmentation with its mask, measurements, provenance and agreement with a ground truth."""
+    db["segmentations"].create(
+        {
+            "id": int, "case_id": int, "image_id": int, "image_sha256": str, "model_name": str,
+            "model_version": str, "weights_sha256": str, "mask_png": bytes, "mask_pixels": int,
+            "circumference": float, "area": float, "unit": str, "ellipse": str, "bbox": str, "spacing_mm": float,
+            "spacing_source": str, "dice": float, "iou": float, "hd95": float, "truth_source": str,
+            "preprocessing": str, "device": str, "latency_ms": float, "actor": str, "created_at": str,
+        },
+        pk="id", foreign_keys=[("case_id", "cases", "id"), ("image_id", "images", "id")],
+    )
+    db["segmentations"].create_index(["case_id"])
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (1, "initial schema", _m001_initial),
     (2, "prediction provenance", _m002_prediction_provenance),
     (3, "explanations and explanation audits", _m003_explanations),
+    (4, "segmentations", _m004_segmentations),
 )
 
 

@@ -24,13 +24,15 @@ STATUSES = {
 }
 _COLUMNS = ("c.id, c.modality, c.body_part, c.view_position, c.study_description, c.study_date, "
             "c.received_at, c.image_count, c.burned_in_risk, c.source")
-# The latest prediction and review of each case on the page. Asked for the page's ids only: as
+# The latest prediction, review and measurement of each case on the page. Asked for the page's ids only: as
 # columns of the paged query SQLite would evaluate them for every matching row before sorting.
 _LATEST = ("SELECT c.id, "
            "(SELECT label FROM predictions x WHERE x.case_id = c.id ORDER BY x.id DESC LIMIT 1) AS latest_label, "
            "(SELECT probability FROM predictions x WHERE x.case_id = c.id ORDER BY x.id DESC LIMIT 1) "
            "AS latest_probability, "
-           "(SELECT verdict FROM reviews x WHERE x.case_id = c.id ORDER BY x.id DESC LIMIT 1) AS latest_review "
+           "(SELECT verdict FROM reviews x WHERE x.case_id = c.id ORDER BY x.id DESC LIMIT 1) AS latest_review, "
+           "(SELECT printf('HC %.1f %s', circumference, unit) FROM segmentations x WHERE x.case_id = c.id "
+           "AND circumference IS NOT NULL ORDER BY x.id DESC LIMIT 1) AS latest_measurement "
            "FROM cases c WHERE c.id IN ({ids})")
 
 

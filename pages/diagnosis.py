@@ -16,13 +16,8 @@ with widgets.engine_errors():
     classifier = resources.classifier(installed.name)
     image = widgets.image_picker(get_case(store, case_id))
     tta = 8 if st.toggle("Test-time augmentation uncertainty (9 forwards instead of 1)", key="diagnosis.tta") else 0
-    key = (image["id"], classifier.loaded.sha256, tta)
-    results = st.session_state.setdefault(state.DIAGNOSIS, {})
-    if key not in results:  # one logged prediction per opening, not per rerun; the last 8 kept
-        results[key] = diagnose_image(config, store, classifier, image, tta)
-        while len(results) > 8:
-            results.pop(next(iter(results)))
-    result = results[key]
+    result = widgets.once_per_opening(state.DIAGNOSIS, (image["id"], classifier.loaded.sha256, tta),
+                                      lambda: diagnose_image(config, store, classifier, image, tta))
 
     left, right = st.columns([3, 2])
     with left:

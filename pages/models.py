@@ -12,32 +12,26 @@ st.title("Models")
 
 with widgets.engine_errors():
     models = installed_models(config)
-    active = active_model(config, store, "classification").name if models else None
+    active = {task: active_model(config, store, task).name for task in sorted({m.task for m in models})}
     st.subheader("Installed weights")
     st.dataframe(pd.DataFrame([{
         "Name": m.name, "Version": m.card["version"], "Task": m.task, "Architecture": m.card["arch"],
-        "Test AUC": m.card["metrics"]["test"]["auc"], "Active": m.name == active,
+        "Test split": model_widgets.headline(m.card), "Active": active.get(m.task) == m.name,
         "Source": "shipped" if m.shipped else "trained here", "File": m.path.name} for m in models]),
-        hide_index=True, width="stretch", column_config={"Test AUC": st.column_config.NumberColumn(format="%.3f")})
+        hide_index=True, width="stretch")
     names = [m.name for m in models]
-    wanted = st.query_params.get("model", active)
+    wanted = st.query_params.get("model", active.get("classification"))
     name = st.selectbox("Model card", names, index=names.index(wanted) if wanted in names else 0)
     if name:
         model = next(m for m in models if m.name == name)
         card = model.card
-        if name != active and st.button(f"Make {name} the active model", icon=":material/check_circle:"):
+        if name != active[model.task] and st.button(f"Make {name} the active model", icon=":material/check_circle:"):
             set_active(config, store, name)
             st.rerun()
-        st.markdown(f"**{name}** v{card['version']} - {card['arch']}, labels {', '.join(card['labels'])}  \n"
-                    f"Data: {card['data']['description']}  \nPreprocessing: `{model_widgets.prep_text(card)}`  \n"
-                    f"Operating threshold {card['operating_point']['threshold']:.3f} ({card['operating_point']['rule']}); "
-                    f"temperature {card['calibration']['temperature']:.3f}; OOD threshold {card['ood']['threshold']:.1f}")
-        model_widgets.card_metrics(card)
-        c1, c2 = st.columns(2)
-        with c1:
-            model_widgets.roc_chart(card)
-        with c2:
-            model_widgets.reliability_chart(card)
+        st.markdown(f"**{name}** v{card['version']} - {card['task']}, {card['arch']}, labels "
+                    f"{', '.join(card['labels'])}  \nData: {card['data']['description']}  \n"
+                    f"Preprocessing: `{model_widgets.prep_text(card)}`")
+        model_widgets.card_summary(card)
         model_widgets.card_details(card)
 
     st.subheader("Registered architectures")

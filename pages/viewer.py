@@ -26,5 +26,7 @@ with widgets.engine_errors():
         widgets.image_facts(image, study, study.spacing)
         st.page_link(page_path("diagnosis"), label="Diagnose this case", icon=":material/diagnosis:",
                      query_params={"case": case_id})
+        st.page_link(page_path("segmentation"), label="Segment this case", icon=":material/donut_large:",
+                     query_params={"case": case_id})
     st.subheader("De-identified header")
     widgets.tag_table(study)

@@ -25,12 +25,12 @@ result = query_worklist(store, WorklistQuery(
     status, text, sort, int(page)))
 
 st.caption(f"{result.total:,} case(s) - page {result.page} of {result.pages}. Select a row to open it.")
-frame = pd.DataFrame(result.rows, columns=["id", "modality", "body_part", "study_description", "latest_label",
-                                           "latest_probability", "latest_review", "view_position", "study_date",
-                                           "received_at", "image_count", "burned_in_risk", "source"])
-frame.columns = ["Case", "Modality", "Body part", "Description", "Model output", "Probability", "Review", "View",
-                 "Study date (shifted)", "Received (UTC)", "Images", "Burned-in text risk", "Source"]
-frame[["Model output", "Review"]] = frame[["Model output", "Review"]].fillna("")
+frame = pd.DataFrame(result.rows, columns=[
+    "id", "modality", "body_part", "study_description", "latest_label", "latest_probability", "latest_measurement",
+    "latest_review", "view_position", "study_date", "received_at", "image_count", "burned_in_risk", "source"])
+frame.columns = ["Case", "Modality", "Body part", "Description", "Model output", "Probability", "Measurement",
+                 "Review", "View", "Study date (shifted)", "Received (UTC)", "Images", "Burned-in text risk", "Source"]
+frame[["Model output", "Measurement", "Review"]] = frame[["Model output", "Measurement", "Review"]].fillna("")
 frame["Burned-in text risk"] = frame["Burned-in text risk"].map({1: "possible", 0: ""})
 frame["Received (UTC)"] = frame["Received (UTC)"].str.slice(0, 19).str.replace("T", " ")
 widgets.case_table(frame, "worklist", {"Probability": st.column_config.ProgressColumn(

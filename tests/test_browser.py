@@ -156,3 +156,47 @@ def test_explainability_grid_renders_three_methods_with_faithfulness(server, tmp
     assert road == 3
     assert (np.abs(first[..., 0] - first[..., 2]) > 40).mean() > 0.01, "no heatmap colour on the first overlay"
     assert (OUTPUT / "explainability.png").stat().st_size > 50_000
+
+
+def test_segmentation_of_an_hc18_case_shows_contour_and_circumference(server, tmp_path):
+    """A fetal-head ultrasound from the HC18 test split, wrapped as a US DICOM (pixel size in its
+    ultrasound regions), on the Segmentation page: the green contour on screen and the HC in mm."""
+    import csv
+
+    import cv2
+
+    from engine.io.wrap import ultrasound_dicom
+
+    data = Path(os.environ.get("RADLENS_DATA_DIR", "/nonexistent")) / "hc18"
+    if not data.is_dir():
+        pytest.skip("RADLENS_DATA_DIR (../shared/data) is not present")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    with open(data / "manifest.csv", newline="") as f:
+        row = [r for r in csv.DictReader(f) if r["split"] == "test"][10]
+    gray = cv2.imread(str(data / row["image"]), cv2.IMREAD_GRAYSCALE)
+    dcm = tmp_path / "head.dcm"
+    dcm.write_bytes(ultrasound_dicom(gray, float(row["pixel_size_mm"]), "Fetal head ultrasound"))
+    env = {**os.environ, "RADLENS_HOME": str(tmp_path / "home")}
+    subprocess.run([sys.executable, "-m", "engine", "ingest", str(dcm)], cwd=ROOT, env=env, check=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1200})
+        page.goto(server + "/segmentation?case=1")
+        _settle(page)
+        page.get_by_text("Head circumference").wait_for(timeout=90_000)
+        page.wait_for_selector(".js-plotly-plot", timeout=60_000)
+        _settle(page)
+        value = page.locator('[data-testid="stMetricValue"]').first.inner_text()
+        source = page.get_by_text("UltrasoundRegions").count()
+        image = np.asarray(Image.open(io.BytesIO(page.locator(".js-plotly-plot").first.screenshot())).convert("RGB"))
+        page.screenshot(path=OUTPUT / "segmentation.png", full_page=True)
+        browser.close()
+    assert value.endswith(" mm") and float(value.split()[0]) == pytest.approx(float(row["head_circumference_mm"]),
+                                                                              rel=0.1)
+    assert source >= 1
+    r, g, b = (image[..., i].astype(int) for i in range(3))
+    green = ((g - r > 80) & (g - b > 60)).sum()  # the mask's contour; the ultrasound itself is gray
+    magenta = ((r - g > 80) & (b - g > 80)).sum()  # the ground truth outline (same pixels as the PNG)
+    assert green > 500 and magenta > 500, (green, magenta)
+    assert (OUTPUT / "segmentation.png").stat().st_size > 50_000

@@ -22,7 +22,8 @@ from engine.errors import EngineError
 from engine.explain import (BASELINE, METHODS, comparison_sheet, compute_cam, inference_copy, keep_top,
                             target_layers)
 from engine.explainability import Explainer, explain_image
-from engine.faithfulness import FastNoisyLinearImputer, LogOddsTarget, mean_ci, score_map
+from engine.faithfulness import FastNoisyLinearImputer, LogOddsTarget, score_map
+from engine.train.metrics import mean_ci
 from engine.infer import Classifier
 from engine.models import create_model, load_model
 from engine.models.catalog import SHIPPED_DIR

@@ -155,12 +155,14 @@ def test_every_action_is_audited(config, store):
 
 
 @needs_data
-def test_demo_seed_lands_every_study_once_and_names_the_chest_films(config, store):
+def test_demo_seed_lands_every_study_once_and_names_the_chest_films_and_heads(config, store):
     from engine.demo import seed_demo
     from engine.worklist import WorklistQuery, query_worklist
 
     results = seed_demo(config, store)
-    assert len(results) == 18 and all(r.status == "ok" for r in results)
+    assert len(results) == 22 and all(r.status == "ok" for r in results)
     assert seed_demo(config, store) == []  # a second start adds nothing
     chest = query_worklist(store, WorklistQuery(body_parts=("CHEST",), text="pediatric"))
     assert chest.total == 12 and all(r["modality"] == "OT" for r in chest.rows)
+    heads = query_worklist(store, WorklistQuery(body_parts=("HEAD",), text="fetal"))
+    assert heads.total == 4 and all(r["modality"] == "US" for r in heads.rows)

@@ -102,7 +102,9 @@ def test_models_page_lists_weights_card_and_architectures(app_home):
     assert at.title[0].value == "Models"
     installed = at.dataframe[0].value
     row = installed[installed["Name"] == "cxr-pneumonia-resnet18"].iloc[0]
-    assert bool(row["Active"]) and row["Test AUC"] > 0.9
+    assert bool(row["Active"]) and float(row["Test split"].split()[1]) > 0.9  # "AUC 0.9xx"
+    seg = installed[installed["Name"] == "hc18-unet"].iloc[0]
+    assert bool(seg["Active"]) and seg["Task"] == "segmentation" and seg["Test split"].startswith("Dice 0.9")
     metrics = at.dataframe[1].value
     assert "Sensitivity @ spec 0.90" in list(metrics["Metric"])
     assert set(at.dataframe[-1].value["Architecture"]) >= {"resnet18", "densenet121", "convnext_tiny"}
@@ -144,3 +146,41 @@ def test_explainability_audit_tab_shows_a_stored_audit(app_home):
     assert "uniform map: 35%" in at.metric[0].delta
     assert any("6 images" in m.value for m in at.markdown)
     assert len(at.get("button")) >= 6  # "Open as a case" under each of the most-outside images
+
+
+@needs_data
+def test_segmentation_shows_contour_circumference_ground_truth_and_exports(app_home):
+    import csv
+
+    from engine.ingest import open_store
+    from tests.conftest import DATA_DIR
+
+    with open(DATA_DIR / "hc18" / "manifest.csv", newline="") as f:
+        row = next(r for r in csv.DictReader(f) if r["split"] == "test")
+    ingest_files([("head.png", (DATA_DIR / "hc18" / row["image"]).read_bytes())], app_home, open_store(app_home))
+    at = _run("pages/segmentation.py", **{"radlens.current_case": 3})
+    assert at.title[0].value == "Segmentation"
+    metrics = {m.label: m.value for m in at.metric}
+    logged = open_store(app_home).row("segmentations", 1)
+    assert metrics["Head circumference"] == f"{logged['circumference']:.1f} mm"  # what was logged is shown
+    assert 30 < logged["circumference"] < 400 and logged["spacing_source"] == "hc18 manifest"
+    assert metrics["Head area"].endswith("cm²") and metrics["Dice"] == f"{logged['dice']:.3f}"
+    text = " ".join(m.value for m in at.markdown)
+    assert "hc18 manifest" in text and "Against the ground truth" in text
+    downloads = {b.label: b for b in at.get("download_button")}
+    assert set(downloads) == {"Mask PNG", "DICOM SEG"} and downloads["DICOM SEG"].proto.disabled  # PNG source
+    assert len(at.dataframe[0].value) == 1  # the logged segmentation, once per opening
+    at.toggle(key="seg.uncertainty").set_value(True).run()
+    assert not at.exception and any("mirror image" in c.value for c in at.caption)
+    at.number_input(key="seg.pixel.3").set_value(0.5).run()
+    assert not at.exception and "entered by the user" in " ".join(m.value for m in at.markdown)
+    assert len(at.dataframe[0].value) == 2
+
+
+def test_models_page_shows_the_segmentation_card(app_home):
+    at = _run("pages/models.py")
+    at.selectbox[0].select("hc18-unet").run()
+    assert not at.exception
+    metrics = at.dataframe[1].value
+    assert list(metrics["Metric"])[:4] == ["Dice", "IoU", "HD95 (mm)", "HC absolute error (mm)"]
+    assert any("Post-processing" in m.value for m in at.markdown)

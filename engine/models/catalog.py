@@ -17,7 +17,7 @@ from engine.store import Store
 __all__ = ["InstalledModel", "SHIPPED_DIR", "installed_models", "find_model", "active_model", "set_active"]
 
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "weights"
-DEFAULT = {"classification": "cxr-pneumonia-resnet18"}
+DEFAULT = {"classification": "cxr-pneumonia-resnet18", "segmentation": "hc18-unet"}
 
 
 @dataclass(frozen=True)

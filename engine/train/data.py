@@ -2,6 +2,8 @@
 
 Every image goes through the same path as at inference time: read_study -> render (the viewer's 8-bit
 image) -> luminance -> Preprocessing.resize_uint8. Only the random augmentation is training-specific.
+A classification set pairs images with labels; a segmentation set (MaskSet) pairs them with masks and
+keeps the full-resolution masks and pixel sizes, since quality is measured at the image's own size.
 """
 
 from __future__ import annotations
@@ -12,15 +14,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from engine.errors import EngineError
 from engine.io import read_study
 from engine.models.preprocess import Preprocessing, model_view
 
-__all__ = ["ImageSet", "Splits", "DATASETS", "load_dataset", "gray_of_file", "augmentation", "SPLITS"]
+__all__ = ["ImageSet", "MaskSet", "Splits", "Dataset", "DATASETS", "datasets", "load_dataset", "gray_of_file",
+           "augmentation", "mask_augmentation", "SPLITS"]
 
 SPLITS = ("train", "val", "test")
 
@@ -31,17 +36,47 @@ class ImageSet:
     labels: torch.Tensor  # (N,) int64 class indices
     names: list[str]  # file name (or array index) of each image, for error analysis
 
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, idx: torch.Tensor, augment) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augmented images (still in [0, 1]) and their targets."""
+        return torch.stack([augment(self.images[i]) for i in idx]).clamp_(0, 1), self.labels[idx]
+
+    def summary(self, label_names: list[str]) -> dict[str, int]:
+        return {label_names[k]: v for k, v in sorted(Counter(self.labels.tolist()).items())}
+
+
+@dataclass
+class MaskSet:
+    images: torch.Tensor  # (N, 1, S, S) float in [0, 1]
+    masks: torch.Tensor  # (N, 1, S, S) int64 in {0, 1}: the training target at the model's size
+    names: list[str]
+    full_masks: list[np.ndarray]  # (H, W) bool at the image's own size: what quality is measured on
+    pixel_mm: np.ndarray  # (N,) mm per pixel of the image as stored
+    reference_hc_mm: np.ndarray  # (N,) the dataset's head circumference, where it has one (else nan)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, idx: torch.Tensor, augment) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [augment(tv_tensors.Image(self.images[i]), tv_tensors.Mask(self.masks[i])) for i in idx]
+        return (torch.stack([p[0] for p in pairs]).as_subclass(torch.Tensor).clamp_(0, 1),
+                torch.stack([p[1] for p in pairs]).as_subclass(torch.Tensor))
+
+    def summary(self, label_names: list[str]) -> dict[str, int]:
+        return {"images": len(self)}
+
 
 @dataclass
 class Splits:
     label_names: list[str]
-    sets: dict[str, ImageSet]  # train / val / test
+    sets: dict[str, ImageSet | MaskSet]  # train / val / test
     description: str  # which data and which split, for the model card
     limitations: tuple[str, ...] = ()  # what the card must warn about
 
     def counts(self) -> dict[str, dict[str, int]]:
-        return {split: {self.label_names[k]: v for k, v in sorted(Counter(s.labels.tolist()).items())}
-                for split, s in self.sets.items()}
+        return {split: s.summary(self.label_names) for split, s in self.sets.items()}
 
 
 def gray_of_file(path: Path) -> np.ndarray:
@@ -111,23 +146,61 @@ def _folder(root: Path, prep: Preprocessing, only: tuple[str, ...]) -> Splits:
     return Splits(names, _from_rows(rows, root, prep, names, only), f"folder {root}")
 
 
-# name -> (loader, folder under RADLENS_DATA_DIR or None when --data-path names it)
-DATASETS: dict[str, tuple[Callable[[Path, Preprocessing, tuple[str, ...]], Splits], str | None]] = {
-    "cxr_pneumonia": (_cxr_pneumonia, "cxr_pneumonia"),
-    "pneumoniamnist": (_pneumoniamnist, "pneumoniamnist"),
-    "folder": (_folder, None),
+_HC18_LIMITS = (
+    "One site (Radboud UMC), one sonographer population, images from the HC18 challenge's training set only.",
+    "Images are the dataset's x0.5 downscaled copies (400x270 typical); other sizes are resized to fit.",
+    "Trained on standard transthalamic planes with the whole skull in view: a partial head, another "
+    "plane or another organ still gets a mask, so the mask must be looked at before the number is used.",
+    "The ground truth masks are filled ellipses drawn by annotators, so the model learns ellipse-shaped heads.",
+)
+
+
+def _hc18(root: Path, prep: Preprocessing, only: tuple[str, ...]) -> Splits:
+    with open(root / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    sets = {}
+    for split in only:
+        chosen = [r for r in rows if r["split"] == split]
+        full = [cv2.imread(str(root / r["mask"]), cv2.IMREAD_GRAYSCALE) > 127 for r in chosen]
+        small = [cv2.resize(m.astype(np.float32), (prep.size, prep.size), interpolation=cv2.INTER_AREA) > 0.5
+                 for m in full]
+        sets[split] = MaskSet(
+            torch.stack([prep.resize_uint8(gray_of_file(root / r["image"])) for r in chosen]),
+            torch.from_numpy(np.stack(small)).long()[:, None], [r["image"] for r in chosen], full,
+            np.array([float(r["pixel_size_mm"]) for r in chosen]),
+            np.array([float(r["head_circumference_mm"]) for r in chosen]))
+    return Splits(["background", "head"], sets, "hc18 (HC18 challenge training set, fetal head ultrasound, x0.5); "
+                  "subject-grouped split 796/107/96, seed 20180101", _HC18_LIMITS)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    loader: Callable[[Path, Preprocessing, tuple[str, ...]], Splits]
+    folder: str | None  # under RADLENS_DATA_DIR; None when --data-path names it
+    task: str  # classification or segmentation: which models can train on it
+
+
+DATASETS: dict[str, Dataset] = {
+    "cxr_pneumonia": Dataset(_cxr_pneumonia, "cxr_pneumonia", "classification"),
+    "pneumoniamnist": Dataset(_pneumoniamnist, "pneumoniamnist", "classification"),
+    "folder": Dataset(_folder, None, "classification"),
+    "hc18": Dataset(_hc18, "hc18", "segmentation"),
 }
+
+
+def datasets(task: str, in_data_dir: bool = False) -> list[str]:
+    return [n for n, d in DATASETS.items() if d.task == task and (d.folder or not in_data_dir)]
 
 
 def load_dataset(name: str, prep: Preprocessing, data_dir: Path | None, data_path: Path | None = None,
                  only: tuple[str, ...] = SPLITS) -> Splits:
     if name not in DATASETS:
         raise EngineError(f"Unknown dataset {name!r}. Available: {', '.join(DATASETS)}")
-    loader, folder = DATASETS[name]
-    root = data_path or (data_dir / folder if data_dir and folder else None)
+    dataset = DATASETS[name]
+    root = data_path or (data_dir / dataset.folder if data_dir and dataset.folder else None)
     if root is None or not root.is_dir():
         raise EngineError(f"dataset {name!r} not found: set RADLENS_DATA_DIR (or --data-path for a folder)")
-    return loader(root, prep, only)
+    return dataset.loader(root, prep, only)
 
 
 def augmentation() -> v2.Transform:
@@ -136,4 +209,14 @@ def augmentation() -> v2.Transform:
     return v2.Compose([
         v2.RandomAffine(degrees=7, translate=(0.05, 0.05), scale=(0.92, 1.08)),
         v2.ColorJitter(brightness=0.15, contrast=0.15),
+    ])
+
+
+def mask_augmentation() -> v2.Transform:
+    """Applied to an (image, mask) pair together, so the mask follows every geometric change. A fetal
+    head lies either way round, so left-right flips are real; up-down would put the probe at the bottom."""
+    return v2.Compose([
+        v2.RandomHorizontalFlip(),
+        v2.RandomAffine(degrees=15, translate=(0.05, 0.05), scale=(0.9, 1.1)),
+        v2.ColorJitter(brightness=0.2, contrast=0.2),
     ])

@@ -1,8 +1,11 @@
-"""Re-evaluate installed weights on their dataset's splits with the card's own temperature and threshold:
+"""Re-evaluate installed weights on their dataset's splits with the card's own rules (a classifier's
+temperature and threshold, a segmentation model's boundary offset):
 `python -m engine.train.evaluate weights/NAME.safetensors [--write]`.
 
-The same function checks a shipped card (tests/test_diagnosis.py). `--write` stores the recomputed
-metrics back into the card (weights unchanged), for cards written before a metric was added.
+The same function checks a shipped card (tests/test_diagnosis.py, tests/test_segmentation.py). `--write`
+stores the recomputed metrics back into the card (weights unchanged), for cards written before a metric
+was added; for a segmentation model it also refits the measurement rule on the training masks and
+rewrites the post-processing description, for cards written before the current post-processing.
 """
 
 from __future__ import annotations
@@ -17,24 +20,38 @@ from engine.config import Config
 from engine.models.checkpoint import LoadedModel, load_model, save_model
 from engine.models.registry import cam_layer
 from engine.train.data import load_dataset
+from engine.train import segmentation
 from engine.train.loop import predict
 from engine.train.metrics import split_report
 
 __all__ = ["evaluate", "get_args_parser", "main"]
 
 
-def evaluate(loaded: LoadedModel, data_dir: Path | None, splits: tuple[str, ...] = ("val", "test"),
-             data_path: Path | None = None) -> dict[str, dict]:
-    card = loaded.card
-    data = load_dataset(card["data"]["dataset"], loaded.preprocessing, data_dir, data_path, only=splits)
+def _classifier_metrics(loaded: LoadedModel, sets: dict) -> dict[str, dict]:
+    card, device = loaded.card, next(loaded.model.parameters()).device
     layer = cam_layer(loaded.model, card["arch"])
-    device = next(loaded.model.parameters()).device
     out = {}
-    for split, images in data.sets.items():
+    for split, images in sets.items():
         logits, _ = predict(loaded.model, images.images, loaded.preprocessing, layer, device)
         out[split] = split_report(logits, images.labels.numpy(), card["calibration"]["temperature"],
                                   card["operating_point"]["threshold"])
     return out
+
+
+def _segmenter_metrics(loaded: LoadedModel, sets: dict) -> dict[str, dict]:
+    offset = loaded.card.get("measurement", {}).get("boundary_offset_px", 0.0)
+    device = next(loaded.model.parameters()).device
+    return {split: segmentation.quality(loaded.model, data, loaded.preprocessing, device, offset)[0]
+            for split, data in sets.items()}
+
+
+METRICS = {"classification": _classifier_metrics, "segmentation": _segmenter_metrics}
+
+
+def evaluate(loaded: LoadedModel, data_dir: Path | None, splits: tuple[str, ...] = ("val", "test"),
+             data_path: Path | None = None) -> dict[str, dict]:
+    data = load_dataset(loaded.card["data"]["dataset"], loaded.preprocessing, data_dir, data_path, only=splits)
+    return METRICS[loaded.card["task"]](loaded, data.sets)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -47,14 +64,21 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> dict:
     loaded = load_model(args.weights)
-    metrics = evaluate(loaded, Config.from_env().data_dir, data_path=args.data_path)
+    data_dir = Config.from_env().data_dir
+    card = {k: v for k, v in loaded.card.items() if k not in ("weights_file", "weights_sha256")}
+    if args.write and card["task"] == "segmentation":
+        splits = load_dataset(card["data"]["dataset"], loaded.preprocessing, data_dir, args.data_path)
+        card.update(segmentation.describe(loaded.model, card["arch"], splits, loaded.preprocessing,
+                                          torch.device("cpu")))
+        metrics = card["metrics"]
+    else:
+        metrics = evaluate(loaded, data_dir, data_path=args.data_path)
     if args.write:
-        card = {k: v for k, v in loaded.card.items() if k not in ("weights_file", "weights_sha256")}
         card["metrics"] = metrics
         card["evaluation_command"] = f"python -m engine.train.evaluate {args.weights} --write"
         half = card.get("training", {}).get("weights_dtype") == "float16"
         save_model(args.weights, loaded.model.to(torch.device("cpu")), card, loaded.extras, half=half)
-    print(json.dumps({s: {k: m[k] for k in ("auc", "sensitivity", "specificity", "ece")} for s, m in metrics.items()}))
+    print(json.dumps(metrics))
     return metrics
 
 

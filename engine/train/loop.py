@@ -10,12 +10,12 @@ from torch import nn
 
 from engine.models.ood import pooled
 from engine.models.preprocess import Preprocessing
-from engine.train.data import ImageSet
+from engine.train.data import ImageSet, MaskSet
 
-__all__ = ["train_one_epoch", "predict", "class_weights", "warmup_cosine"]
+__all__ = ["autocast", "train_one_epoch", "predict", "class_weights", "warmup_cosine"]
 
 
-def _autocast(device: torch.device):
+def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
 
 
@@ -35,20 +35,19 @@ def warmup_cosine(optimizer, warmup_steps: int, total_steps: int) -> torch.optim
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train_one_epoch(model: nn.Module, data: ImageSet, prep: Preprocessing, loss_fn: nn.Module, optimizer,
+def train_one_epoch(model: nn.Module, data: ImageSet | MaskSet, prep: Preprocessing, loss_fn: nn.Module, optimizer,
                     scheduler, scaler, augment, batch_size: int, generator: torch.Generator,
                     device: torch.device) -> float:
     model.train()
-    order = torch.randperm(len(data.labels), generator=generator)
+    order = torch.randperm(len(data), generator=generator)
     total, seen = 0.0, 0
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         if len(idx) < 2:  # BatchNorm cannot train on a batch of one
             continue
-        x = torch.stack([augment(data.images[i]) for i in idx]).clamp_(0, 1)
-        x = prep.normalize(x).to(device, memory_format=torch.channels_last)
-        y = data.labels[idx].to(device)
-        with _autocast(device):
+        x, y = data.batch(idx, augment)
+        x, y = prep.normalize(x).to(device, memory_format=torch.channels_last), y.to(device)
+        with autocast(device):
             loss = loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -71,7 +70,7 @@ def predict(model: nn.Module, images: torch.Tensor, prep: Preprocessing, feature
     try:
         for start in range(0, len(images), batch_size):
             x = prep.normalize(images[start:start + batch_size]).to(device, memory_format=torch.channels_last)
-            with _autocast(device):
+            with autocast(device):
                 logits.append(model(x).float().cpu())
     finally:
         handle.remove()

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-__all__ = ["split_report", "binary_report", "bootstrap_ci", "auc_ci", "sens_at_spec", "ece", "reliability", "fit_temperature",
+__all__ = ["mean_ci", "split_report", "binary_report", "bootstrap_ci", "auc_ci", "sens_at_spec", "ece", "reliability", "fit_temperature",
            "threshold_for_specificity"]
 
 
@@ -21,6 +21,15 @@ def bootstrap_ci(y: np.ndarray, p: np.ndarray, statistic, n_boot: int = 2000, se
             for key, value in statistic(y[idx], p[idx]).items():
                 samples.setdefault(key, []).append(value)
     return {k: [float(v) for v in np.percentile(v, [2.5, 97.5])] for k, v in samples.items()}
+
+
+def mean_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean with its percentile bootstrap 95 % CI (resampling images, fixed seed)."""
+    values = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (n_boot, len(values)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(values.mean()), float(low), float(high)
 
 
 def auc_ci(y: np.ndarray, p: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:

@@ -1,11 +1,13 @@
 """The training program: `python -m engine.train.run --dataset cxr_pneumonia --model resnet18 ...`.
 
-Used for the shipped model and by background jobs. Writes into --output:
-  metrics.jsonl   one line per epoch (train loss, validation loss/AUC, learning rate, seconds)
+One program for both tasks: the architecture's task (registry) picks the loss, the validation score used
+for early stopping (AUC or Dice) and what the card reports (TASKS below); the loop, resume, checkpoints
+and logging are shared. Used for the shipped models and by background jobs. Writes into --output:
+  metrics.jsonl   one line per epoch (train loss, validation loss and score, learning rate, seconds)
   progress.json   the latest state, rewritten atomically (what the dashboard polls)
   state.pt        model + optimizer + scheduler + RNG state after the last epoch (--resume continues it)
-  <name>.safetensors + <name>.json   the final model and its card (best validation-AUC epoch,
-                  temperature-calibrated, operating threshold and OOD threshold set on validation)
+  <name>.safetensors + <name>.json   the final model and its card (best validation-score epoch; for
+                  a classifier also temperature-calibrated, operating and OOD thresholds set on validation)
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import random
 import shlex
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +33,8 @@ from engine.models.checkpoint import atomic_write, load_state, save_model, save_
 from engine.models.ood import fit_gaussian, mahalanobis
 from engine.models.preprocess import Preprocessing
 from engine.models.registry import cam_layer, create_model, get_spec, list_models
-from engine.train.data import DATASETS, augmentation, load_dataset
+from engine.train import segmentation
+from engine.train.data import DATASETS, augmentation, load_dataset, mask_augmentation
 from engine.train.loop import class_weights, predict, train_one_epoch, warmup_cosine
 from engine.train.metrics import fit_temperature, split_report, threshold_for_specificity
 
@@ -39,14 +44,17 @@ OOD_QUANTILE = 0.99  # validation images above the threshold: 1 %
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train a RadLens classifier and write its weights and model card")
+    p = argparse.ArgumentParser(description="Train a RadLens classifier or segmentation model and write its "
+                                "weights and model card")
     p.add_argument("--dataset", default="cxr_pneumonia", choices=list(DATASETS))
     p.add_argument("--data-path", type=Path, help="folder for --dataset folder (manifest.csv or split/label/files)")
-    p.add_argument("--model", default="resnet18", choices=list_models("classification"))
+    p.add_argument("--model", default="resnet18", choices=list_models(), help="a registered architecture; its "
+                   "task (classification or segmentation) must be the dataset's")
     p.add_argument("--pretrained", action="store_true", help="start from ImageNet weights in the local torch cache")
     p.add_argument("--size", type=int, default=224, help="square input size in pixels")
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--patience", type=int, default=8, help="stop after this many epochs without a better val AUC")
+    p.add_argument("--patience", type=int, default=8, help="stop after this many epochs without a better "
+                   "validation score (AUC for classification, Dice for segmentation)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
@@ -97,10 +105,15 @@ def main(args: argparse.Namespace) -> dict:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     generator = _seed(args.seed)
+    task_name = get_spec(args.model).task
+    if DATASETS[args.dataset].task != task_name:
+        raise EngineError(f"{args.model} is a {task_name} model; dataset {args.dataset!r} is for "
+                          f"{DATASETS[args.dataset].task}")
+    task = TASKS[task_name]
 
     # Normalisation statistics come from the training split at the model's input size.
     splits = load_dataset(args.dataset, Preprocessing(size=args.size), config.data_dir, args.data_path)
-    train, val, test = (splits.sets[s] for s in ("train", "val", "test"))
+    train, val = splits.sets["train"], splits.sets["val"]
     prep = Preprocessing(size=args.size, mean=round(float(train.images.mean()), 4),
                          std=round(float(train.images.std()), 4))
     n_classes = len(splits.label_names)
@@ -110,14 +123,13 @@ def main(args: argparse.Namespace) -> dict:
     model = create_model(args.model, num_classes=n_classes, pretrained=args.pretrained)
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps = -(-len(train.labels) // args.batch_size)
+    steps = -(-len(train) // args.batch_size)
     scheduler = warmup_cosine(optimizer, int(args.warmup_epochs * steps), args.epochs * steps)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights(train.labels, n_classes).to(device))
-    feature_layer = cam_layer(model, args.model)
-    augment = augmentation()
+    loss_fn = task.loss(train).to(device)
+    augment = task.augmentation()
 
-    start_epoch, best = 0, {"auc": -1.0, "epoch": -1, "state": None}
+    start_epoch, best = 0, {"score": -1.0, "epoch": -1, "state": None}
     if args.resume and (out / "state.pt").is_file():
         state = load_state(out / "state.pt")
         model.load_state_dict(state["model"])
@@ -133,15 +145,14 @@ def main(args: argparse.Namespace) -> dict:
         t0 = time.time()
         train_loss = train_one_epoch(model, train, prep, loss_fn, optimizer, scheduler, scaler, augment,
                                      args.batch_size, generator, device)
-        logits, _ = predict(model, val.images, prep, feature_layer, device)
-        val_auc = float(roc_auc_score(val.labels.numpy(), _positive_prob(logits)))
-        val_loss = float(torch.nn.functional.cross_entropy(logits, val.labels))
-        if val_auc > best["auc"]:
-            best = {"auc": val_auc, "epoch": epoch,
+        scores = task.validate(model, val, prep, device, args.model)
+        score = scores.pop("score")
+        if score > best["score"]:
+            best = {"score": score, "epoch": epoch,
                     "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-        _log(out, {"epoch": epoch, "epochs": args.epochs, "train_loss": round(train_loss, 5),
-                   "val_loss": round(val_loss, 5), "val_auc": round(val_auc, 5), "best_epoch": best["epoch"],
-                   "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t0, 1)})
+        _log(out, {"epoch": epoch, "epochs": args.epochs, "train_loss": round(train_loss, 5), **scores,
+                   "best_epoch": best["epoch"], "lr": optimizer.param_groups[0]["lr"],
+                   "seconds": round(time.time() - t0, 1)})
         save_state(out / "state.pt", {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch, "best": best})
@@ -152,18 +163,38 @@ def main(args: argparse.Namespace) -> dict:
     if args.half:  # evaluate exactly the weights that will be stored
         model.load_state_dict({k: v.half().float() if v.is_floating_point() else v
                                for k, v in model.state_dict().items()})
-    card = _calibrate_and_describe(model, name, args, splits, prep, feature_layer, device, best, started)
-    card["training"]["epochs_run"] = epochs_run
-    extras = card.pop("_extras")
+    card = task.describe(model, args, splits, prep, device)
+    card.update({"name": name, "version": args.version, "arch": args.model,
+                 "model_args": {"num_classes": n_classes}, "labels": splits.label_names,
+                 "preprocessing": prep.to_dict()})
+    card["data"] = {"dataset": args.dataset, "description": splits.description, "counts": splits.counts()}
+    card["training"] = {
+        "command": "python -m engine.train.run " + shlex.join(sys.argv[1:]),
+        "best_epoch": best["epoch"], f"best_{task.score}": best["score"], "epochs_run": epochs_run,
+        "optimizer": f"AdamW lr {args.lr} wd {args.weight_decay}, warmup {args.warmup_epochs} epoch + cosine",
+        "loss": task.loss_text, "augmentation": task.augmentation_text,
+        "seed": args.seed, "batch_size": args.batch_size, "pretrained": args.pretrained,
+        "weights_dtype": "float16" if args.half else "float32",
+        "hardware": _hardware(device), "wall_time_s": round(time.time() - started, 1),
+    }
+    card["limitations"] = list(splits.limitations)
+    extras = card.pop("_extras", {})
     sha = save_model(out / f"{name}.safetensors", model.cpu(), card, extras=extras, half=args.half)
     print(json.dumps({"weights": str(out / f"{name}.safetensors"), "sha256": sha,
-                      "test_auc": card["metrics"]["test"]["auc"]}), flush=True)
+                      "test": task.headline(card["metrics"]["test"])}), flush=True)
     return card
 
 
-def _calibrate_and_describe(model, name, args, splits, prep, feature_layer, device, best, started) -> dict:
+def _validate_classifier(model, val, prep, device, arch) -> dict:
+    logits, _ = predict(model, val.images, prep, cam_layer(model, arch), device)
+    auc = float(roc_auc_score(val.labels.numpy(), _positive_prob(logits)))
+    return {"score": auc, "val_loss": round(float(torch.nn.functional.cross_entropy(logits, val.labels)), 5),
+            "val_auc": round(auc, 5)}
+
+
+def _describe_classifier(model, args, splits, prep, device) -> dict:
     """Temperature, operating threshold and OOD threshold fitted on validation; the test split reported."""
-    sets = splits.sets
+    sets, feature_layer = splits.sets, cam_layer(model, args.model)
     outputs = {s: predict(model, sets[s].images, prep, feature_layer, device) for s in ("train", "val", "test")}
     labels = {s: sets[s].labels.numpy() for s in sets}
     temperature = fit_temperature(outputs["val"][0], sets["val"].labels)
@@ -173,10 +204,7 @@ def _calibrate_and_describe(model, name, args, splits, prep, feature_layer, devi
     ood_threshold = float(np.quantile(val_ood, OOD_QUANTILE))
     metrics = {s: split_report(outputs[s][0], labels[s], temperature, threshold) for s in ("val", "test")}
     return {
-        "name": name, "version": args.version, "task": "classification", "arch": args.model,
-        "model_args": {"num_classes": len(splits.label_names)},
-        "labels": splits.label_names, "positive_label": splits.label_names[1],
-        "preprocessing": prep.to_dict(),
+        "task": "classification", "positive_label": splits.label_names[1],
         "calibration": {"method": "temperature scaling", "temperature": temperature, "fitted_on": "val"},
         "operating_point": {"threshold": threshold, "applies_to": "calibrated probability of "
                             f"{splits.label_names[1]}", "rule": "lowest threshold with validation specificity >= 0.90"},
@@ -184,21 +212,42 @@ def _calibrate_and_describe(model, name, args, splits, prep, feature_layer, devi
                 "layer": get_spec(args.model).cam_layer, "threshold": ood_threshold,
                 "rule": f"{OOD_QUANTILE:.0%} quantile of the validation images' scores"},
         "cam": {"method": "gradcam", "layer": get_spec(args.model).cam_layer, "target": "predicted class"},
-        "data": {"dataset": args.dataset, "description": splits.description, "counts": splits.counts()},
-        "training": {
-            "command": "python -m engine.train.run " + shlex.join(sys.argv[1:]),
-            "best_epoch": best["epoch"], "best_val_auc": best["auc"],
-            "optimizer": f"AdamW lr {args.lr} wd {args.weight_decay}, warmup {args.warmup_epochs} epoch + cosine",
-            "loss": "cross-entropy with inverse-frequency class weights",
-            "augmentation": "affine (rotate <= 7 deg, shift <= 5 %, scale 0.92-1.08), brightness/contrast 0.15; no flips",
-            "seed": args.seed, "batch_size": args.batch_size, "pretrained": args.pretrained,
-            "weights_dtype": "float16" if args.half else "float32",
-            "hardware": _hardware(device), "wall_time_s": round(time.time() - started, 1),
-        },
         "metrics": metrics,
-        "limitations": list(splits.limitations),
         "_extras": {"ood_mean": mean, "ood_precision": precision},
     }
+
+
+def _describe_segmenter(model, args, splits, prep, device) -> dict:
+    return segmentation.describe(model, args.model, splits, prep, device)
+
+
+@dataclass(frozen=True)
+class Task:
+    """What differs between training a classifier and a segmentation model; the rest is shared."""
+
+    loss: Callable  # (training set) -> loss module
+    loss_text: str
+    augmentation: Callable
+    augmentation_text: str
+    validate: Callable  # (model, val set, prep, device, arch) -> {"score": early-stopping score, ...logged}
+    score: str  # the score's name in the card
+    describe: Callable  # (model, args, splits, prep, device) -> the task's part of the card
+    headline: Callable[[dict], dict]  # the test metrics printed at the end
+
+
+TASKS = {
+    "classification": Task(
+        lambda train: torch.nn.CrossEntropyLoss(weight=class_weights(train.labels, 2)),
+        "cross-entropy with inverse-frequency class weights", augmentation,
+        "affine (rotate <= 7 deg, shift <= 5 %, scale 0.92-1.08), brightness/contrast 0.15; no flips",
+        _validate_classifier, "val_auc", _describe_classifier, lambda m: {"auc": m["auc"]}),
+    "segmentation": Task(
+        lambda train: segmentation.seg_loss(), "MONAI DiceCELoss (Dice + cross-entropy, softmax, equal weights)",
+        mask_augmentation, "joint image/mask: horizontal flip, affine (rotate <= 15 deg, shift <= 5 %, "
+        "scale 0.9-1.1), brightness/contrast 0.2", lambda model, val, prep, device, arch:
+        segmentation.validate(model, val, prep, device), "val_dice", _describe_segmenter,
+        lambda m: {"dice": m["dice"]["mean"], "hc_abs_error_mm": m["hc_abs_error_mm"]["mean"]}),
+}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,229 @@
+"""Segmentation on stored cases: segment and log every run, find the pixel size and the ground truth a
+case has, and export a mask as PNG or as a DICOM Segmentation object.
+
+Pixel size, first found wins: a number the user gives; the DICOM's own (PixelSpacing, functional groups,
+ultrasound regions, read at ingest); the manifest of a known dataset holding the same pixels; else none,
+and measurements are in pixels. A case is recognised as a dataset image by the hash of its decoded
+pixels, so an HC18 PNG uploaded by hand finds its ground truth and pixel size as well as one opened from
+the dataset (the stored PNG is re-encoded, so the file's own hash would not match).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+
+from engine.cases import load_image
+from engine.config import Config
+from engine.errors import EngineError, UnknownCase
+from engine.io.study import Spacing
+from engine.measure import agreement, with_spacing
+from engine.models.catalog import active_model, find_model
+from engine.models.checkpoint import load_model
+from engine.models.preprocess import model_view
+from engine.segment import Segmentation, Segmenter
+from engine.store import Store, utc_now
+
+__all__ = ["DatasetMatch", "CaseSegmentation", "load_segmenter", "dataset_match", "case_spacing",
+           "segment_case_image", "manifest_match", "mask_png", "read_mask_png", "seg_dicom", "segmentation_history", "pixel_key"]
+
+MANIFEST_SPACING = "hc18 manifest"
+_TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                 "ReferringPhysicianName", "AccessionNumber", "StudyID")
+
+
+@dataclass(frozen=True)
+class DatasetMatch:
+    """A dataset image with the same pixels as a case: its pixel size and ground-truth mask file."""
+
+    dataset: str
+    image: str  # path inside the dataset folder
+    split: str
+    pixel_mm: float
+    mask_path: Path
+    reference_hc_mm: float
+
+    def truth(self) -> np.ndarray:
+        return cv2.imread(str(self.mask_path), cv2.IMREAD_GRAYSCALE) > 127
+
+
+def pixel_key(pixels: np.ndarray) -> str:
+    """The hash of decoded pixels with their shape and type (not of the file, whose encoding varies)."""
+    pixels = np.ascontiguousarray(pixels)
+    return hashlib.sha256(f"{pixels.shape}{pixels.dtype}".encode() + pixels.tobytes()).hexdigest()
+
+
+@functools.lru_cache(maxsize=4)
+def _hc18_index(folder: Path) -> dict[str, DatasetMatch]:
+    """pixel hash -> match, over every image of the hc18 manifest (about 1 s for its 999 PNGs)."""
+    index = {}
+    with open(folder / "manifest.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            pixels = cv2.imread(str(folder / row["image"]), cv2.IMREAD_UNCHANGED)
+            if pixels is not None:
+                index[pixel_key(pixels)] = DatasetMatch(
+                    "hc18", row["image"], row["split"], float(row["pixel_size_mm"]), folder / row["mask"],
+                    float(row["head_circumference_mm"]))
+    return index
+
+
+def dataset_match(config: Config, pixels: np.ndarray) -> DatasetMatch | None:
+    folder = config.data_dir / "hc18" if config.data_dir else None
+    if folder is None or not (folder / "manifest.csv").is_file():
+        return None
+    return _hc18_index(folder).get(pixel_key(pixels))
+
+
+def manifest_match(path: Path) -> DatasetMatch | None:
+    """The row of a `manifest.csv` in the file's folder or one above it that lists the file (CLI input)."""
+    path = Path(path).resolve()
+    for folder in (path.parent, path.parent.parent):
+        if (folder / "manifest.csv").is_file():
+            pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if pixels is not None:
+                match = _hc18_index(folder).get(pixel_key(pixels)) if _is_hc18(folder) else None
+                if match:
+                    return match
+    return None
+
+
+def _is_hc18(folder: Path) -> bool:
+    with open(folder / "manifest.csv", newline="") as f:
+        return {"image", "mask", "pixel_size_mm"} <= set(next(csv.reader(f), []))
+
+
+def case_spacing(image: dict, match: DatasetMatch | None, override_mm: float | None = None) -> Spacing:
+    if override_mm:
+        return with_spacing(override_mm, "entered by the user")
+    if image.get("spacing_row_mm") and image.get("spacing_col_mm"):
+        return Spacing(image["spacing_row_mm"], image["spacing_col_mm"], image["spacing_source"])
+    if match:
+        return with_spacing(match.pixel_mm, MANIFEST_SPACING)
+    return with_spacing(None, "unknown")
+
+
+@dataclass
+class CaseSegmentation:
+    case_id: int
+    image_id: int
+    segmentation_id: int
+    result: Segmentation
+    gray: np.ndarray  # the image the model saw, for overlays
+    spacing: Spacing
+    truth: np.ndarray | None  # ground-truth mask when the case is a known dataset image
+    scores: dict[str, float] | None  # Dice, IoU, HD95 against the truth
+    match: DatasetMatch | None
+
+
+def load_segmenter(config: Config, store: Store, name: str | None = None) -> Segmenter:
+    """The named installed segmentation model (default: the active one) on CUDA when present, else CPU."""
+    import torch
+
+    installed = find_model(config, name) if name else active_model(config, store, "segmentation")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return Segmenter(load_model(installed.path, device), device)
+
+
+def segment_case_image(config: Config, store: Store, segmenter: Segmenter, image: dict,
+                       pixel_mm: float | None = None, match: DatasetMatch | None = None) -> CaseSegmentation:
+    """Segment a stored image, measure it, compare it with its ground truth when it has one, log it."""
+    study = load_image(config, image)
+    gray = model_view(study)
+    match = match or dataset_match(config, study.frames[0])
+    spacing = case_spacing(image, match, pixel_mm)
+    result = segmenter.segment(gray, spacing)
+    truth = match.truth() if match else None
+    scores = agreement(result.mask, truth, spacing) if truth is not None and truth.shape == gray.shape else None
+    segmentation_id = _record(store, segmenter, image, result, spacing, scores, match, config.user)
+    return CaseSegmentation(image["case_id"], image["id"], segmentation_id, result, gray, spacing,
+                            truth if scores else None, scores, match)
+
+
+def _record(store: Store, segmenter: Segmenter, image: dict, result: Segmentation, spacing: Spacing,
+            scores: dict | None, match: DatasetMatch | None, actor: str) -> int:
+    loaded, m = segmenter.loaded, result.measurement
+    row = {
+        "case_id": image["case_id"], "image_id": image["id"], "image_sha256": image["sha256"],
+        "model_name": loaded.name, "model_version": loaded.version, "weights_sha256": loaded.sha256,
+        "mask_png": mask_png(result.mask), "mask_pixels": int(result.mask.sum()),
+        "circumference": m.circumference if m else None, "area": m.area if m else None,
+        "unit": m.unit if m else "", "ellipse": json.dumps(m.to_dict()["ellipse"]) if m else "",
+        "bbox": json.dumps(m.bbox) if m else "", "spacing_mm": spacing.row_mm, "spacing_source": spacing.source,
+        "dice": scores["dice"] if scores else None, "iou": scores["iou"] if scores else None,
+        "hd95": scores["hd95"] if scores else None,
+        "truth_source": f"{match.dataset}/{match.image}" if match and scores else "",
+        "preprocessing": loaded.preprocessing.summary(), "device": str(segmenter.device),
+        "latency_ms": result.latency_ms, "actor": actor, "created_at": utc_now(),
+    }
+    with store.write() as db:
+        segmentation_id = db["segmentations"].insert(row).last_pk
+        Store.audit(db, actor, "segment", "case", image["case_id"],
+                    {"segmentation_id": segmentation_id, "model": loaded.name, "version": loaded.version,
+                     "circumference": row["circumference"], "unit": row["unit"]})
+    return segmentation_id
+
+
+def segmentation_history(store: Store, case_id: int) -> list[dict]:
+    with store.read() as db:
+        return list(db.query(
+            "SELECT id, created_at, model_name, model_version, substr(weights_sha256, 1, 12) AS weights, "
+            "round(circumference, 1) AS circumference, round(area, 0) AS area, unit, spacing_source, "
+            "round(dice, 4) AS dice, round(hd95, 2) AS hd95, round(latency_ms, 0) AS latency_ms, actor "
+            "FROM segmentations WHERE case_id = ? ORDER BY id DESC", [case_id]))
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """A mask as an 8-bit PNG, 255 inside (opens in any viewer; PNG keeps it lossless)."""
+    ok, data = cv2.imencode(".png", np.where(mask, 255, 0).astype(np.uint8))
+    if not ok:
+        raise EngineError("the mask could not be encoded as PNG")
+    return data.tobytes()
+
+
+def read_mask_png(data: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE) > 127
+
+
+def seg_dicom(config: Config, image: dict, mask: np.ndarray, model_name: str, model_version: str) -> bytes:
+    """A DICOM Segmentation (binary, one segment) referencing the stored, de-identified source image."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    if image["source_format"] != "dicom":
+        raise EngineError("DICOM SEG needs a DICOM source image; this case was uploaded as "
+                          f"{image['source_format'].upper()} (export the PNG mask instead)")
+    path = config.home / image["path"]
+    if not path.is_file():
+        raise UnknownCase(f"the stored file of image {image['id']} is missing")
+    source = pydicom.dcmread(path)
+    # De-identification removed some Patient/Study attributes the SEG copies; they are type 2, so an empty
+    # value is valid and keeps the export free of identifiers.
+    for keyword in _TYPE2_COPIED:
+        if keyword not in source:
+            setattr(source, keyword, "")
+    if int(source.get("NumberOfFrames", 1) or 1) != 1 or mask.shape != (source.Rows, source.Columns):
+        raise EngineError("DICOM SEG export handles single-frame images whose size matches the mask")
+    description = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="Fetal head",
+        segmented_property_category=codes.SCT.AnatomicalStructure, segmented_property_type=codes.SCT.Head,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name=model_name, version=model_version, family=codes.DCM.ArtificialIntelligence))
+    seg = hd.seg.Segmentation(
+        source_images=[source], pixel_array=mask[None].astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[description],
+        series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
+        manufacturer="RadLens", manufacturer_model_name=model_name, software_versions=model_version,
+        device_serial_number="none", content_description="Research use only", omit_empty_frames=False)
+    buffer = io.BytesIO()
+    seg.save_as(buffer)
+    return buffer.getvalue()
