@@ -86,14 +86,11 @@ def dataset_match(config: Config, pixels: np.ndarray) -> DatasetMatch | None:
 def manifest_match(path: Path) -> DatasetMatch | None:
     """The row of a `manifest.csv` in the file's folder or one above it that lists the file (CLI input)."""
     path = Path(path).resolve()
-    for folder in (path.parent, path.parent.parent):
-        if (folder / "manifest.csv").is_file():
-            pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            if pixels is not None:
-                match = _hc18_index(folder).get(pixel_key(pixels)) if _is_hc18(folder) else None
-                if match:
-                    return match
-    return None
+    folders = [f for f in (path.parent, path.parent.parent) if (f / "manifest.csv").is_file() and _is_hc18(f)]
+    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if folders else None
+    if pixels is None:
+        return None
+    return next((m for m in (_hc18_index(f).get(pixel_key(pixels)) for f in folders) if m), None)
 
 
 def _is_hc18(folder: Path) -> bool:

@@ -217,10 +217,6 @@ def _describe_classifier(model, args, splits, prep, device) -> dict:
     }
 
 
-def _describe_segmenter(model, args, splits, prep, device) -> dict:
-    return segmentation.describe(model, args.model, splits, prep, device)
-
-
 @dataclass(frozen=True)
 class Task:
     """What differs between training a classifier and a segmentation model; the rest is shared."""
@@ -237,18 +233,25 @@ class Task:
 
 TASKS = {
     "classification": Task(
-        lambda train: torch.nn.CrossEntropyLoss(weight=class_weights(train.labels, 2)),
-        "cross-entropy with inverse-frequency class weights", augmentation,
-        "affine (rotate <= 7 deg, shift <= 5 %, scale 0.92-1.08), brightness/contrast 0.15; no flips",
-        _validate_classifier, "val_auc", _describe_classifier, lambda m: {"auc": m["auc"]}),
+        loss=lambda train: torch.nn.CrossEntropyLoss(weight=class_weights(train.labels, 2)),
+        loss_text="cross-entropy with inverse-frequency class weights",
+        augmentation=augmentation,
+        augmentation_text="affine (rotate <= 7 deg, shift <= 5 %, scale 0.92-1.08), brightness/contrast 0.15; "
+                          "no flips",
+        validate=_validate_classifier, score="val_auc", describe=_describe_classifier,
+        headline=lambda m: {"auc": m["auc"]}),
     "segmentation": Task(
-        lambda train: segmentation.seg_loss(), "MONAI DiceCELoss (Dice + cross-entropy, softmax, equal weights)",
-        mask_augmentation, "joint image/mask: horizontal flip, affine (rotate <= 15 deg, shift <= 5 %, "
-        "scale 0.9-1.1), brightness/contrast 0.2", lambda model, val, prep, device, arch:
-        segmentation.validate(model, val, prep, device), "val_dice", _describe_segmenter,
-        lambda m: {"dice": m["dice"]["mean"], "hc_abs_error_mm": m["hc_abs_error_mm"]["mean"]}),
+        loss=lambda train: segmentation.seg_loss(),
+        loss_text="MONAI DiceCELoss (Dice + cross-entropy, softmax, equal weights)",
+        augmentation=mask_augmentation,
+        augmentation_text="joint image/mask: horizontal flip, affine (rotate <= 15 deg, shift <= 5 %, scale "
+                          "0.9-1.1), brightness/contrast 0.2",
+        validate=lambda model, val, prep, device, arch: segmentation.validate(model, val, prep, device),
+        score="val_dice",
+        describe=lambda model, args, splits, prep, device: segmentation.describe(model, args.model, splits, prep,
+                                                                                  device),
+        headline=lambda m: {"dice": m["dice"]["mean"], "hc_abs_error_mm": m["hc_abs_error_mm"]["mean"]}),
 }
-
 
 if __name__ == "__main__":
     try:
