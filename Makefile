@@ -53,6 +53,10 @@ bench: $(DEV_STAMP)
 	$(PY) -m bench.explain faithfulness --methods scorecam,gradcam,random --every 4 --tag scorecam
 	$(PY) -m bench.segment quality
 	$(PY) -m bench.segment latency
+	$(PY) -m bench.train throughput
+	$(PY) -m bench.train kills
+	$(PY) -m bench.train serving
+	$(PY) -m bench.train time-to-auc
 
 # Re-train the shipped models (the exact commands are also in their cards, weights/*.json).
 train: $(RUNTIME_STAMP)

@@ -16,7 +16,7 @@ from engine.io.study import Rendered
 from engine.models.preprocess import Preprocessing
 
 __all__ = ["overlay_controls", "cam_view", "prediction_panel", "review_form", "history", "card_metrics",
-           "roc_chart", "reliability_chart", "prep_text", "card_details", "headline", "card_summary", "seg_card_metrics"]
+           "roc_chart", "reliability_chart", "reliability_overlay", "prep_text", "card_details", "headline", "card_summary", "seg_card_metrics"]
 
 
 def overlay_controls() -> tuple[bool, float, str]:
@@ -140,6 +140,17 @@ def reliability_chart(card: dict, split: str = "test") -> None:
     st.plotly_chart(figure, width="stretch")
 
 
+def reliability_overlay(reports: dict[str, dict]) -> None:
+    """The calibrated reliability curves of several models (or splits) on one chart."""
+    frames = [{"model": f"{name} (ECE {m['ece']:.3f})", "predicted": c, "observed": o, "images": n}
+              for name, m in reports.items() for c, o, n in m["reliability"] if n]
+    figure = px.line(pd.DataFrame(frames), x="predicted", y="observed", color="model", markers=True,
+                     title="Reliability, calibrated (test)")
+    figure.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line_dash="dot", name="perfect")
+    figure.update_layout(height=380, margin=dict(l=0, r=0, t=40, b=0))
+    st.plotly_chart(figure, width="stretch")
+
+
 _SEG_METRICS = (("dice", "Dice", 3), ("iou", "IoU", 3), ("hd95_mm", "HD95 (mm)", 2),
                 ("hc_abs_error_mm", "HC absolute error (mm)", 2), ("hc_error_mm", "HC error, signed (mm)", 2),
                 ("hc_abs_error_of_truth_fit_mm", "Floor: HC error of the truth masks (mm)", 2))
@@ -160,7 +171,9 @@ def seg_card_metrics(card: dict) -> None:
 
 def headline(card: dict) -> str:
     """The one-line test result the models table shows, per task."""
-    m = card["metrics"]["test"]
+    m = card.get("metrics", {}).get("test")
+    if not m:
+        return "not evaluated"
     if card["task"] == "segmentation":
         return f"Dice {m['dice']['mean']:.3f}, HC error {m['hc_abs_error_mm']['mean']:.2f} mm"
     return f"AUC {m['auc']:.3f}"
@@ -168,6 +181,10 @@ def headline(card: dict) -> str:
 
 def card_summary(card: dict) -> None:
     """The card's decision rules and its metrics, as the task defines them."""
+    if not card.get("metrics"):
+        st.warning("This card has no held-out metrics: compare the model below before trusting it.",
+                   icon=":material/warning:")
+        return
     if card["task"] == "segmentation":
         rule = card["measurement"]
         st.markdown(f"Post-processing: {card['postprocessing']}. Boundary offset "
@@ -190,6 +207,9 @@ def prep_text(card: dict) -> str:
 
 def card_details(card: dict) -> None:
     """Data counts, training record and limitations: the rest of the card, as written."""
+    if "training" not in card or "data" not in card:
+        st.caption("This card does not record its data or training.")
+        return
     c1, c2 = st.columns(2)
     c1.markdown("**Images per split and label**")
     c1.dataframe(pd.DataFrame(card["data"]["counts"]).T, width="stretch")
@@ -199,4 +219,14 @@ def card_details(card: dict) -> None:
     c2.markdown(f"{training['hardware']}; {training['wall_time_s'] / 60:.1f} min; {training['epochs_run']} epochs "
                 f"(best {training['best_epoch'] + 1}); {training['optimizer']}; {training['loss']}; "
                 f"augmentation: {training['augmentation']}; weights {training['weights_dtype']}")
+    if training.get("fine_tuned_from"):
+        base = training["fine_tuned_from"]
+        c2.markdown(f"Fine-tuned from **{base['name']}** v{base['version']} (`{base['weights_sha256'][:12]}`)")
+    reviews = card["data"].get("reviews")
+    if reviews:
+        st.markdown(f"**Clinician reviews used for training** ({len(reviews['used'])}): review ids "
+                    f"{', '.join(map(str, reviews['used']))}; cases {', '.join(map(str, reviews['cases']))}; "
+                    f"{'added to' if reviews['with_base_train'] else 'instead of'} the dataset's training split.")
+        if reviews["left_out"]:
+            st.caption("Left out: " + "; ".join(f"review {k}: {v}" for k, v in reviews["left_out"].items()))
     st.markdown("**Known limitations**\n" + "\n".join(f"- {item}" for item in card["limitations"]))

@@ -29,6 +29,7 @@ PAGES = (
     PageSpec("pages/diagnosis.py", "Diagnosis", ":material/diagnosis:", "diagnosis"),
     PageSpec("pages/segmentation.py", "Segmentation", ":material/donut_large:", "segmentation"),
     PageSpec("pages/explainability.py", "Explainability", ":material/blur_on:", "explainability"),
+    PageSpec("pages/training.py", "Training", ":material/monitoring:", "training"),
     PageSpec("pages/models.py", "Models", ":material/model_training:", "models"),
 )
 

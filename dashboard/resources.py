@@ -1,4 +1,4 @@
-"""The only @st.cache_resource functions: configuration, the store, decoded studies, models (read-only)."""
+"""The only cached functions: configuration, the store, decoded studies, models (read-only), comparisons."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from engine.io.study import Study
 from engine.segment import Segmenter
 from engine.segmentation import load_segmenter
 from engine.store import Store
+from engine.train.evaluate import compare_models
 
 
 @st.cache_resource
@@ -61,3 +62,16 @@ def segmenter(name: str) -> Segmenter:
     segmenter = load_segmenter(_base_config(), store(), name)
     segmenter.segment(np.zeros((64, 64), np.uint8))
     return segmenter
+
+
+def release_models() -> None:
+    """Drop every loaded model, so the next page run loads the newly active one (after promote / roll back)."""
+    for cached in (classifier, explainer, segmenter):
+        cached.clear()
+
+
+@st.cache_data(max_entries=8, show_spinner="Evaluating both models on the held-out split...")
+def comparison(names: tuple[str, ...]) -> dict[str, dict]:
+    """Metrics of each model on the first one's test split. Installed weights never change under a name
+    (a job writes a new name), so the names are a safe key."""
+    return compare_models(_base_config(), list(names))

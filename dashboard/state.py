@@ -10,3 +10,4 @@ DIAGNOSIS = "radlens.diagnosis"  # {(image id, weights sha, tta): CaseResult} so
 EXPLAIN_METHODS = "radlens.explain.methods"  # the methods the Explainability grid shows
 AUDIT_RUNNING = "radlens.audit.running"  # an audit was running at the last refresh
 SEGMENTATION = "radlens.segmentation"  # {(image id, weights sha, pixel size): CaseSegmentation}, as DIAGNOSIS
+TRAIN_JOB = "radlens.train.job"  # the job the Training page shows

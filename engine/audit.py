@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.background import alive, start_process
 from engine.config import Config
 from engine.diagnosis import load_classifier
 from engine.errors import EngineError
@@ -140,13 +140,9 @@ def start_audit(config: Config, store: Store, model_name: str, method: str, data
                     {"model": installed.name, "method": method, "dataset": dataset, "split": split})
     if not background:
         return audit_id
-    config.log_dir.mkdir(parents=True, exist_ok=True)
-    with open(config.log_dir / f"audit-{audit_id}.log", "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "engine", "audit", "--run", str(audit_id)],
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, "RADLENS_HOME": str(config.home), "TQDM_DISABLE": "1",
-                                        **({"RADLENS_DATA_DIR": str(config.data_dir)} if config.data_dir else {})})
-    _update(store, audit_id, pid=process.pid)
+    pid = start_process(config, [sys.executable, "-m", "engine", "audit", "--run", str(audit_id)],
+                        config.log_dir / f"audit-{audit_id}.log")
+    _update(store, audit_id, pid=pid)
     return audit_id
 
 
@@ -180,16 +176,6 @@ def _update(store: Store, audit_id: int, **values) -> None:
         db["explanation_audits"].update(audit_id, values)
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
 def list_audits(store: Store) -> list[dict]:
     """Every audit, newest first; a queued/running one whose process is gone reads 'interrupted'."""
     with store.read() as db:
@@ -197,7 +183,7 @@ def list_audits(store: Store) -> list[dict]:
             "SELECT id, created_at, model_name, model_version, method, layer, dataset, split, status, done, total, "
             "pid, error, summary FROM explanation_audits ORDER BY id DESC"))
     for row in rows:
-        if row["status"] in ("queued", "running") and not _alive(row["pid"]):
+        if row["status"] in ("queued", "running") and not alive(row["pid"]):
             row["status"] = "interrupted"
         summary = json.loads(row.pop("summary") or "{}")
         for key in ("border_share", "corner_share", "road"):

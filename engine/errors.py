@@ -15,6 +15,8 @@ __all__ = [
     "WeightsUnavailable",
     "BadCheckpoint",
     "ModelMismatch",
+    "TrainingDiverged",
+    "JobError",
     "short_reason",
 ]
 
@@ -79,3 +81,11 @@ class BadCheckpoint(EngineError):
 
 class ModelMismatch(EngineError):
     """The model cannot be used on this input (e.g. a classifier asked to segment)."""
+
+
+class TrainingDiverged(EngineError):
+    """The training loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
+
+
+class JobError(EngineError):
+    """A training job does not exist or cannot make that transition (e.g. resuming a finished job)."""

@@ -145,11 +145,22 @@ def _m004_segmentations(db: Database) -> None:
     db["segmentations"].create_index(["case_id"])
 
 
+def _m005_training_jobs(db: Database) -> None:
+    """What a background training job needs beyond the initial table: its task, device and queue, the
+    live progress the page polls, the review ids it trains on and the model it produced."""
+    for column, kind in (("task", str), ("device", str), ("output", str), ("model_name", str), ("actor", str),
+                         ("progress", str), ("review_ids", str), ("resumes", int), ("updated_at", str)):
+        db["jobs"].add_column(column, kind)
+    db["jobs"].create_index(["status"])
+    db["job_metrics"].create_index(["job_id", "name"])
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (1, "initial schema", _m001_initial),
     (2, "prediction provenance", _m002_prediction_provenance),
     (3, "explanations and explanation audits", _m003_explanations),
     (4, "segmentations", _m004_segmentations),
+    (5, "training jobs", _m005_training_jobs),
 )
 
 

@@ -14,6 +14,10 @@ SORTS = {
     "Study date (newest)": "c.study_date DESC, c.id DESC",
     "Modality": "c.modality ASC, c.id DESC",
     "Case id": "c.id ASC",
+    # Active learning: the cases the latest model is least sure of first (predictive entropy or TTA spread,
+    # as recorded with the prediction); cases without a prediction last.
+    "Most uncertain first": "(SELECT x.uncertainty FROM predictions x WHERE x.case_id = c.id ORDER BY x.id DESC "
+                            "LIMIT 1) DESC NULLS LAST, c.id DESC",
 }
 STATUSES = {
     "All": "",
@@ -30,6 +34,8 @@ _LATEST = ("SELECT c.id, "
            "(SELECT label FROM predictions x WHERE x.case_id = c.id ORDER BY x.id DESC LIMIT 1) AS latest_label, "
            "(SELECT probability FROM predictions x WHERE x.case_id = c.id ORDER BY x.id DESC LIMIT 1) "
            "AS latest_probability, "
+           "(SELECT uncertainty FROM predictions x WHERE x.case_id = c.id ORDER BY x.id DESC LIMIT 1) "
+           "AS latest_uncertainty, "
            "(SELECT verdict FROM reviews x WHERE x.case_id = c.id ORDER BY x.id DESC LIMIT 1) AS latest_review, "
            "(SELECT printf('HC %.1f %s', circumference, unit) FROM segmentations x WHERE x.case_id = c.id "
            "AND circumference IS NOT NULL ORDER BY x.id DESC LIMIT 1) AS latest_measurement "

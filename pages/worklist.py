@@ -26,13 +26,16 @@ result = query_worklist(store, WorklistQuery(
 
 st.caption(f"{result.total:,} case(s) - page {result.page} of {result.pages}. Select a row to open it.")
 frame = pd.DataFrame(result.rows, columns=[
-    "id", "modality", "body_part", "study_description", "latest_label", "latest_probability", "latest_measurement",
-    "latest_review", "view_position", "study_date", "received_at", "image_count", "burned_in_risk", "source"])
-frame.columns = ["Case", "Modality", "Body part", "Description", "Model output", "Probability", "Measurement",
+    "id", "modality", "body_part", "study_description", "latest_label", "latest_probability", "latest_uncertainty",
+    "latest_measurement", "latest_review", "view_position", "study_date", "received_at", "image_count", "burned_in_risk", "source"])
+frame.columns = ["Case", "Modality", "Body part", "Description", "Model output", "Probability", "Uncertainty",
+                 "Measurement",
                  "Review", "View", "Study date (shifted)", "Received (UTC)", "Images", "Burned-in text risk", "Source"]
 frame[["Model output", "Measurement", "Review"]] = frame[["Model output", "Measurement", "Review"]].fillna("")
 frame["Burned-in text risk"] = frame["Burned-in text risk"].map({1: "possible", 0: ""})
 frame["Received (UTC)"] = frame["Received (UTC)"].str.slice(0, 19).str.replace("T", " ")
 widgets.case_table(frame, "worklist", {"Probability": st.column_config.ProgressColumn(
     "Probability", help="Latest calibrated probability of the positive label", format="percent", min_value=0.0,
-    max_value=1.0)})
+    max_value=1.0), "Uncertainty": st.column_config.NumberColumn(
+    "Uncertainty", help="Of the latest prediction (entropy in bits, or the spread over test-time augmentation); "
+    "sort by 'Most uncertain first' to review those cases first", format="%.2f")})

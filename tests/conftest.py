@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -68,3 +69,19 @@ def make_model_file(path: Path, size: int = 64, mean: float = 0.3, std: float = 
     extras = {"ood_mean": torch.zeros(width), "ood_precision": torch.eye(width)}
     save_model(path, model, card, extras=extras, half=half)
     return path
+
+
+def write_cxr_subset(folder: Path, per_label: dict[str, int] | None = None) -> Path:
+    """A user-style manifest (path,label,split) over real chest X-rays: by default 12/6/6 per label and
+    split (48 films), enough for a training run of seconds."""
+    counts = per_label or {"train": 12, "val": 6, "test": 6}
+    with open(DATA_DIR / "cxr_pneumonia" / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    chosen = [r for split, n in counts.items() for label in ("normal", "pneumonia")
+              for r in [r for r in rows if r["demo_split"] == split and r["label"] == label][:n]]
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "manifest.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "split"])
+        writer.writerows([str(DATA_DIR / "cxr_pneumonia" / r["path"]), r["label"], r["demo_split"]] for r in chosen)
+    return folder

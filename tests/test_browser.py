@@ -129,7 +129,7 @@ def test_diagnosis_of_a_chest_xray_shows_probability_and_overlay(server, tmp_pat
         page.screenshot(path=OUTPUT / "diagnosis.png", full_page=True)
         page.get_by_role("link", name="Model card").click()
         _settle(page)
-        page.get_by_text("Installed weights").wait_for()
+        page.get_by_text("Installed versions").wait_for()
         page.wait_for_selector(".js-plotly-plot", timeout=60_000)
         page.screenshot(path=OUTPUT / "models.png", full_page=True)
     assert value.endswith("%") and 0 <= float(value.strip("<> %")) <= 100
@@ -200,3 +200,53 @@ def test_segmentation_of_an_hc18_case_shows_contour_and_circumference(server, tm
     magenta = ((r - g > 80) & (b - g > 80)).sum()  # the ground truth outline (same pixels as the PNG)
     assert green > 500 and magenta > 500, (green, magenta)
     assert (OUTPUT / "segmentation.png").stat().st_size > 50_000
+
+
+_POINTS = """name => Math.max(0, ...[...document.querySelectorAll('.js-plotly-plot')].flatMap(
+    plot => (plot._fullData || []).filter(t => t.name === name).map(t => t._length || 0)))"""
+
+
+def _trace_points(page, name: str) -> int:
+    return page.evaluate(_POINTS, name)
+
+
+def _wait_for_points(page, name: str, more_than: int) -> int:
+    page.wait_for_function(f"({_POINTS})({name!r}) > {more_than}", timeout=120_000)
+    return _trace_points(page, name)
+
+
+def test_training_job_started_in_the_browser_draws_live_curves(server, tmp_path):
+    """Start a tiny job from the form and watch its validation curve grow without reloading the page."""
+    if not os.environ.get("RADLENS_DATA_DIR"):
+        pytest.skip("RADLENS_DATA_DIR (../shared/data) is not present")
+    from engine.config import Config
+    from engine.ingest import open_store
+    from engine.train.jobs import cancel_job, list_jobs
+    from tests.conftest import write_cxr_subset
+
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    folder = write_cxr_subset(tmp_path / "data")
+    config = Config(home=tmp_path / "home", data_dir=None)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1900})
+        try:
+            page.goto(server + "/training")
+            _settle(page)
+            page.locator('[data-testid="stSelectbox"]').filter(has_text="Dataset").click()
+            page.get_by_role("option", name="folder").click()
+            page.get_by_label("Folder (dataset 'folder' only)").fill(str(folder))
+            for label, value in (("Image size (px)", "48"), ("Epochs", "40"), ("Batch size", "8")):
+                page.get_by_label(label).fill(value)
+            page.get_by_role("button", name="Start training").click()
+            first = _wait_for_points(page, "val auc", 0)  # the fragment refreshes by itself: no reload
+            assert _wait_for_points(page, "val auc", first) > first >= 1
+            assert page.get_by_text("img/s").count() >= 1 and page.get_by_text("Epoch ").count() >= 1
+            page.screenshot(path=str(OUTPUT / "training.png"), full_page=True)
+        finally:
+            browser.close()
+            store = open_store(config)
+            for job in list_jobs(store):
+                if job["status"] in ("queued", "running"):
+                    cancel_job(config, store, job["id"])

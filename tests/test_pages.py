@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard.widgets import DISCLAIMER
 from engine.ingest import ingest_files
-from tests.conftest import dicom_bytes, needs_data
+from tests.conftest import dicom_bytes, make_model_file, needs_data, write_cxr_subset
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "dashboard" / "app.py")
@@ -18,6 +18,7 @@ APP = str(ROOT / "dashboard" / "app.py")
 def app_home(config, store, monkeypatch):
     monkeypatch.setenv("RADLENS_HOME", str(config.home))
     st.cache_resource.clear()  # resources are process-wide; each test gets its own home
+    st.cache_data.clear()
     ingest_files([("rg1.dcm", dicom_bytes("RG1_UNCR.dcm")), ("ct.dcm", dicom_bytes("693_UNCR.dcm"))], config, store)
     yield config
     st.cache_resource.clear()
@@ -184,3 +185,60 @@ def test_models_page_shows_the_segmentation_card(app_home):
     metrics = at.dataframe[1].value
     assert list(metrics["Metric"])[:4] == ["Dice", "IoU", "HD95 (mm)", "HC absolute error (mm)"]
     assert any("Post-processing" in m.value for m in at.markdown)
+
+
+def _widget(widgets, label):
+    return next(w for w in widgets if w.label == label)
+
+
+@needs_data
+def test_training_page_starts_a_job_from_the_form_and_cancels_it(app_home, tmp_path):
+    from engine.ingest import open_store
+    from engine.train.jobs import get_job
+
+    folder = write_cxr_subset(tmp_path / "data")
+    at = _run("pages/training.py")
+    assert at.title[0].value == "Training" and "No training job yet" in at.info[0].value
+    _widget(at.selectbox, "Dataset").set_value("folder")
+    _widget(at.text_input, "Folder (dataset 'folder' only)").set_value(str(folder))
+    _widget(at.number_input, "Image size (px)").set_value(48)
+    _widget(at.number_input, "Epochs").set_value(50)
+    _widget(at.number_input, "Batch size").set_value(8)
+    _widget(at.button, "Start training").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    store = open_store(app_home)
+    job = get_job(store, 1)
+    assert job["status"] == "running" and job["config"]["spec"]["size"] == 48 and job["device"] == "cpu"
+    assert at.dataframe[0].value.iloc[0]["Status"] == "running"
+    assert any("**Job 1**" in m.value for m in at.markdown)
+
+    _widget(at.button, "Cancel job").click().run()
+    assert get_job(store, 1)["status"] == "cancelled"
+    assert [r["action"] for r in store.audit_rows()][:2] == ["job.cancel", "job.start"]
+    assert _widget(at.button, "Resume from the last checkpoint")  # a cancelled job can go on
+
+
+def test_models_page_promotes_and_rolls_back_with_history(app_home):
+    make_model_file(app_home.home / "models" / "candidate.safetensors")
+    at = _run("pages/models.py")
+    _widget(at.selectbox, "Model card").set_value("candidate").run()
+    _widget(at.button, "Promote candidate to active classification model").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("Active classification model: **candidate**" in m.value for m in at.markdown)
+    history = at.dataframe[-2].value
+    assert list(history["Action"]) == ["model.promote"] and history.iloc[0]["Replaced"] == "cxr-pneumonia-resnet18"
+    _widget(at.button, "Roll back to cxr-pneumonia-resnet18").click().run()
+    assert any("Active classification model: **cxr-pneumonia-resnet18**" in m.value for m in at.markdown)
+    assert list(at.dataframe[-2].value["Action"]) == ["model.rollback", "model.promote"]
+
+
+@needs_data
+def test_models_page_compares_two_versions_on_the_test_split(app_home):
+    make_model_file(app_home.home / "models" / "candidate.safetensors")
+    at = _run("pages/models.py")
+    _widget(at.selectbox, "Model card").set_value("candidate").run()
+    _widget(at.toggle, "Evaluate both on the held-out test split").set_value(True).run()
+    assert not at.exception, [e.message for e in at.exception]
+    table = next(d.value for d in at.dataframe if "candidate (n=156)" in d.value.columns)
+    auc = table[table["Metric"] == "AUC"].iloc[0]
+    assert float(auc["cxr-pneumonia-resnet18 (n=156)"].split()[0]) > float(auc["candidate (n=156)"].split()[0])

@@ -1,7 +1,6 @@
 """The training program end to end on a small real subset: weights + card written atomically, the card
 complete, resume continuing at epoch + 1, and the result loadable by the inference engine."""
 
-import csv
 import json
 
 import numpy as np
@@ -9,28 +8,13 @@ import numpy as np
 from engine.infer import Classifier
 from engine.models import load_model
 from engine.train.run import get_args_parser, main
-from tests.conftest import DATA_DIR, needs_data
-
-
-def _subset(folder) -> None:
-    """A user-style manifest (path,label,split) over 48 real chest X-rays."""
-    with open(DATA_DIR / "cxr_pneumonia" / "manifest.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    chosen = []
-    for split, n in (("train", 12), ("val", 6), ("test", 6)):
-        for label in ("normal", "pneumonia"):
-            chosen += [r for r in rows if r["demo_split"] == split and r["label"] == label][:n]
-    folder.mkdir()
-    with open(folder / "manifest.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "split"])
-        writer.writerows([str(DATA_DIR / "cxr_pneumonia" / r["path"]), r["label"], r["demo_split"]] for r in chosen)
+from tests.conftest import needs_data, write_cxr_subset
 
 
 @needs_data
 def test_train_resume_and_load(tmp_path, monkeypatch):
     monkeypatch.setenv("RADLENS_HOME", str(tmp_path / "home"))
-    _subset(tmp_path / "data")
+    write_cxr_subset(tmp_path / "data")
     out = tmp_path / "run"
     common = ["--dataset", "folder", "--data-path", str(tmp_path / "data"), "--size", "48", "--batch-size", "8",
               "--output", str(out), "--name", "tiny", "--threads", "2"]

@@ -6,6 +6,7 @@ file itself. The active model per task is a store setting; without one, the ship
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from engine.errors import BadCheckpoint, UnknownModel
 from engine.models.checkpoint import read_card
 from engine.store import Store
 
-__all__ = ["InstalledModel", "SHIPPED_DIR", "installed_models", "find_model", "active_model", "set_active"]
+__all__ = ["InstalledModel", "SHIPPED_DIR", "installed_models", "find_model", "active_model", "set_active", "promote",
+           "rollback", "rollback_target", "activation_log"]
 
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "weights"
 DEFAULT = {"classification": "cxr-pneumonia-resnet18", "segmentation": "hc18-unet"}
@@ -74,9 +76,48 @@ def active_model(config: Config, store: Store, task: str = "classification") -> 
     return available[0]
 
 
-def set_active(config: Config, store: Store, name: str) -> InstalledModel:
+def set_active(config: Config, store: Store, name: str, action: str = "model.promote") -> InstalledModel:
+    """Make `name` the active model of its task; the audit row records the one it replaced (for roll back)."""
     model = find_model(config, name)
+    previous = active_model(config, store, model.task)
     with store.write() as db:
         db["settings"].upsert({"key": f"active_model.{model.task}", "value": model.name}, pk="key")
-        Store.audit(db, config.user, "model.activate", "model", model.name, {"version": model.card["version"]})
+        Store.audit(db, config.user, action, "model", model.name,
+                    {"task": model.task, "version": model.card["version"], "previous": previous.name,
+                     "previous_version": previous.card["version"]})
     return model
+
+
+def promote(config: Config, store: Store, name: str) -> InstalledModel:
+    return set_active(config, store, name, "model.promote")
+
+
+def rollback_target(config: Config, store: Store, task: str) -> InstalledModel | None:
+    """The model that was active before the current one (from the latest promotion or roll back), if installed."""
+    with store.read() as db:
+        row = db.execute("SELECT detail FROM audit_log WHERE action IN ('model.promote', 'model.rollback') AND "
+                         "json_extract(detail, '$.task') = ? ORDER BY id DESC LIMIT 1", [task]).fetchone()
+    previous = json.loads(row[0]).get("previous") if row else None
+    try:
+        return find_model(config, previous) if previous else None
+    except UnknownModel:
+        return None
+
+
+def rollback(config: Config, store: Store, task: str) -> InstalledModel:
+    """Re-activate the model that was active before the current one of `task` (audited)."""
+    target = rollback_target(config, store, task)
+    if target is None:
+        raise UnknownModel(f"there is no earlier {task} model to roll back to")
+    return set_active(config, store, target.name, "model.rollback")
+
+
+def activation_log(store: Store, limit: int = 50) -> list[dict]:
+    """Who promoted or rolled back which model, and when, newest first."""
+    with store.read() as db:
+        rows = list(db.query("SELECT at, actor, action, target_id AS model, detail FROM audit_log WHERE action IN "
+                             "('model.promote', 'model.rollback', 'model.activate') ORDER BY id DESC LIMIT ?", [limit]))
+    for row in rows:
+        detail = json.loads(row.pop("detail") or "{}")
+        row.update(version=detail.get("version"), task=detail.get("task"), replaced=detail.get("previous"))
+    return rows

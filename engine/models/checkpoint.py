@@ -10,6 +10,7 @@ moved into place with os.replace, so a crash never leaves a half-written file un
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -22,12 +23,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from engine.errors import BadCheckpoint
+from engine.errors import BadCheckpoint, short_reason
 from engine.models.preprocess import Preprocessing
 from engine.models.registry import create_model
 
 __all__ = ["FORMAT_VERSION", "LoadedModel", "save_model", "load_model", "read_card", "sha256_of",
-           "atomic_write", "save_state", "load_state"]
+           "atomic_write", "remove_stale_temps", "save_state", "load_state"]
 
 FORMAT_VERSION = 1
 _EXTRA = "extra."  # prefix of non-parameter tensors stored with the weights (e.g. OOD statistics)
@@ -58,17 +59,36 @@ class LoadedModel:
 
 
 def atomic_write(path: Path, write: Any) -> None:
-    """Call write(tmp_path) then move tmp_path onto path; the temp file is removed on failure."""
+    """Call write(tmp_path), flush it to disk, then move tmp_path onto path; the temp file is removed on
+    failure (a process killed mid-write leaves only a dot-named .tmp file, never a partial `path`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync(path.parent)  # the rename itself survives a power cut
+
+
+def _fsync(path: Path | str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the .tmp files a killed writer left in folder; returns them."""
+    stale = sorted(Path(folder).glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def sha256_of(path: Path) -> str:
@@ -127,9 +147,15 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
 
 
 def save_state(path: Path, state: dict) -> None:
-    """Training state for resume: tensors and plain Python values only, so weights_only loading works."""
-    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+    """Training state for resume: tensors and plain Python values only, so weights_only loading works.
+    Serialised in memory first, so a full disk surfaces as OSError(ENOSPC) from a plain write."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(Path(path), lambda tmp: tmp.write_bytes(buffer.getbuffer()))
 
 
 def load_state(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:  # torch reports a truncated zip as RuntimeError
+        raise BadCheckpoint(f"{Path(path).name} is not a complete training checkpoint ({short_reason(exc)})") from None

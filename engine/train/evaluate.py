@@ -17,14 +17,16 @@ from pathlib import Path
 import torch
 
 from engine.config import Config
+from engine.errors import EngineError, ModelMismatch
+from engine.models.catalog import find_model
 from engine.models.checkpoint import LoadedModel, load_model, save_model
 from engine.models.registry import cam_layer
-from engine.train.data import load_dataset
+from engine.train.data import DATASETS, load_dataset
 from engine.train import segmentation
 from engine.train.loop import predict
 from engine.train.metrics import split_report
 
-__all__ = ["evaluate", "get_args_parser", "main"]
+__all__ = ["evaluate", "compare_models", "get_args_parser", "main"]
 
 
 def _classifier_metrics(loaded: LoadedModel, sets: dict) -> dict[str, dict]:
@@ -49,9 +51,22 @@ METRICS = {"classification": _classifier_metrics, "segmentation": _segmenter_met
 
 
 def evaluate(loaded: LoadedModel, data_dir: Path | None, splits: tuple[str, ...] = ("val", "test"),
-             data_path: Path | None = None) -> dict[str, dict]:
-    data = load_dataset(loaded.card["data"]["dataset"], loaded.preprocessing, data_dir, data_path, only=splits)
+             data_path: Path | None = None, dataset: str | None = None) -> dict[str, dict]:
+    data = load_dataset(dataset or loaded.card["data"]["dataset"], loaded.preprocessing, data_dir, data_path,
+                        only=splits)
     return METRICS[loaded.card["task"]](loaded, data.sets)
+
+
+def compare_models(config: Config, names: list[str], split: str = "test") -> dict[str, dict]:
+    """Each model's metrics on the same held-out split: the first model's dataset, each model with its own
+    preprocessing and decision rules (threshold, temperature, boundary offset)."""
+    models = [find_model(config, name) for name in names]
+    if len({m.task for m in models}) > 1:
+        raise ModelMismatch(f"{' and '.join(names)} are models of different tasks; compare models of one task")
+    dataset = models[0].card["data"]["dataset"]
+    if DATASETS[dataset].folder is None:
+        raise EngineError(f"{models[0].name} was trained on a folder of the user's; compare on a named dataset")
+    return {m.name: evaluate(load_model(m.path), config.data_dir, (split,), dataset=dataset)[split] for m in models}
 
 
 def get_args_parser() -> argparse.ArgumentParser:

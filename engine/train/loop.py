@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from engine.errors import TrainingDiverged
 from engine.models.ood import pooled
 from engine.models.preprocess import Preprocessing
 from engine.train.data import ImageSet, MaskSet
@@ -37,11 +39,18 @@ def warmup_cosine(optimizer, warmup_steps: int, total_steps: int) -> torch.optim
 
 def train_one_epoch(model: nn.Module, data: ImageSet | MaskSet, prep: Preprocessing, loss_fn: nn.Module, optimizer,
                     scheduler, scaler, augment, batch_size: int, generator: torch.Generator,
-                    device: torch.device) -> float:
+                    device: torch.device, shard: tuple[int, int] = (0, 1),
+                    on_step: Callable[[int, int, float, int], None] | None = None) -> float:
+    """Mean training loss of one pass over this process's shard (rank, world size) of a shuffled order.
+    Every rank draws the same permutation from its identically seeded generator and takes every world-th
+    image, as DistributedSampler does. on_step(step, steps, loss, images) is called after each step."""
     model.train()
     order = torch.randperm(len(data), generator=generator)
+    # Equal shards, so every rank takes the same number of steps (DDP's all-reduce needs that).
+    order = order[:len(order) - len(order) % shard[1]][shard[0]::shard[1]]
+    steps = -(-len(order) // batch_size)
     total, seen = 0.0, 0
-    for start in range(0, len(order), batch_size):
+    for step, start in enumerate(range(0, len(order), batch_size)):
         idx = order[start:start + batch_size]
         if len(idx) < 2:  # BatchNorm cannot train on a batch of one
             continue
@@ -49,6 +58,8 @@ def train_one_epoch(model: nn.Module, data: ImageSet | MaskSet, prep: Preprocess
         x, y = prep.normalize(x).to(device, memory_format=torch.channels_last), y.to(device)
         with autocast(device):
             loss = loss_fn(model(x), y)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"the training loss became {loss.item()} at step {step + 1} of {steps}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -56,6 +67,8 @@ def train_one_epoch(model: nn.Module, data: ImageSet | MaskSet, prep: Preprocess
         scheduler.step()
         total += loss.item() * len(idx)
         seen += len(idx)
+        if on_step:
+            on_step(step + 1, steps, loss.item(), len(idx))
     return total / max(seen, 1)
 
 

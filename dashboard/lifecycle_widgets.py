@@ -1,0 +1,85 @@
+"""Models page lifecycle pieces: promote, roll back, compare two versions on one held-out split, history."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from dashboard import model_widgets, resources
+from engine.config import Config
+from engine.models.catalog import InstalledModel, activation_log, promote, rollback, rollback_target
+from engine.store import Store
+
+__all__ = ["promote_button", "rollback_buttons", "compare", "history"]
+
+
+def promote_button(config: Config, store: Store, model: InstalledModel, active_name: str) -> None:
+    if model.name != active_name and st.button(f"Promote {model.name} to active {model.task} model",
+                                               icon=":material/upgrade:", type="primary"):
+        promote(config, store, model.name)
+        resources.release_models()
+        st.rerun()
+
+
+def rollback_buttons(config: Config, store: Store, active: dict[str, str]) -> None:
+    for task, name in active.items():
+        target = rollback_target(config, store, task)
+        c1, c2 = st.columns([3, 2])
+        c1.markdown(f"Active {task} model: **{name}**")
+        if target and target.name != name and c2.button(f"Roll back to {target.name}", key=f"rollback.{task}",
+                                                        icon=":material/undo:"):
+            rollback(config, store, task)
+            resources.release_models()
+            st.rerun()
+
+
+def _confusions(reports: dict[str, dict]) -> None:
+    for column, (name, report) in zip(st.columns(len(reports)), reports.items()):
+        c = report["confusion"]
+        figure = go.Figure(go.Heatmap(z=[[c["tn"], c["fp"]], [c["fn"], c["tp"]]], x=["predicted negative",
+                           "predicted positive"], y=["truly negative", "truly positive"], text=[[c["tn"], c["fp"]],
+                           [c["fn"], c["tp"]]], texttemplate="%{text}", colorscale="Blues", showscale=False))
+        figure.update_layout(title=f"{name}: confusion at its threshold", height=280, margin=dict(l=0, r=0, t=40, b=0))
+        column.plotly_chart(figure, width="stretch", key=f"confusion.{name}")
+
+
+def compare(models: list[InstalledModel], active: dict[str, str], chosen: InstalledModel) -> None:
+    """Pick two versions of one task; on request, both are evaluated on the first one's held-out test split."""
+    same_task = [m.name for m in models if m.task == chosen.task]
+    c1, c2 = st.columns(2)
+    first = c1.selectbox("Version A", same_task, index=same_task.index(active[chosen.task]), key="compare.a")
+    second = c2.selectbox("Version B", same_task, index=same_task.index(chosen.name),
+                          key=f"compare.b.{chosen.name}")  # follows the model card chosen above
+    if first == second:
+        st.caption("Choose two different versions to compare them.")
+        return
+    if not st.toggle("Evaluate both on the held-out test split", key="compare.run",
+                     help="Runs both models on the same images now (seconds on a CPU); results are cached"):
+        return
+    reports = resources.comparison((first, second))
+    st.caption("Each model with its own threshold / calibration (or boundary offset), on version A's dataset's "
+               "test split. 95 % CIs are bootstrap intervals per model; overlapping CIs mean the difference "
+               "is not established on this split.")
+    if chosen.task == "segmentation":
+        model_widgets.seg_card_metrics({"metrics": reports})
+        return
+    model_widgets.card_metrics({"metrics": reports})
+    c1, c2 = st.columns(2)
+    with c1:
+        model_widgets.roc_chart({"metrics": reports})
+    with c2:
+        model_widgets.reliability_overlay(reports)
+    _confusions(reports)
+
+
+def history(store: Store) -> None:
+    rows = activation_log(store)
+    if not rows:
+        st.caption("No promotion or roll back yet: the shipped models are active.")
+        return
+    frame = pd.DataFrame(rows)[["at", "actor", "action", "task", "model", "version", "replaced"]]
+    frame["at"] = frame["at"].str.slice(0, 19).str.replace("T", " ")
+    st.dataframe(frame.rename(columns={"at": "When (UTC)", "actor": "Who", "action": "Action", "task": "Task",
+                                       "model": "Model", "version": "Version", "replaced": "Replaced"}),
+                 hide_index=True, width="stretch")

@@ -1,0 +1,165 @@
+"""Training page pieces: the job form, the queue, and the live view of one job (a self-refreshing fragment)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from dashboard.registry import page_path
+from engine.config import Config
+from engine.models.catalog import active_model
+from engine.models.registry import get_spec, list_models
+from engine.store import Store
+from engine.train.data import datasets
+from engine.train.jobs import (RESUMABLE, JobSpec, cancel_job, get_job, job_metrics, log_tail, resume_job,
+                               visible_gpus)
+from engine.train.reviews import usable_review_ids
+
+__all__ = ["job_form", "queue_table", "live_job", "REFRESH_S"]
+
+REFRESH_S = 2.0
+_DEFAULTS = {"classification": {"size": 224, "batch": 32, "epochs": 10},
+             "segmentation": {"size": 256, "batch": 16, "epochs": 20}}
+_BADGES = {"queued": ":gray-badge[queued]", "running": ":blue-badge[running]", "finished": ":green-badge[finished]",
+           "failed": ":red-badge[failed]", "cancelled": ":orange-badge[cancelled]",
+           "interrupted": ":orange-badge[interrupted]"}
+
+
+def job_form(config: Config, store: Store) -> JobSpec | None:
+    """The new-job form; returns the spec when submitted."""
+    task = st.segmented_control("Task", ["classification", "segmentation"], default="classification",
+                                key="train.task") or "classification"
+    active = active_model(config, store, task)
+    defaults = _DEFAULTS[task]
+    with st.form("train.form", border=True):
+        c1, c2, c3 = st.columns(3)
+        dataset = c1.selectbox("Dataset", datasets(task), help="Read from RADLENS_DATA_DIR; 'folder' is your own")
+        archs = [m for m in list_models() if get_spec(m).task == task]
+        arch = c2.selectbox("Architecture", archs, index=archs.index(active.card["arch"]))
+        data_path = c3.text_input("Folder (dataset 'folder' only)", placeholder="/data/my-set (manifest.csv)")
+        c1, c2, c3, c4 = st.columns(4)
+        size = c1.number_input("Image size (px)", 16, 1024, defaults["size"], 16)
+        epochs = c2.number_input("Epochs", 1, 500, defaults["epochs"])
+        batch = c3.number_input("Batch size", 2, 1024, defaults["batch"])
+        lr = c4.number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.0e")
+        c1, c2, c3, c4 = st.columns(4)
+        augment = c1.toggle("Augmentation", value=True, help="The task's standard augmentation (see the card)")
+        balance = c2.selectbox("Class balancing", ["weights", "none"], disabled=task != "classification",
+                               format_func={"weights": "Class-weighted loss", "none": "None"}.get)
+        device = c3.selectbox("Device", ["auto", "cpu", "cuda"], help="auto: the GPU when there is one")
+        gpus = c4.number_input("GPUs", 1, max(1, visible_gpus()), 1, disabled=visible_gpus() < 2,
+                               help="More than one runs torchrun with one process per GPU")
+        fine_tune = st.toggle(f"Fine-tune from the active model ({active.name})", value=False)
+        reviews = len(usable_review_ids(store, active.card["labels"])) if task == "classification" else 0
+        c1, c2 = st.columns(2)
+        use_reviews = c1.toggle(f"Add the {reviews} clinician-reviewed case(s)", value=False, disabled=not reviews,
+                                help="Confirmed or corrected labels from the Diagnosis page. Films of the "
+                                "validation or test split are left out automatically.")
+        with_base = c2.toggle("... mixed with the dataset's training split", value=True, disabled=not reviews)
+        if not st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:"):
+            return None
+    return JobSpec(dataset=dataset, arch=arch, size=int(size), epochs=int(epochs), batch_size=int(batch), lr=float(lr),
+                   augment=augment, balance=balance, device=device, fine_tune=fine_tune, use_reviews=use_reviews,
+                   with_base_train=with_base, data_path=data_path.strip(), gpus=int(gpus))
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min {secs:02d} s"
+
+
+def queue_table(jobs: list[dict]) -> None:
+    st.dataframe(pd.DataFrame([{
+        "Job": j["id"], "Status": j["status"], "Task": j["task"], "Dataset": j["config"]["spec"]["dataset"],
+        "Architecture": j["config"]["spec"]["arch"], "Device": j["device"],
+        "Epochs": j["config"]["spec"]["epochs"],
+        "Reviews": len(j["review_ids"]) or "", "Model": j["model_name"] if j["status"] == "finished" else "",
+        "Started by": j["actor"], "Created (UTC)": (j["created_at"] or "")[:19].replace("T", " "),
+        "Error": j["error"] or ""} for j in jobs]), hide_index=True, width="stretch")
+
+
+def _curves(metrics: pd.DataFrame, score: str) -> go.Figure:
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("Loss", score.replace("_", " ")))
+    last = metrics.drop_duplicates(["name", "step"], keep="last")  # a resumed epoch replaces the killed one
+    for name, dash, mode in (("loss", None, "lines"), ("train_loss", "dot", "lines+markers"),
+                             ("val_loss", None, "lines+markers")):
+        series = last[last["name"] == name]
+        figure.add_scatter(x=series["step"], y=series["value"], mode=mode, name=name.replace("_", " "),
+                           line=dict(dash=dash), row=1, col=1)
+    series = last[last["name"] == score]
+    figure.add_scatter(x=series["step"], y=series["value"], mode="lines+markers", name=score.replace("_", " "),
+                       row=1, col=2)
+    figure.update_xaxes(title_text="step")
+    figure.update_layout(height=330, margin=dict(l=0, r=0, t=30, b=0), legend=dict(orientation="h", y=-0.25))
+    return figure
+
+
+def _progress(job: dict) -> None:
+    p, spec = job["progress"], job["config"]["spec"]
+    if "epoch" not in p:
+        st.progress(0.0, text=p.get("phase", "waiting for the training process to start").capitalize())
+        return
+    done = (p["epoch"] + p["step"] / p["steps"]) / spec["epochs"]
+    eta = f" - about {_duration(p['eta_s'])} left at most (early stopping may end it sooner)" \
+        if job["status"] == "running" else ""
+    st.progress(min(done, 1.0), text=f"Epoch {p['epoch'] + 1}/{spec['epochs']}, step {p['step']}/{p['steps']}{eta}"
+                + (f" - {p['phase']}" if job["status"] == "running" and p.get("phase") not in ("training", "validated")
+                   else ""))
+    c = st.columns(5)
+    c[0].metric("Throughput", f"{p.get('images_per_s', 0):.1f} img/s")
+    c[1].metric("Best epoch", p["best_epoch"] + 1 if "best_epoch" in p else "-")
+    if "gpu_memory_mb" in p:
+        c[2].metric("GPU memory (peak)", f"{p['gpu_memory_mb']:.0f} MB")
+        c[3].metric("GPU utilisation", f"{p.get('gpu_util_percent', float('nan')):.0f} %")
+    else:
+        c[2].metric("CPU (training process)", f"{p['cpu_percent']:.0f} %" if "cpu_percent" in p else "-")
+        c[3].metric("Memory (training process)", f"{p['rss_mb']:.0f} MB" if "rss_mb" in p else "-")
+    c[4].metric("Machine RAM in use", f"{p['ram_percent']:.0f} %" if "ram_percent" in p else "-")
+
+
+def _actions(config: Config, store: Store, job: dict) -> None:
+    c1, c2, _ = st.columns([1, 1, 3])
+    if job["status"] in ("queued", "running") and c1.button("Cancel job", icon=":material/stop:",
+                                                            key=f"cancel.{job['id']}"):
+        cancel_job(config, store, job["id"])
+        st.rerun(scope="app")
+    if job["status"] in RESUMABLE and c2.button("Resume from the last checkpoint", icon=":material/replay:",
+                                                key=f"resume.{job['id']}", type="primary"):
+        resume_job(config, store, job["id"])
+        st.rerun(scope="app")
+    if job["status"] == "finished":
+        st.page_link(page_path("models"), label=f"Compare {job['model_name']} with the active model and promote it",
+                     icon=":material/compare_arrows:", query_params={"model": job["model_name"]})
+
+
+def _render(config: Config, store: Store, job_id: int, was_active: bool) -> None:
+    job = get_job(store, job_id)
+    active = job["status"] in ("queued", "running")
+    if was_active and not active:
+        st.rerun(scope="app")  # the queue and buttons outside this fragment change too
+    spec, reviews = job["config"]["spec"], len(job["review_ids"])
+    extras = (", fine-tuned from the active model" if spec["fine_tune"] else "") + \
+        (f", with {reviews} reviewed case(s)" if reviews else "")
+    st.markdown(f"**Job {job_id}** {_BADGES[job['status']]} - {spec['arch']} on {spec['dataset']}, "
+                f"{job['device']}{extras}")
+    if job["error"] and job["status"] != "finished":
+        (st.error if job["status"] == "failed" else st.warning)(job["error"], icon=":material/error:")
+    _progress(job)
+    metrics = pd.DataFrame(job_metrics(store, job_id), columns=["epoch", "step", "name", "value", "created_at"])
+    score = "val_dice" if job["task"] == "segmentation" else "val_auc"
+    if len(metrics):
+        st.plotly_chart(_curves(metrics, score), width="stretch", config={"displayModeBar": False},
+                        key=f"curves.{job_id}")
+    _actions(config, store, job)
+    with st.expander("Log (last lines)", expanded=job["status"] == "failed"):
+        st.code(log_tail(config, job_id) or "(no output yet)", language="text")
+
+
+def live_job(config: Config, store: Store, job_id: int) -> None:
+    """The job's view; refreshes itself every REFRESH_S seconds while the job is queued or running."""
+    active = get_job(store, job_id)["status"] in ("queued", "running")
+    st.fragment(run_every=REFRESH_S if active else None)(_render)(config, store, job_id, active)

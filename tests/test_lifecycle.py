@@ -1,0 +1,129 @@
+"""Model lifecycle: promote and roll back (audited), comparing two versions on one held-out split, the
+training set built from clinician reviews, and the worklist's most-uncertain-first order."""
+
+import csv
+
+import pytest
+
+from engine.diagnosis import add_review, diagnose_cases, get_image, load_classifier
+from engine.errors import EngineError, UnknownModel
+from engine.ingest import ingest_files
+from engine.models.catalog import activation_log, active_model, promote, rollback, rollback_target
+from engine.models.preprocess import Preprocessing
+from engine.store import utc_now
+from engine.train.data import load_dataset
+from engine.train import run as training
+from engine.train.evaluate import compare_models
+from engine.train.reviews import add_reviews
+from engine.worklist import WorklistQuery, query_worklist
+from tests.conftest import DATA_DIR, make_model_file, needs_data, write_cxr_subset
+
+
+def test_promote_then_roll_back_switches_the_active_model_and_is_audited(config, store):
+    make_model_file(config.home / "models" / "candidate.safetensors")
+    assert active_model(config, store).name == "cxr-pneumonia-resnet18"
+    with pytest.raises(UnknownModel, match="no earlier"):
+        rollback(config, store, "classification")
+
+    promote(config, store, "candidate")
+    assert active_model(config, store).name == "candidate"
+    assert rollback_target(config, store, "classification").name == "cxr-pneumonia-resnet18"
+    rollback(config, store, "classification")
+    assert active_model(config, store).name == "cxr-pneumonia-resnet18"
+    assert active_model(config, store, "segmentation").name == "hc18-unet"  # the other task is untouched
+
+    log = activation_log(store)
+    assert [(r["action"], r["model"], r["replaced"]) for r in log] == [
+        ("model.rollback", "cxr-pneumonia-resnet18", "candidate"),
+        ("model.promote", "candidate", "cxr-pneumonia-resnet18")]
+    assert all(r["actor"] == config.user and r["task"] == "classification" for r in log)
+
+
+@needs_data
+def test_compare_evaluates_both_versions_on_the_same_test_images(config, store):
+    make_model_file(config.home / "models" / "untrained.safetensors")
+    reports = compare_models(config, ["cxr-pneumonia-resnet18", "untrained"])
+    assert reports["cxr-pneumonia-resnet18"]["n"] == reports["untrained"]["n"] == 156
+    assert reports["cxr-pneumonia-resnet18"]["auc"] > 0.95 > reports["untrained"]["auc"]
+    assert {"ci95", "roc", "confusion", "reliability"} <= set(reports["untrained"])
+    with pytest.raises(EngineError, match="different tasks"):
+        compare_models(config, ["cxr-pneumonia-resnet18", "hc18-unet"])
+
+
+def _ingest(config, store, path):
+    result = ingest_files([(path.name, path.read_bytes())], config, store)[0]
+    assert result.ok, result.error
+    return result.case_id
+
+
+@needs_data
+def test_reviewed_cases_become_training_data_and_held_out_films_are_left_out(config, store, tmp_path, monkeypatch):
+    folder = write_cxr_subset(tmp_path / "data", {"train": 4, "val": 3, "test": 3})
+    with open(DATA_DIR / "cxr_pneumonia" / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    train = [r for r in rows if r["demo_split"] == "train"]
+    normal = next(r for r in train if r["label"] == "normal")
+    pneumonia = next(r for r in train if r["label"] == "pneumonia")
+    with open(DATA_DIR / "cxr_pneumonia_fullres" / "manifest.csv", newline="") as f:
+        fullres = next(iter(csv.DictReader(f)))  # a full-resolution copy of a held-out film
+    with open(folder / "manifest.csv", "a", newline="") as f:  # ... which this subset's test split holds
+        csv.writer(f).writerow([str(DATA_DIR / fullres["downsized_copy"]), fullres["label"], "test"])
+
+    corrected = _ingest(config, store, DATA_DIR / "cxr_pneumonia" / normal["path"])
+    agreed = _ingest(config, store, DATA_DIR / "cxr_pneumonia" / pneumonia["path"])
+    vague = _ingest(config, store, DATA_DIR / "cxr_pneumonia" / train[5]["path"])
+    held_out = _ingest(config, store, DATA_DIR / "cxr_pneumonia_fullres" / fullres["file"])
+    done, _ = diagnose_cases(config, store, load_classifier(config, store), [agreed])
+
+    superseded = add_review(store, "dr a", corrected, "agree", prediction_id=None)
+    fixed = add_review(store, "dr b", corrected, "corrected", "pneumonia")
+    agree = add_review(store, "dr a", agreed, "agree", prediction_id=done[0].prediction_id)
+    disagree = add_review(store, "dr a", vague, "disagree")
+    test_film = add_review(store, "dr a", held_out, "corrected", fullres["label"])
+
+    splits = load_dataset("folder", Preprocessing(size=64), None, folder)
+    base_train = len(splits.sets["train"])
+    record = add_reviews(splits, config, store, [superseded, fixed, agree, disagree, test_film],
+                         Preprocessing(size=64), with_base_train=True)
+    assert record["used"] == [fixed, agree] and record["cases"] == [corrected, agreed]
+    assert record["labels"] == {fixed: "pneumonia", agree: done[0].prediction.label}
+    assert set(record["left_out"]) == {str(superseded), str(disagree), str(test_film)}
+    assert "superseded" in record["left_out"][str(superseded)]
+    assert "without a corrected label" in record["left_out"][str(disagree)]
+    assert record["left_out"][str(test_film)].startswith("the same film as test image")
+    train_set = splits.sets["train"]
+    assert len(train_set) == base_train + 2
+    assert train_set.labels[-2:].tolist() == [1, splits.label_names.index(done[0].prediction.label)]
+
+    # The training program with those reviews: the card lists exactly the reviews it trained on.
+    monkeypatch.setenv("RADLENS_HOME", str(config.home))
+    card = training.main(training.get_args_parser().parse_args([
+        "--dataset", "folder", "--data-path", str(folder), "--size", "48", "--batch-size", "4", "--epochs", "1",
+        "--threads", "2", "--output", str(tmp_path / "run"), "--name", "from-reviews",
+        "--review-ids", f"{superseded},{fixed},{agree},{disagree},{test_film}"]))
+    assert card["data"]["reviews"]["used"] == [fixed, agree]
+    assert sum(card["data"]["counts"]["train"].values()) == base_train + 2
+    assert "plus 2 clinician-reviewed case(s)" in card["data"]["description"]
+
+    only = load_dataset("folder", Preprocessing(size=64), None, folder)
+    add_reviews(only, config, store, [fixed], Preprocessing(size=64), with_base_train=False)
+    assert len(only.sets["train"]) == 1
+    with pytest.raises(EngineError, match="none of the selected reviews"):
+        add_reviews(load_dataset("folder", Preprocessing(size=64), None, folder), config, store, [test_film],
+                    Preprocessing(size=64), with_base_train=True)
+
+
+def test_worklist_puts_the_most_uncertain_case_first(config, store):
+    from tests.conftest import dicom_bytes
+
+    results = ingest_files([(f"{n}.dcm", dicom_bytes(n)) for n in ("RG1_UNCR.dcm", "693_UNCR.dcm", "CT_small.dcm")],
+                           config, store)
+    cases = [r.case_id for r in results]
+    with store.write() as db:
+        for case, uncertainty in zip(cases[:2], (0.2, 0.9)):
+            image = get_image(store, next(r.image_id for r in results if r.case_id == case))
+            db["predictions"].insert({"case_id": case, "image_id": image["id"], "label": "normal",
+                                      "probability": 0.5, "uncertainty": uncertainty, "created_at": utc_now()})
+    rows = query_worklist(store, WorklistQuery(sort="Most uncertain first")).rows
+    assert [r["id"] for r in rows] == [cases[1], cases[0], cases[2]]  # no prediction: last
+    assert rows[0]["latest_uncertainty"] == 0.9
