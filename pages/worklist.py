@@ -32,10 +32,11 @@ frame.columns = ["Case", "Modality", "Body part", "Description", "Model output",
                  "Measurement",
                  "Review", "View", "Study date (shifted)", "Received (UTC)", "Images", "Burned-in text risk", "Source"]
 frame[["Model output", "Measurement", "Review"]] = frame[["Model output", "Measurement", "Review"]].fillna("")
+frame["Uncertainty"] = frame["Uncertainty"].map(lambda u: "" if pd.isna(u) else f"{u:.2f}")
 frame["Burned-in text risk"] = frame["Burned-in text risk"].map({1: "possible", 0: ""})
 frame["Received (UTC)"] = frame["Received (UTC)"].str.slice(0, 19).str.replace("T", " ")
 widgets.case_table(frame, "worklist", {"Probability": st.column_config.ProgressColumn(
     "Probability", help="Latest calibrated probability of the positive label", format="percent", min_value=0.0,
-    max_value=1.0), "Uncertainty": st.column_config.NumberColumn(
+    max_value=1.0), "Uncertainty": st.column_config.TextColumn(
     "Uncertainty", help="Of the latest prediction (entropy in bits, or the spread over test-time augmentation); "
-    "sort by 'Most uncertain first' to review those cases first", format="%.2f")})
+    "sort by 'Most uncertain first' to review those cases first")})
