@@ -57,10 +57,14 @@ def compare(models: list[InstalledModel], active: dict[str, str], chosen: Instal
     if not st.toggle("Evaluate both on the held-out test split", key="compare.run",
                      help="Runs both models on the same images now (seconds on a CPU); results are cached"):
         return
-    reports = resources.comparison((first, second))
+    result = resources.comparison((first, second))
+    reports = result["reports"]
     st.caption("Each model with its own threshold / calibration (or boundary offset), on version A's dataset's "
-               "test split. 95 % CIs are bootstrap intervals per model; overlapping CIs mean the difference "
-               "is not established on this split.")
+               "test split; 95 % bootstrap CIs.")
+    st.markdown(f"**B - A, paired over the same {next(iter(reports.values()))['n']} images:** " + "; ".join(
+        f"{name} {d:+.4f} (95 % CI {lo:+.4f} to {hi:+.4f}, "
+        f"{'excludes 0' if lo > 0 or hi < 0 else 'includes 0: no difference established'})"
+        for name, (d, lo, hi) in result["difference"].items()))
     if chosen.task == "segmentation":
         model_widgets.seg_card_metrics({"metrics": reports})
         return

@@ -7,9 +7,11 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from dashboard.model_widgets import headline
 from dashboard.registry import page_path
 from engine.config import Config
-from engine.models.catalog import active_model
+from engine.errors import UnknownModel
+from engine.models.catalog import active_model, find_model
 from engine.models.registry import get_spec, list_models
 from engine.store import Store
 from engine.train.data import datasets
@@ -72,12 +74,23 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min {secs:02d} s"
 
 
-def queue_table(jobs: list[dict]) -> None:
+def _held_out(config: Config, job: dict) -> str:
+    """A finished job's model's test-split headline (from its card), for the queue."""
+    if job["status"] != "finished":
+        return ""
+    try:
+        return headline(find_model(config, job["model_name"]).card)
+    except UnknownModel:
+        return "model removed"
+
+
+def queue_table(config: Config, jobs: list[dict]) -> None:
     st.dataframe(pd.DataFrame([{
         "Job": j["id"], "Status": j["status"], "Task": j["task"], "Dataset": j["config"]["spec"]["dataset"],
         "Architecture": j["config"]["spec"]["arch"], "Device": j["device"],
         "Epochs": j["config"]["spec"]["epochs"],
         "Reviews": len(j["review_ids"]) or "", "Model": j["model_name"] if j["status"] == "finished" else "",
+        "Held-out test": _held_out(config, j),
         "Started by": j["actor"], "Created (UTC)": (j["created_at"] or "")[:19].replace("T", " "),
         "Error": j["error"] or ""} for j in jobs]), hide_index=True, width="stretch")
 

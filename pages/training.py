@@ -22,7 +22,7 @@ with widgets.engine_errors():
         st.info("No training job yet. Fill in the form above: the defaults retrain the active model's recipe.")
         st.stop()
     st.subheader("Jobs")
-    train_widgets.queue_table(jobs)
+    train_widgets.queue_table(config, jobs)
     ids = [j["id"] for j in jobs]
     running = next((j["id"] for j in jobs if j["status"] == "running"), ids[0])
     wanted = st.session_state.get(state.TRAIN_JOB, running)

@@ -42,10 +42,17 @@ def test_promote_then_roll_back_switches_the_active_model_and_is_audited(config,
 @needs_data
 def test_compare_evaluates_both_versions_on_the_same_test_images(config, store):
     make_model_file(config.home / "models" / "untrained.safetensors")
-    reports = compare_models(config, ["cxr-pneumonia-resnet18", "untrained"])
+    result = compare_models(config, ["cxr-pneumonia-resnet18", "untrained"])
+    reports = result["reports"]
     assert reports["cxr-pneumonia-resnet18"]["n"] == reports["untrained"]["n"] == 156
+    delta, low, high = result["difference"]["AUC"]  # untrained minus shipped, paired over the same films
+    assert delta == pytest.approx(reports["untrained"]["auc"] - reports["cxr-pneumonia-resnet18"]["auc"])
+    assert low <= delta <= high < 0
     assert reports["cxr-pneumonia-resnet18"]["auc"] > 0.95 > reports["untrained"]["auc"]
     assert {"ci95", "roc", "confusion", "reliability"} <= set(reports["untrained"])
+    seg = compare_models(config, ["hc18-unet", "hc18-unet"])  # the segmentation path: Dice and HC error
+    assert seg["reports"]["hc18-unet"]["n"] == 96 and seg["difference"]["Dice"] == [0.0, 0.0, 0.0]
+    assert seg["difference"]["HC absolute error (mm)"] == [0.0, 0.0, 0.0]
     with pytest.raises(EngineError, match="different tasks"):
         compare_models(config, ["cxr-pneumonia-resnet18", "hc18-unet"])
 

@@ -242,3 +242,5 @@ def test_models_page_compares_two_versions_on_the_test_split(app_home):
     table = next(d.value for d in at.dataframe if "candidate (n=156)" in d.value.columns)
     auc = table[table["Metric"] == "AUC"].iloc[0]
     assert float(auc["cxr-pneumonia-resnet18 (n=156)"].split()[0]) > float(auc["candidate (n=156)"].split()[0])
+    assert any("B - A, paired over the same 156 images:** AUC -" in m.value and "excludes 0" in m.value
+               for m in at.markdown)
