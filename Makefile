@@ -41,7 +41,8 @@ chromium:
 	fi
 
 test: $(DEV_STAMP) chromium
-	TQDM_DISABLE=1 RADLENS_HOME=$$(mktemp -d) $(PY) -m pytest -q -p no:cacheprovider
+	home=$$(mktemp -d); TQDM_DISABLE=1 RADLENS_HOME=$$home $(PY) -m pytest -q -p no:cacheprovider; \
+		status=$$?; rm -rf $$home; exit $$status
 
 bench: $(DEV_STAMP)
 	$(PY) -m bench.ingest

@@ -98,12 +98,11 @@ def throughput(device: torch.device, steps: int, warmup: int) -> dict:
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
 
 
-def time_to_auc(minutes: float, threads: int) -> dict:
+def time_to_auc(scratch: Path, minutes: float, threads: int) -> dict:
     target = CARD["training"]["best_val_auc"]
-    out = Path(tempfile.mkdtemp(prefix="bench-tta-"))
     argv = [sys.executable, "-u", "-m", "engine.train.run", "--dataset", "cxr_pneumonia", "--model", "resnet18",
             "--size", "224", "--epochs", "30", "--patience", "8", "--threads", str(threads), "--name", "bench",
-            "--output", str(out)]
+            "--output", str(scratch)]
     started = time.time()
     process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     epochs, reached = [], None
@@ -141,8 +140,7 @@ def _wait_end(store, job_id, timeout=600):
     raise RuntimeError(f"job {job_id} did not end")
 
 
-def kills(n: int, seed: int) -> dict:
-    root = Path(tempfile.mkdtemp(prefix="bench-kills-"))
+def kills(root: Path, n: int, seed: int) -> dict:
     os.environ["RADLENS_HOME"] = str(root / "home")
     config = Config.from_env()
     store = open_store(config)
@@ -199,14 +197,13 @@ def kills(n: int, seed: int) -> dict:
     }
 
 
-def serving(repeats: int, job_threads: int) -> dict:
+def serving(root: Path, repeats: int, job_threads: int) -> dict:
     from bench.common import summary, timed
     from engine.diagnosis import load_classifier
     from engine.train.data import gray_of_file
     from engine.train.jobs import cancel_job
     from engine.worklist import WorklistQuery, query_worklist
 
-    root = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     os.environ["RADLENS_HOME"] = str(root / "home")
     config = Config.from_env()
     store = open_store(config)
@@ -250,12 +247,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.what == "throughput":
         report(f"train_throughput_{args.device}_{args.threads}t", throughput(torch.device(args.device), args.steps, args.warmup))
-    elif args.what == "time-to-auc":
-        report("train_time_to_auc", time_to_auc(args.minutes, args.threads))
-    elif args.what == "kills":
-        report("train_kills", kills(args.n, args.seed))
-    else:
-        report(f"train_serving_job{args.job_threads}t", serving(args.steps, args.job_threads))
+        return
+    # The other modes write checkpoints (~0.5 GB for kills) into a scratch folder removed afterwards.
+    with tempfile.TemporaryDirectory(prefix=f"bench-{args.what}-", ignore_cleanup_errors=True) as tmp:
+        scratch = Path(tmp)
+        if args.what == "time-to-auc":
+            report("train_time_to_auc", time_to_auc(scratch, args.minutes, args.threads))
+        elif args.what == "kills":
+            report("train_kills", kills(scratch, args.n, args.seed))
+        else:
+            report(f"train_serving_job{args.job_threads}t", serving(scratch, args.steps, args.job_threads))
 
 
 if __name__ == "__main__":
