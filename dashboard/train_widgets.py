@@ -107,6 +107,10 @@ def _curves(metrics: pd.DataFrame, score: str) -> go.Figure:
     figure.add_scatter(x=series["step"], y=series["value"], mode="lines+markers", name=score.replace("_", " "),
                        row=1, col=2)
     figure.update_xaxes(title_text="step")
+    if len(series):  # AUC and Dice live in [0, 1]; plotly's own range around one point spans -0.5 to 1.5
+        low, high = series["value"].min(), series["value"].max()
+        pad = max(0.02, 0.1 * (high - low))
+        figure.update_yaxes(range=[max(0.0, low - pad), min(1.0, high + pad)], row=1, col=2)
     figure.update_layout(height=330, margin=dict(l=0, r=0, t=30, b=0), legend=dict(orientation="h", y=-0.25))
     return figure
 
@@ -135,12 +139,12 @@ def _progress(job: dict) -> None:
 
 
 def _actions(config: Config, store: Store, job: dict) -> None:
-    c1, c2, _ = st.columns([1, 1, 3])
-    if job["status"] in ("queued", "running") and c1.button("Cancel job", icon=":material/stop:",
+    row = st.container(horizontal=True)  # buttons as wide as their labels, side by side
+    if job["status"] in ("queued", "running") and row.button("Cancel job", icon=":material/stop:",
                                                             key=f"cancel.{job['id']}"):
         cancel_job(config, store, job["id"])
         st.rerun(scope="app")
-    if job["status"] in RESUMABLE and c2.button("Resume from the last checkpoint", icon=":material/replay:",
+    if job["status"] in RESUMABLE and row.button("Resume from the last checkpoint", icon=":material/replay:",
                                                 key=f"resume.{job['id']}", type="primary"):
         resume_job(config, store, job["id"])
         st.rerun(scope="app")

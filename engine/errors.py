@@ -1,5 +1,7 @@
 """Named errors. Every message is one line a user can act on; the dashboard shows it as is."""
 
+import errno
+
 __all__ = [
     "EngineError",
     "UnreadableStudy",
@@ -17,6 +19,8 @@ __all__ = [
     "ModelMismatch",
     "TrainingDiverged",
     "JobError",
+    "DiskFull",
+    "is_disk_full",
     "short_reason",
 ]
 
@@ -89,3 +93,11 @@ class TrainingDiverged(EngineError):
 
 class JobError(EngineError):
     """A training job does not exist or cannot make that transition (e.g. resuming a finished job)."""
+
+
+class DiskFull(EngineError):
+    """A write failed because the disk (or the user's quota) is full; nothing half-written was kept."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

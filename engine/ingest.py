@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from engine.config import Config
-from engine.errors import EngineError, TooLarge, UnreadableStudy, short_reason
+from engine.errors import DiskFull, EngineError, TooLarge, UnreadableStudy, is_disk_full, short_reason
 from engine.io import read_study
 from engine.io.archive import iter_zip
 from engine.io.deid import deidentify
@@ -172,9 +172,9 @@ def _expand(name: str, data: bytes, config: Config) -> Iterator[tuple[str, bytes
 def _ingest_one(name: str, data: bytes, salt: str, config: Config, store: Store, source: str) -> IngestResult:
     try:
         prepared = prepare(data, salt, config)
+        case_id, image_id, duplicate = _write(prepared, config, store, source)
     except EngineError as error:
         return IngestResult(name, "error", error=_message(error))
-    case_id, image_id, duplicate = _write(prepared, config, store, source)
     return IngestResult(name, "duplicate" if duplicate else "ok", case_id, image_id)
 
 
@@ -186,7 +186,12 @@ def _write(prepared: Prepared, config: Config, store: Store, source: str) -> tup
             return row[0], row[1], True
         relative = Path("files") / uuid.uuid4().hex[:2] / f"{uuid.uuid4().hex}.{prepared.extension}"
         target = config.home / relative
-        _write_atomic(target, prepared.stored_bytes)
+        try:
+            _write_atomic(target, prepared.stored_bytes)
+        except OSError as error:
+            if not is_disk_full(error):
+                raise
+            raise DiskFull(f"the disk holding {config.home} is full; free space and upload this file again") from None
         try:
             case_id = _upsert_case(db, prepared, source)
             image_id = db["images"].insert(

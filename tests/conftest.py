@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,30 @@ def config(tmp_path) -> Config:
 @pytest.fixture
 def store(config):
     return open_store(config)
+
+
+@pytest.fixture
+def small_disk():
+    """small_disk(folder, "320m") puts `folder` on a real filesystem of that size (tmpfs), so a write can
+    really fail with "No space left on device"; calling it again on the same folder resizes it. Needs root
+    to mount; unmounted at teardown."""
+    mounted: list[Path] = []
+
+    def mount(folder: Path, size: str) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        argv = ["mount", "-o", f"remount,size={size}", str(folder)] if folder in mounted else \
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"a real full disk needs a small tmpfs mount, which failed here: {done.stderr.strip()} "
+                        "(the simulated disk-full test still runs)")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in dict.fromkeys(reversed(mounted)):
+        if subprocess.run(["umount", str(folder)]).returncode:
+            subprocess.run(["umount", "-l", str(folder)])
 
 
 def store_snapshot(config: Config) -> tuple:

@@ -72,6 +72,30 @@ def test_a_failed_file_writes_nothing(config, store):
     assert store_snapshot(config) == before
 
 
+def test_a_full_disk_fails_each_file_that_does_not_fit_and_keeps_the_ones_that_landed(config, store, small_disk):
+    small_disk(config.files_dir, "1m")  # a real filesystem with room for about three of these films
+    noise = np.random.default_rng(0)
+    batch = [(f"film{i}.png", _png(noise.integers(0, 256, (512, 512), dtype=np.uint8))) for i in range(8)]
+    results = ingest_files(batch, config, store)
+
+    landed = [r for r in results if r.status == "ok"]
+    failed = [r for r in results if r.status == "error"]
+    assert 1 <= len(landed) < len(batch) and len(landed) + len(failed) == len(batch)
+    assert {r.error for r in failed} == {f"DiskFull: the disk holding {config.home} is full; free space and upload "
+                                         "this file again"}
+    (counts, files) = store_snapshot(config)
+    assert counts == (len(landed), len(landed))  # one case and one image row per landed film, none for the rest
+    assert not any(name.endswith(".tmp") for name in files)  # no half-written file
+    for result, (_, data) in zip(results, batch):
+        if result.status == "ok":  # what landed reads back whole
+            image = get_case(store, result.case_id)["images"][0]
+            assert np.array_equal(load_image(config, image).frames[0], np.asarray(Image.open(io.BytesIO(data))))
+
+    small_disk(config.files_dir, "16m")  # space freed: the failed files upload now, none is a duplicate
+    retried = ingest_files([item for item, r in zip(batch, results) if r.status == "error"], config, store)
+    assert [r.status for r in retried] == ["ok"] * len(failed)
+
+
 def test_same_file_twice_is_one_image_and_same_study_is_one_case(config, store):
     first = ingest_files([("a.dcm", dicom_bytes("MR_small.dcm"))], config, store)[0]
     again = ingest_files([("b.dcm", dicom_bytes("MR_small.dcm"))], config, store)[0]

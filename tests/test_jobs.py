@@ -192,6 +192,26 @@ def test_disk_full_while_checkpointing_fails_cleanly(tmp_path, monkeypatch):
     assert not list((tmp_path / "run").glob(".*.tmp"))
 
 
+def test_a_real_full_disk_fails_the_job_cleanly_and_resume_finishes_it(config, store, tiny, small_disk):
+    # room for one epoch's checkpoint (state.pt ~180 MB + weights ~46 MB), not for the next one's temp file
+    jobs_folder = small_disk(config.home / "jobs", "320m")
+    job_id = submit_job(config, store, tiny())
+    job = _wait(store, job_id, _ended)
+    assert job["status"] == "failed"
+    folder = config.home / "jobs" / str(job_id)
+    assert job["error"] == (f"the disk is full (writing to {folder}): the job stopped and the last complete "
+                            "checkpoint is intact; free space there and resume")
+    assert load_state(folder / "state.pt")["epoch"] == 0  # the first epoch's checkpoint, whole
+    assert not list(folder.glob(".*.tmp"))  # the half-written one is gone
+
+    small_disk(jobs_folder, "1g")  # the user frees space, then resumes
+    resume_job(config, store, job_id)
+    job = _wait(store, job_id, _ended)
+    assert job["status"] == "finished", job["error"]
+    assert [e["epoch"] for e in _epochs(config, job_id)] == [0, 1, 2]
+    assert find_model(config, job["model_name"]).card["version"] == f"job{job_id}"
+
+
 def test_cuda_out_of_memory_suggests_a_smaller_batch(tmp_path):
     args = training.get_args_parser().parse_args(["--batch-size", "64", "--size", "512"])
     message = training.failure_message(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),

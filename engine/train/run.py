@@ -13,7 +13,6 @@ and logging are shared. Used for the shipped models and by background jobs. Writ
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import platform
@@ -32,7 +31,7 @@ import torchvision
 from sklearn.metrics import roc_auc_score
 
 from engine.config import Config
-from engine.errors import EngineError, TrainingDiverged, short_reason
+from engine.errors import EngineError, TrainingDiverged, is_disk_full, short_reason
 from engine.ingest import open_store
 from engine.models.checkpoint import (atomic_write, load_model, load_state, remove_stale_temps, save_model,
                                       save_state)
@@ -359,9 +358,11 @@ def failure_message(error: BaseException, args: argparse.Namespace) -> str:
     if isinstance(error, torch.cuda.OutOfMemoryError):
         return (f"CUDA ran out of memory at batch size {args.batch_size} (image size {args.size}): start the job again "
                 f"with a batch size of {max(1, args.batch_size // 2)} or smaller")
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return (f"the disk is full ({error.filename or 'a checkpoint'}): the job stopped and the last complete "
-                "checkpoint is intact; free space under RADLENS_HOME and resume")
+    if is_disk_full(error):
+        # A failed write() carries no file name; the folder is what the user needs to free space in.
+        folder = Path(error.filename).parent if error.filename else (args.output or "$RADLENS_HOME/runs")
+        return (f"the disk is full (writing to {folder}): the job stopped and the last complete checkpoint is "
+                "intact; free space there and resume")
     if isinstance(error, EngineError):
         return str(error)
     return f"{type(error).__name__}: {short_reason(error)}"
