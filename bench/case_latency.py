@@ -26,11 +26,13 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from bench.common import report
+from engine.cases.diagnosis import load_classifier, record_prediction
+from engine.cases.images import get_image, gray_image
+from engine.cases.ingest import ingest_files
 from engine.config import Config
-from engine.diagnosis import get_image, gray_image, load_classifier, record_prediction
-from engine.explain import DISPLAY_MAX_SIDE, fit_within, overlay
-from engine.infer import Prediction
-from engine.ingest import ingest_files, open_store
+from engine.context import Context
+from engine.draw import DISPLAY_MAX_SIDE, fit_within, overlay
+from engine.inference.classify import Prediction
 from engine.models import cam_layer
 
 FULLRES = "cxr_pneumonia_fullres/NORMAL2-IM-1113-0001.jpeg"  # the largest, 2128 x 1630
@@ -67,12 +69,13 @@ def main(argv: list[str] | None = None) -> None:
     cv2.setNumThreads(args.threads)
     with tempfile.TemporaryDirectory() as home:
         config = Config(home=Path(home), data_dir=None)
-        store = open_store(config)
-        results = ingest_files(_inputs(), config, store)
-        classifier = load_classifier(config, store)
+        ctx = Context.open(config)
+        store = ctx.store
+        results = ingest_files(_inputs(), ctx)
+        classifier = load_classifier(ctx)
         typical_model = copy.deepcopy(classifier.loaded.model).to(memory_format=torch.contiguous_format)
         typical_model.requires_grad_(True)  # as loaded by a typical script
-        layer = cam_layer(typical_model, classifier.loaded.card["arch"])
+        layer = cam_layer(typical_model, classifier.loaded.card.arch)
         prep = classifier.loaded.preprocessing
 
         def single_pass(image: dict, st: _Stages) -> None:
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
             st.mark("classify+cam")
             overlay(gray, prediction.cam, max_side=DISPLAY_MAX_SIDE)
             st.mark("overlay")
-            record_prediction(store, classifier, image, prediction, "bench")
+            record_prediction(ctx, classifier, image, prediction)
             st.mark("log")
 
         def typical(image: dict, st: _Stages) -> None:

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import RESULTS, report
-from engine.explain import BASELINE, METHODS
-from engine.faithfulness import METRICS
-from engine.train.metrics import mean_ci
+from engine.inference.cam import BASELINE, METHODS
+from engine.inference.faithfulness import METRICS
+from engine.metrics import mean_ci
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "cxr-pneumonia-resnet18.safetensors"
 
@@ -48,8 +48,8 @@ def _test_rows(limit: int | None, every: int = 1) -> list[dict]:
 def _explainer(threads: int):
     import torch
 
-    from engine.explainability import Explainer
-    from engine.infer import Classifier
+    from engine.inference.classify import Classifier
+    from engine.inference.explainer import Explainer
     from engine.models.checkpoint import load_model
 
     torch.set_num_threads(threads)
@@ -57,7 +57,7 @@ def _explainer(threads: int):
 
 
 def _worker(rows: list[dict], out: str, methods: list[str]) -> int:
-    from engine.train.data import gray_of_file
+    from engine.data.catalog import gray_of_file
 
     explainer = _explainer(1)
     with open(out, "a") as f:
@@ -106,7 +106,7 @@ def summarise(records: list[dict], methods: list[str]) -> dict:
 def runtime(images: int) -> None:
     import time
 
-    from engine.train.data import gray_of_file
+    from engine.data.catalog import gray_of_file
 
     explainer = _explainer(2)
     rows = _test_rows(None)[::max(1, 156 // images)][:images]

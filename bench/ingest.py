@@ -12,8 +12,9 @@ from pathlib import Path
 from pydicom.data import get_testdata_file
 
 from bench.common import report, summary, timed
+from engine.cases.ingest import ingest_files
 from engine.config import Config
-from engine.ingest import ingest_files, open_store
+from engine.context import Context
 
 BATCH_DICOMS = ("RG1_UNCR.dcm", "RG3_UNCR.dcm", "693_J2KR.dcm", "MR2_J2KR.dcm", "US1_J2KR.dcm", "CT_small.dcm",
                 "MR_small.dcm", "emri_small.dcm", "OBXXXX1A_rle.dcm", "JPEG-LL.dcm")
@@ -34,9 +35,9 @@ def _ingest_times(items: list[tuple[str, bytes]], repeats: int) -> list[float]:
     with tempfile.TemporaryDirectory() as root:
         for n in range(repeats):
             config = Config(home=Path(root) / str(n), data_dir=None)
-            store = open_store(config)
-            [elapsed] = timed(lambda: ingest_files(items, config, store), 1)
-            results = ingest_files(items, config, store)
+            ctx = Context.open(config)
+            [elapsed] = timed(lambda: ingest_files(items, ctx), 1)
+            results = ingest_files(items, ctx)
             assert all(r.status == "duplicate" for r in results), [r.error for r in results if not r.ok]
             samples.append(elapsed)
     return samples

@@ -22,12 +22,12 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from bench.common import report
+from engine.data.catalog import gray_of_file, load_dataset
+from engine.inference.batch import predict
 from engine.models import cam_layer, load_model
 from engine.models.catalog import SHIPPED_DIR
 from engine.models.ood import mahalanobis
 from engine.models.preprocess import Preprocessing
-from engine.train.data import gray_of_file, load_dataset
-from engine.train.loop import predict
 
 OTHER_DICOMS = ("US1_J2KR.dcm", "MR2_J2KR.dcm", "693_J2KR.dcm", "RG3_UNCR.dcm", "emri_small.dcm", "CT_small.dcm",
                 "MR_small.dcm")
@@ -71,7 +71,7 @@ def _outliers(data_dir: Path) -> list[np.ndarray]:
 def main() -> None:
     data_dir = Path(os.environ["RADLENS_DATA_DIR"])
     loaded = load_model(SHIPPED_DIR / "cxr-pneumonia-resnet18.safetensors")
-    prep, layer, cpu = loaded.preprocessing, cam_layer(loaded.model, loaded.card["arch"]), torch.device("cpu")
+    prep, layer, cpu = loaded.preprocessing, cam_layer(loaded.model, loaded.card.arch), torch.device("cpu")
     chest = load_dataset("cxr_pneumonia", prep, data_dir, only=("test",)).sets["test"].images
     outliers = _outliers(data_dir)
     other = torch.stack([prep.resize_uint8(g) for g in outliers])
@@ -79,7 +79,7 @@ def main() -> None:
 
     _, features = predict(loaded.model, torch.cat([chest, other]), prep, layer, cpu)
     distance = mahalanobis(features, loaded.extras["ood_mean"], loaded.extras["ood_precision"]).numpy()
-    threshold = loaded.card["ood"]["threshold"]
+    threshold = loaded.card.ood["threshold"]
 
     small = Preprocessing(size=AE_SIZE)
     train = load_dataset("cxr_pneumonia", small, data_dir, only=("train",)).sets["train"].images

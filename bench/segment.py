@@ -26,14 +26,21 @@ import torch
 
 from bench.common import report
 from engine.config import Config
-from engine.measure import agreement, clean_mask, ellipse_mask, fit_ellipse, measure, with_spacing
+from engine.data.catalog import load_dataset
+from engine.inference.measure import (
+    agreement,
+    clean_mask,
+    ellipse_mask,
+    fit_ellipse,
+    measure,
+    with_spacing,
+)
+from engine.inference.segment import Segmenter, full_size_mask
+from engine.metrics import mean_ci
 from engine.models import load_model
 from engine.models.catalog import SHIPPED_DIR
 from engine.models.registry import create_model
-from engine.segment import Segmenter, full_size_mask
-from engine.train.data import load_dataset
-from engine.train.metrics import mean_ci
-from engine.train.segmentation import probabilities
+from engine.tasks.segmentation import probabilities
 
 WEIGHTS = SHIPPED_DIR / "hc18-unet.safetensors"
 
@@ -63,7 +70,7 @@ def _ci(values: list[float], digits: int) -> dict:
 def quality(args) -> None:
     loaded = load_model(WEIGHTS)
     data = load_dataset("hc18", loaded.preprocessing, Config.from_env().data_dir, only=("test",)).sets["test"]
-    cpu, offset = torch.device("cpu"), loaded.card["measurement"]["boundary_offset_px"]
+    cpu, offset = torch.device("cpu"), loaded.card.measurement["boundary_offset_px"]
     probs = probabilities(loaded.model, data.images, loaded.preprocessing, cpu)
     flipped = probabilities(loaded.model, data.images.flip(-1), loaded.preprocessing, cpu).flip(-1)
     figures = {}

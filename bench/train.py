@@ -35,14 +35,16 @@ import torch
 
 from bench.common import report
 from engine.config import Config
-from engine.ingest import open_store
+from engine.context import Context
+from engine.data.catalog import augmentation, load_dataset
+from engine.inference.batch import autocast
+from engine.jobs.queue import NICENESS, get_job, list_jobs, resume_job
+from engine.jobs.training import TrainConfig, TrainingRequest, submit_training
 from engine.models.catalog import SHIPPED_DIR
 from engine.models.checkpoint import load_state
 from engine.models.preprocess import Preprocessing
 from engine.models.registry import create_model
-from engine.train.data import augmentation, load_dataset
-from engine.train.jobs import NICENESS, JobSpec, get_job, list_jobs, resume_job, submit_job
-from engine.train.loop import autocast, class_weights
+from engine.tasks.classification import class_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 CARD = json.loads((SHIPPED_DIR / "cxr-pneumonia-resnet18.json").read_text())
@@ -133,8 +135,8 @@ def _data_folder(root: Path) -> Path:
 def _wait_end(store, job_id, timeout=600):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        job = next(j for j in list_jobs(store) if j["id"] == job_id)
-        if job["status"] not in ("queued", "running"):
+        job = next(j for j in list_jobs(store) if j.id == job_id)
+        if job.status not in ("queued", "running"):
             return job
         time.sleep(0.1)
     raise RuntimeError(f"job {job_id} did not end")
@@ -143,15 +145,16 @@ def _wait_end(store, job_id, timeout=600):
 def kills(root: Path, n: int, seed: int) -> dict:
     os.environ["RADLENS_HOME"] = str(root / "home")
     config = Config.from_env()
-    store = open_store(config)
-    spec = JobSpec(dataset="folder", arch="resnet18", size=48, epochs=20, batch_size=8, patience=100,
-                   data_path=str(_data_folder(root)))
-    reference = submit_job(config, store, spec)
+    ctx = Context.open(config)
+    store = ctx.store
+    spec = TrainingRequest(TrainConfig(dataset="folder", model="resnet18", size=48, epochs=20, batch_size=8,
+                                       patience=100, data_path=_data_folder(root)))
+    reference = submit_training(ctx, spec)
     started = time.time()
-    assert _wait_end(store, reference)["status"] == "finished"
+    assert _wait_end(store, reference).status == "finished"
     duration = time.time() - started
     rng = random.Random(seed)
-    job_id = submit_job(config, store, spec)
+    job_id = submit_training(ctx, spec)
     folder = config.home / "jobs" / str(job_id)
     results, seen = [], set()
     for k in range(n):
@@ -160,11 +163,11 @@ def kills(root: Path, n: int, seed: int) -> dict:
         delay = rng.uniform(1.0, 12.0)
         time.sleep(delay)
         job = get_job(store, job_id)
-        if job["status"] != "running":
-            results.append({"kill": k + 1, "delay_s": round(delay, 2), "killed": False, "status": job["status"]})
+        if job.status != "running":
+            results.append({"kill": k + 1, "delay_s": round(delay, 2), "killed": False, "status": job.status})
             break
-        epoch_before = job["progress"].get("last_epoch")
-        os.kill(job["pid"], signal.SIGKILL)
+        epoch_before = job.progress.get("last_epoch")
+        os.kill(job.pid, signal.SIGKILL)
         time.sleep(0.3)
         temps = sorted(p.name for p in folder.glob(".*.tmp") if p.name not in seen)  # new ones: this kill's
         seen.update(temps)
@@ -174,12 +177,12 @@ def kills(root: Path, n: int, seed: int) -> dict:
             loads = True
         except Exception:  # noqa: BLE001 - a corrupt checkpoint is exactly what this counts
             loaded_epoch, loads = None, False
-        status = _wait_end(store, job_id, 10)["status"]
+        status = _wait_end(store, job_id, 10).status
         results.append({"kill": k + 1, "delay_s": round(delay, 2), "killed": True, "status_after": status,
                         "last_logged_epoch": epoch_before, "state_epoch": loaded_epoch, "state_loads": loads,
                         "mid_write": bool(temps), "temp_files": temps})
         print(results[-1], flush=True)
-        resume_job(config, store, job_id)
+        resume_job(ctx, job_id)
     final = _wait_end(store, job_id)
     lines = lambda j: [json.loads(x) for x in (config.home / "jobs" / str(j) / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     resumed, uninterrupted = lines(job_id), lines(reference)
@@ -189,7 +192,7 @@ def kills(root: Path, n: int, seed: int) -> dict:
         "resumable": sum(r["killed"] and r["status_after"] == "interrupted" and r["state_loads"] for r in results),
         "corrupt_checkpoints": sum(r["killed"] and not r["state_loads"] for r in results),
         "mid_checkpoint_write": sum(r.get("mid_write", False) for r in results),
-        "final_status": final["status"], "epochs_logged": [r["epoch"] for r in resumed],
+        "final_status": final.status, "epochs_logged": [r["epoch"] for r in resumed],
         "max_abs_diff_val_auc": max(abs(x["val_auc"] - y["val_auc"]) for x, y in zip(resumed, uninterrupted)),
         "max_abs_diff_train_loss": max(abs(x["train_loss"] - y["train_loss"]) for x, y in zip(resumed, uninterrupted)),
         "max_abs_diff_weights": max(float((a[k].float() - b[k].float()).abs().max()) for k in a),
@@ -199,15 +202,16 @@ def kills(root: Path, n: int, seed: int) -> dict:
 
 def serving(root: Path, repeats: int, job_threads: int) -> dict:
     from bench.common import summary, timed
-    from engine.diagnosis import load_classifier
-    from engine.train.data import gray_of_file
-    from engine.train.jobs import cancel_job
-    from engine.worklist import WorklistQuery, query_worklist
+    from engine.cases.diagnosis import load_classifier
+    from engine.cases.worklist import WorklistQuery, query_worklist
+    from engine.data.catalog import gray_of_file
+    from engine.jobs.queue import cancel_job
 
     os.environ["RADLENS_HOME"] = str(root / "home")
     config = Config.from_env()
-    store = open_store(config)
-    classifier = load_classifier(config, store)
+    ctx = Context.open(config)
+    store = ctx.store
+    classifier = load_classifier(ctx)
     with open(config.data_dir / "cxr_pneumonia" / "manifest.csv", newline="") as f:
         test_film = next(r["path"] for r in csv.DictReader(f) if r["demo_split"] == "test")
     film = gray_of_file(config.data_dir / "cxr_pneumonia" / test_film)
@@ -218,14 +222,14 @@ def serving(root: Path, repeats: int, job_threads: int) -> dict:
                 "worklist": summary(timed(lambda: query_worklist(store, WorklistQuery()), repeats))}
 
     idle = measure()
-    job_id = submit_job(config, store, JobSpec(dataset="cxr_pneumonia", arch="resnet18", epochs=1,
-                                               threads=job_threads))
+    job_id = submit_training(ctx, TrainingRequest(TrainConfig(dataset="cxr_pneumonia", model="resnet18", epochs=1,
+                                                                 threads=job_threads)))
     deadline = time.time() + 300
-    while not get_job(store, job_id)["progress"].get("step") and time.time() < deadline:
+    while not get_job(store, job_id).progress.get("step") and time.time() < deadline:
         time.sleep(0.5)
     busy = measure()
-    speed = get_job(store, job_id)["progress"].get("images_per_s")
-    cancel_job(config, store, job_id)
+    speed = get_job(store, job_id).progress.get("images_per_s")
+    cancel_job(ctx, job_id)
     return {"idle": idle, "while_training": busy, "job_threads": job_threads or torch.get_num_threads(),
             "job_niceness": NICENESS, "job_images_per_s": speed, "dashboard_threads":
         torch.get_num_threads(), "diagnosis_slowdown": round(busy["diagnosis"]["median_ms"] /

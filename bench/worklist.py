@@ -10,8 +10,8 @@ import tempfile
 from pathlib import Path
 
 from bench.common import report, summary, timed
+from engine.cases.worklist import WorklistQuery, facet_values, query_worklist
 from engine.store import Store
-from engine.worklist import WorklistQuery, facet_values, query_worklist
 
 N_CASES = 100_000
 MODALITIES = ("CR", "CT", "MR", "US", "DX", "OT")

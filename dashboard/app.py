@@ -17,7 +17,7 @@ st.set_page_config(page_title="RadLens", page_icon=":material/radiology:", layou
 
 with st.sidebar:
     st.markdown("### RadLens")
-    st.session_state.setdefault(state.USER, resources.config().user)
+    st.session_state.setdefault(state.USER, resources.context().actor)
     st.text_input("Your name (recorded in the audit log)", key=state.USER)
     st.caption(DISCLAIMER)
 

@@ -4,6 +4,7 @@ random baseline, deletion curves, exports, and the dataset-level audit."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,13 +13,19 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import state
-from dashboard.registry import page_path
-from engine.audit import TOP_OUTSIDE, audit_heatmaps, dataset_file, get_audit, list_audits
-from engine.explain import BASELINE, COLORMAPS, METHODS, comparison_sheet, keep_top, overlay, png_bytes
-from engine.explainability import Explainer, Heatmap
-from engine.faithfulness import METRICS, REMOVED
-from engine.ingest import ingest_paths
-from engine.train.data import SPLITS, datasets, gray_of_file
+from engine.cases.heatmap_audit import (
+    TOP_OUTSIDE,
+    audit_heatmaps,
+    dataset_file,
+    get_audit,
+    list_audits,
+)
+from engine.config import Config
+from engine.data.catalog import SPLITS, datasets, gray_of_file
+from engine.draw import COLORMAPS, comparison_sheet, keep_top, overlay, png_bytes
+from engine.inference.cam import BASELINE, METHODS
+from engine.inference.explainer import Explainer, Heatmap
+from engine.inference.faithfulness import METRICS, REMOVED
 
 __all__ = ["method_controls", "display_controls", "comparison", "overlay_grid", "faithfulness_table", "deletion_curves", "exports",
            "audit_intro", "audit_form", "audit_runs", "audit_picker", "audit_view"]
@@ -191,8 +198,9 @@ def audit_picker(store) -> dict | None:
     return get_audit(store, chosen)
 
 
-def audit_view(config, store, row: dict, explainer: Explainer, colormap: str = "jet") -> None:
-    """One finished audit: where the heatmap mass lies, per class, and the images looking most outside."""
+def audit_view(config: Config, row: dict, explainer: Explainer, colormap: str = "jet") -> Path | None:
+    """One finished audit: where the heatmap mass lies, per class, and the images looking most outside.
+    Returns the dataset file the user asked to open as a case (the page ingests it)."""
     summary = json.loads(row["summary"])
     uniform = summary["uniform"]
     c1, c2, c3 = st.columns(3)
@@ -221,30 +229,34 @@ def audit_view(config, store, row: dict, explainer: Explainer, colormap: str = "
                         width="stretch", config={"displayModeBar": False})
     st.markdown(f"**The {TOP_OUTSIDE} images whose heatmap lies most outside the central region**")
     by_name = {r["name"]: r for r in summary["images"]}
+    chosen = None
     for start in range(0, TOP_OUTSIDE, 4):
         for column, name in zip(st.columns(4), summary["most_outside"][start:start + 4]):
             with column:
-                _outside_tile(config, store, row, by_name[name], explainer, colormap)
+                chosen = _outside_tile(config, row, by_name[name], explainer, colormap) or chosen
+    return chosen
 
 
 def _gray_canvas(size: int) -> np.ndarray:
     return np.full((size, size), 96, np.uint8)
 
 
-def _outside_tile(config, store, row: dict, record: dict, explainer: Explainer, colormap: str) -> None:
+def _outside_tile(config: Config, row: dict, record: dict, explainer: Explainer, colormap: str) -> Path | None:
     path = dataset_file(config, row["dataset"], record["name"])
     caption = (f"{record['label']} → {record['predicted']} · border {record['border_share']:.0%} · "
                f"corners {record['corner_share']:.0%}")
     if path is None:
-        st.caption(f"{record['name']}: {caption}")
-        return
+        st.text(f"{record['name']}: {caption}")
+        return None
     gray = gray_of_file(path)
-    cam = explainer.explain(gray, [row["method"]], record["predicted"], row["layer"], faithfulness=False)[0].cam
+    cam = _tile_cam(explainer, str(path), row["method"], record["predicted"], row["layer"])
     st.image(overlay(gray, cam, 0.5, colormap, 360), caption=caption, width="stretch")
     if st.button("Open as a case", key=f"open-{row['id']}-{record['name']}", icon=":material/open_in_new:"):
-        result = next(iter(ingest_paths([path], config, store)))  # a duplicate returns the existing case
-        if not result.ok:
-            st.error(result.error)
-            return
-        st.session_state[state.CURRENT_CASE] = result.case_id
-        st.switch_page(page_path("explainability"))
+        return path
+    return None
+
+
+@st.cache_data(max_entries=64, show_spinner=False, hash_funcs={Explainer: lambda e: e.classifier.loaded.sha256})
+def _tile_cam(explainer: Explainer, path: str, method: str, target: str, layer: str) -> np.ndarray:
+    """A dataset image's map, computed once per (weights, image, method, class, layer) and reused on every rerun."""
+    return explainer.explain(gray_of_file(Path(path)), [method], target, layer, faithfulness=False)[0].cam

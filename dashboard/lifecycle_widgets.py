@@ -7,31 +7,30 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import model_widgets, resources
-from engine.config import Config
-from engine.models.catalog import InstalledModel, activation_log, promote, rollback, rollback_target
+from engine.models.catalog import InstalledModel, activation_log
 from engine.store import Store
 
 __all__ = ["promote_button", "rollback_buttons", "compare", "history"]
 
 
-def promote_button(config: Config, store: Store, model: InstalledModel, active_name: str) -> None:
-    if model.name != active_name and st.button(f"Promote {model.name} to active {model.task} model",
-                                               icon=":material/upgrade:", type="primary"):
-        promote(config, store, model.name)
-        resources.release_models()
-        st.rerun()
+def promote_button(model: InstalledModel, active_name: str) -> bool:
+    """Whether the user asked to make `model` the active one of its task."""
+    return model.name != active_name and st.button(f"Promote {model.name} to active {model.task} model",
+                                                   icon=":material/upgrade:", type="primary")
 
 
-def rollback_buttons(config: Config, store: Store, active: dict[str, str]) -> None:
+def rollback_buttons(active: dict[str, str], targets: dict[str, InstalledModel | None]) -> str | None:
+    """The active model per task with a roll-back button where there is an earlier one; returns the task
+    whose roll back was asked for."""
+    asked = None
     for task, name in active.items():
-        target = rollback_target(config, store, task)
+        target = targets.get(task)
         c1, c2 = st.columns([3, 2])
-        c1.markdown(f"Active {task} model: **{name}**")
+        c1.text(f"Active {task} model: {name}")
         if target and target.name != name and c2.button(f"Roll back to {target.name}", key=f"rollback.{task}",
                                                         icon=":material/undo:"):
-            rollback(config, store, task)
-            resources.release_models()
-            st.rerun()
+            asked = task
+    return asked
 
 
 def _confusions(reports: dict[str, dict]) -> None:
@@ -65,16 +64,22 @@ def compare(models: list[InstalledModel], active: dict[str, str], chosen: Instal
         f"{name} {d:+.4f} (95 % CI {lo:+.4f} to {hi:+.4f}, "
         f"{'excludes 0' if lo > 0 or hi < 0 else 'includes 0: no difference established'})"
         for name, (d, lo, hi) in result["difference"].items()))
-    if chosen.task == "segmentation":
-        model_widgets.seg_card_metrics({"metrics": reports})
-        return
-    model_widgets.card_metrics({"metrics": reports})
+    COMPARISON_VIEWS[chosen.task](reports)
+
+
+def _classification_comparison(reports: dict[str, dict]) -> None:
+    model_widgets.card_metrics(reports)
     c1, c2 = st.columns(2)
     with c1:
-        model_widgets.roc_chart({"metrics": reports})
+        model_widgets.roc_chart(reports)
     with c2:
         model_widgets.reliability_overlay(reports)
     _confusions(reports)
+
+
+# How each task's two reports are drawn side by side.
+COMPARISON_VIEWS = {"classification": _classification_comparison,
+                    "segmentation": model_widgets.seg_card_metrics}
 
 
 def history(store: Store) -> None:

@@ -9,11 +9,13 @@ import streamlit as st
 
 from dashboard.registry import page_path
 from dashboard.widgets import image_view
-from engine.diagnosis import VERDICTS
-from engine.explain import COLORMAPS, DISPLAY_MAX_SIDE, overlay
-from engine.infer import OOD_WARNING, Prediction
+from engine.cases.diagnosis import VERDICTS
+from engine.draw import COLORMAPS, DISPLAY_MAX_SIDE, overlay
+from engine.inference.classify import OOD_WARNING, Prediction
 from engine.io.study import Rendered
+from engine.models.card import ModelCard
 from engine.models.preprocess import Preprocessing
+from engine.tasks import get_task
 
 __all__ = ["overlay_controls", "cam_view", "prediction_panel", "review_form", "history", "card_metrics",
            "roc_chart", "reliability_chart", "reliability_overlay", "prep_text", "card_details", "headline", "card_summary", "seg_card_metrics"]
@@ -108,28 +110,29 @@ _METRICS = (("auc", "AUC"), ("accuracy", "Accuracy"), ("sensitivity", "Sensitivi
             ("ece_before_calibration", "ECE before calibration"), ("ece", "ECE after calibration"))
 
 
-def card_metrics(card: dict) -> None:
+def card_metrics(metrics: dict) -> None:
+    """A classifier's metrics per split (or per model), with their 95 % CIs."""
     rows = []
     for key, name in _METRICS:
         row = {"Metric": name}
-        for split, m in card["metrics"].items():
+        for split, m in metrics.items():
             ci = f" ({m['ci95'][key][0]:.3f}-{m['ci95'][key][1]:.3f})" if key in m.get("ci95", {}) else ""
             row[f"{split} (n={m['n']})"] = f"{m[key]:.3f}{ci}"
         rows.append(row)
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 
-def roc_chart(card: dict) -> None:
+def roc_chart(metrics: dict) -> None:
     figure = go.Figure([go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line_dash="dot", name="chance")])
-    for split, m in card["metrics"].items():
+    for split, m in metrics.items():
         figure.add_scatter(x=m["roc"]["fpr"], y=m["roc"]["tpr"], mode="lines", name=f"{split} AUC {m['auc']:.3f}")
     figure.update_layout(title="ROC", xaxis_title="1 - specificity", yaxis_title="sensitivity", height=380,
                          margin=dict(l=0, r=0, t=40, b=0))
     st.plotly_chart(figure, width="stretch")
 
 
-def reliability_chart(card: dict, split: str = "test") -> None:
-    m = card["metrics"][split]
+def reliability_chart(metrics: dict, split: str = "test") -> None:
+    m = metrics[split]
     frames = []
     for name, bins in (("before", m["reliability_before_calibration"]), ("after", m["reliability"])):
         frames += [{"calibration": name, "predicted": c, "observed": o, "images": n} for c, o, n in bins if n]
@@ -156,12 +159,12 @@ _SEG_METRICS = (("dice", "Dice", 3), ("iou", "IoU", 3), ("hd95_mm", "HD95 (mm)",
                 ("hc_abs_error_of_truth_fit_mm", "Floor: HC error of the truth masks (mm)", 2))
 
 
-def seg_card_metrics(card: dict) -> None:
+def seg_card_metrics(metrics: dict) -> None:
     """Mean (95 % CI) [median, 90th percentile] per split, at the images' own size."""
     rows = []
     for key, name, digits in _SEG_METRICS:
         row = {"Metric": name}
-        for split, m in card["metrics"].items():
+        for split, m in metrics.items():
             v = m[key]
             row[f"{split} (n={m['n']})"] = (f"{v['mean']:.{digits}f} ({v['ci95'][0]:.{digits}f}-{v['ci95'][1]:.{digits}f})"
                                             f"  [median {v['median']:.{digits}f}, p90 {v['p90']:.{digits}f}]")
@@ -169,51 +172,47 @@ def seg_card_metrics(card: dict) -> None:
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 
-def headline(card: dict) -> str:
-    """The one-line test result the models table shows, per task."""
-    m = card.get("metrics", {}).get("test")
-    if not m:
-        return "not evaluated"
-    if card["task"] == "segmentation":
-        return f"Dice {m['dice']['mean']:.3f}, HC error {m['hc_abs_error_mm']['mean']:.2f} mm"
-    return f"AUC {m['auc']:.3f}"
+def headline(card: ModelCard) -> str:
+    """The one-line test result the models table shows, as the card's task words it."""
+    return get_task(card.task).headline(card.test_metrics) if card.test_metrics else "not evaluated"
 
 
-def card_summary(card: dict) -> None:
+def _classification_charts(metrics: dict) -> None:
+    card_metrics(metrics)
+    c1, c2 = st.columns(2)
+    with c1:
+        roc_chart(metrics)
+    with c2:
+        reliability_chart(metrics)
+
+
+# How each task's held-out metrics are drawn (its decision rules come from the task itself).
+CARD_VIEWS = {"classification": _classification_charts, "segmentation": seg_card_metrics}
+
+
+def card_summary(card: ModelCard) -> None:
     """The card's decision rules and its metrics, as the task defines them."""
-    if not card.get("metrics"):
+    if not card.metrics:
         st.warning("This card has no held-out metrics: compare the model below before trusting it.",
                    icon=":material/warning:")
         return
-    if card["task"] == "segmentation":
-        rule = card["measurement"]
-        st.markdown(f"Post-processing: {card['postprocessing']}. Boundary offset "
-                    f"**{rule['boundary_offset_px']:.2f} px**, fitted on {rule['fitted_on']} ({rule['rule']}).")
-        seg_card_metrics(card)
-        return
-    st.markdown(f"Operating threshold {card['operating_point']['threshold']:.3f} ({card['operating_point']['rule']}); "
-                f"temperature {card['calibration']['temperature']:.3f}; OOD threshold {card['ood']['threshold']:.1f}")
-    card_metrics(card)
-    c1, c2 = st.columns(2)
-    with c1:
-        roc_chart(card)
-    with c2:
-        reliability_chart(card)
+    st.text(get_task(card.task).rules(card))
+    CARD_VIEWS[card.task](card.metrics)
 
 
-def prep_text(card: dict) -> str:
-    return Preprocessing.from_dict(card["preprocessing"]).summary()
+def prep_text(card: ModelCard) -> str:
+    return Preprocessing.from_dict(card.preprocessing).summary()
 
 
-def card_details(card: dict) -> None:
+def card_details(card: ModelCard) -> None:
     """Data counts, training record and limitations: the rest of the card, as written."""
-    if "training" not in card or "data" not in card:
+    if not card.training or not card.data:
         st.caption("This card does not record its data or training.")
         return
     c1, c2 = st.columns(2)
     c1.markdown("**Images per split and label**")
-    c1.dataframe(pd.DataFrame(card["data"]["counts"]).T, width="stretch")
-    training = card["training"]
+    c1.dataframe(pd.DataFrame(card.data["counts"]).T, width="stretch")
+    training = card.training
     c2.markdown("**Training**")
     c2.code(training["command"], language="bash")
     c2.markdown(f"{training['hardware']}; {training['wall_time_s'] / 60:.1f} min; {training['epochs_run']} epochs "
@@ -222,11 +221,11 @@ def card_details(card: dict) -> None:
     if training.get("fine_tuned_from"):
         base = training["fine_tuned_from"]
         c2.markdown(f"Fine-tuned from **{base['name']}** v{base['version']} (`{base['weights_sha256'][:12]}`)")
-    reviews = card["data"].get("reviews")
+    reviews = card.data.get("reviews")
     if reviews:
         st.markdown(f"**Clinician reviews used for training** ({len(reviews['used'])}): review ids "
                     f"{', '.join(map(str, reviews['used']))}; cases {', '.join(map(str, reviews['cases']))}; "
                     f"{'added to' if reviews['with_base_train'] else 'instead of'} the dataset's training split.")
         if reviews["left_out"]:
             st.caption("Left out: " + "; ".join(f"review {k}: {v}" for k, v in reviews["left_out"].items()))
-    st.markdown("**Known limitations**\n" + "\n".join(f"- {item}" for item in card["limitations"]))
+    st.markdown("**Known limitations**\n" + "\n".join(f"- {item}" for item in card.limitations))

@@ -1,24 +1,23 @@
-"""The only cached functions: configuration, the store, decoded studies, models (read-only), comparisons."""
+"""The only cached functions: the context (configuration, store), decoded studies, models (read-only), comparisons."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import numpy as np
 import streamlit as st
 
 from dashboard import state
-from engine.cases import load_image
+from engine.cases.diagnosis import load_classifier
+from engine.cases.images import load_image
+from engine.cases.segmentation import load_segmenter
 from engine.config import Config
-from engine.diagnosis import load_classifier
-from engine.explainability import Explainer
-from engine.infer import Classifier
-from engine.ingest import open_store
+from engine.context import Context
+from engine.inference.classify import Classifier
+from engine.inference.explainer import Explainer
+from engine.inference.segment import Segmenter
 from engine.io.study import Study
-from engine.segment import Segmenter
-from engine.segmentation import load_segmenter
+from engine.models.catalog import active_model
 from engine.store import Store
-from engine.train.evaluate import compare_models
+from engine.tasks.evaluation import compare_models
 
 
 @st.cache_resource
@@ -26,15 +25,19 @@ def _base_config() -> Config:
     return Config.from_env()
 
 
-def config() -> Config:
-    """The environment's config with the signed-in display name as the acting user."""
-    base = _base_config()
-    return dataclasses.replace(base, user=st.session_state.get(state.USER) or base.user)
-
-
 @st.cache_resource
+def _base_context() -> Context:
+    return Context.open(_base_config())
+
+
+def context() -> Context:
+    """This request's context: the environment's configuration and store, acting as the signed-in user."""
+    base = _base_context()
+    return base.as_user(st.session_state.get(state.USER) or base.actor)
+
+
 def store() -> Store:
-    return open_store(_base_config())
+    return _base_context().store
 
 
 @st.cache_resource(max_entries=8, show_spinner="Decoding image...")
@@ -46,7 +49,7 @@ def study(image_path: str, image_id: int) -> Study:
 @st.cache_resource(max_entries=4, show_spinner="Loading model...")
 def classifier(name: str) -> Classifier:
     """A loaded classifier shared by every session; Classifier serialises calls with its own lock."""
-    return load_classifier(_base_config(), store(), name)
+    return load_classifier(_base_context(), name)
 
 
 @st.cache_resource(max_entries=2, show_spinner="Preparing explanations...")
@@ -59,9 +62,18 @@ def explainer(name: str) -> Explainer:
 def segmenter(name: str) -> Segmenter:
     """A loaded segmentation model shared by every session (Segmenter serialises calls with its lock).
     One warm-up call on a blank image takes the one-off CPU kernel set-up (hundreds of ms) off the first case."""
-    segmenter = load_segmenter(_base_config(), store(), name)
+    segmenter = load_segmenter(_base_context(), name)
     segmenter.segment(np.zeros((64, 64), np.uint8))
     return segmenter
+
+
+def active_classifier(ctx: Context) -> Classifier:
+    """The task's active model, loaded once and shared: what Diagnosis runs."""
+    return classifier(active_model(ctx, "classification").name)
+
+
+def active_segmenter(ctx: Context) -> Segmenter:
+    return segmenter(active_model(ctx, "segmentation").name)
 
 
 def release_models() -> None:

@@ -3,16 +3,16 @@ ground truth, exports, the region explanation and the history."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pandas as pd
 import streamlit as st
 
 from dashboard.widgets import image_view
-from engine.config import Config
-from engine.explain import COLORMAPS, overlay
+from engine.cases.segmentation import CaseSegmentation, mask_png
+from engine.draw import COLORMAPS, COLOURS, draw_segmentation, overlay
+from engine.inference.segment import Segmenter
 from engine.io.study import Rendered
-from engine.segment import COLOURS, Segmenter, draw_segmentation
-from engine.segmentation import CaseSegmentation, mask_png, seg_dicom
-from engine.store import Store
 
 __all__ = ["view_controls", "segmentation_view", "measurements", "agreement_panel", "exports", "region_explanation",
            "uncertainty_view", "history"]
@@ -78,14 +78,9 @@ def agreement_panel(done: CaseSegmentation) -> None:
                    f"error {m.circumference - match.reference_hc_mm:+.1f} mm.")
 
 
-def exports(config: Config, store: Store, image: dict, done: CaseSegmentation, segmenter: Segmenter) -> None:
-    loaded, stem = segmenter.loaded, f"case{done.case_id}-image{done.image_id}"
-
-    def seg() -> bytes:  # built on click, and the export is logged
-        data = seg_dicom(config, image, done.result.mask, loaded.name, loaded.version)
-        store.log_action(config.user, "export.seg", "case", done.case_id, {"segmentation_id": done.segmentation_id})
-        return data
-
+def exports(image: dict, done: CaseSegmentation, seg: Callable[[], bytes]) -> None:
+    """The mask as PNG, and `seg()` (built and logged only when clicked) as a DICOM SEG download."""
+    stem = f"case{done.case_id}-image{done.image_id}"
     c1, c2 = st.columns(2)
     c1.download_button("Mask PNG", mask_png(done.result.mask), f"{stem}-mask.png", "image/png", on_click="ignore",
                        icon=":material/download:")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -10,51 +12,50 @@ from plotly.subplots import make_subplots
 from dashboard.model_widgets import headline
 from dashboard.registry import page_path
 from engine.config import Config
+from engine.context import Context
+from engine.data.catalog import datasets
+from engine.data.reviews import usable_review_ids
 from engine.errors import UnknownModel
+from engine.jobs.queue import RESUMABLE, Job, JobStatus, get_job, job_metrics, log_tail
+from engine.jobs.training import TrainConfig, TrainingRequest, visible_gpus
 from engine.models.catalog import active_model, find_model
 from engine.models.registry import get_spec, list_models
-from engine.store import Store
-from engine.train.data import datasets
-from engine.train.jobs import (RESUMABLE, JobSpec, cancel_job, get_job, job_metrics, log_tail, resume_job,
-                               visible_gpus)
-from engine.train.reviews import usable_review_ids
+from engine.tasks import get_task, task_names
 
-__all__ = ["job_form", "queue_table", "live_job", "REFRESH_S"]
+__all__ = ["job_form", "queue_table", "job_title", "job_actions", "live_job", "REFRESH_S"]
 
 REFRESH_S = 2.0
-_DEFAULTS = {"classification": {"size": 224, "batch": 32, "epochs": 10},
-             "segmentation": {"size": 256, "batch": 16, "epochs": 20}}
 _BADGES = {"queued": ":gray-badge[queued]", "running": ":blue-badge[running]", "finished": ":green-badge[finished]",
            "failed": ":red-badge[failed]", "cancelled": ":orange-badge[cancelled]",
            "interrupted": ":orange-badge[interrupted]"}
 
 
-def job_form(config: Config, store: Store) -> JobSpec | None:
-    """The new-job form; returns the spec when submitted."""
-    task = st.segmented_control("Task", ["classification", "segmentation"], default="classification",
-                                key="train.task") or "classification"
-    active = active_model(config, store, task)
-    defaults = _DEFAULTS[task]
+def job_form(ctx: Context) -> TrainingRequest | None:
+    """The new-job form; returns the request when submitted (the page submits it)."""
+    names = task_names()
+    task = get_task(st.segmented_control("Task", names, default=names[0], key="train.task") or names[0])
+    active = active_model(ctx, task.name)
+    defaults = task.defaults
     with st.form("train.form", border=True):
         c1, c2, c3 = st.columns(3)
-        dataset = c1.selectbox("Dataset", datasets(task), help="Read from RADLENS_DATA_DIR; 'folder' is your own")
-        archs = [m for m in list_models() if get_spec(m).task == task]
-        arch = c2.selectbox("Architecture", archs, index=archs.index(active.card["arch"]))
+        dataset = c1.selectbox("Dataset", datasets(task.name), help="Read from RADLENS_DATA_DIR; 'folder' is your own")
+        archs = [m for m in list_models() if get_spec(m).task == task.name]
+        arch = c2.selectbox("Architecture", archs, index=archs.index(active.card.arch))
         data_path = c3.text_input("Folder (dataset 'folder' only)", placeholder="/data/my-set (manifest.csv)")
         c1, c2, c3, c4 = st.columns(4)
-        size = c1.number_input("Image size (px)", 16, 1024, defaults["size"], 16)
-        epochs = c2.number_input("Epochs", 1, 500, defaults["epochs"])
-        batch = c3.number_input("Batch size", 2, 1024, defaults["batch"])
-        lr = c4.number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.0e")
+        size = c1.number_input("Image size (px)", 16, 1024, defaults.size, 16)
+        epochs = c2.number_input("Epochs", 1, 500, defaults.epochs)
+        batch = c3.number_input("Batch size", 2, 1024, defaults.batch_size)
+        lr = c4.number_input("Learning rate", 1e-6, 1.0, TrainConfig.lr, format="%.0e")
         c1, c2, c3, c4 = st.columns(4)
         augment = c1.toggle("Augmentation", value=True, help="The task's standard augmentation (see the card)")
-        balance = c2.selectbox("Class balancing", ["weights", "none"], disabled=task != "classification",
+        balance = c2.selectbox("Class balancing", ["weights", "none"], disabled=not task.class_balancing,
                                format_func={"weights": "Class-weighted loss", "none": "None"}.get)
         device = c3.selectbox("Device", ["auto", "cpu", "cuda"], help="auto: the GPU when there is one")
         gpus = c4.number_input("GPUs", 1, max(1, visible_gpus()), 1, disabled=visible_gpus() < 2,
                                help="More than one runs torchrun with one process per GPU")
         fine_tune = st.toggle(f"Fine-tune from the active model ({active.name})", value=False)
-        reviews = len(usable_review_ids(store, active.card["labels"])) if task == "classification" else 0
+        reviews = len(usable_review_ids(ctx.store, active.card.labels)) if task.uses_reviews else 0
         c1, c2 = st.columns(2)
         use_reviews = c1.toggle(f"Add the {reviews} clinician-reviewed case(s)", value=False, disabled=not reviews,
                                 help="Confirmed or corrected labels from the Diagnosis page. Films of the "
@@ -62,9 +63,11 @@ def job_form(config: Config, store: Store) -> JobSpec | None:
         with_base = c2.toggle("... mixed with the dataset's training split", value=True, disabled=not reviews)
         if not st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:"):
             return None
-    return JobSpec(dataset=dataset, arch=arch, size=int(size), epochs=int(epochs), batch_size=int(batch), lr=float(lr),
-                   augment=augment, balance=balance, device=device, fine_tune=fine_tune, use_reviews=use_reviews,
-                   with_base_train=with_base, data_path=data_path.strip(), gpus=int(gpus))
+    config = TrainConfig(dataset=dataset, model=arch, size=int(size), epochs=int(epochs), batch_size=int(batch),
+                         lr=float(lr), augment=augment, balance=balance, device=device,
+                         data_path=Path(data_path.strip()) if data_path.strip() else None)
+    return TrainingRequest(config, fine_tune=fine_tune, use_reviews=use_reviews, with_base_train=with_base,
+                           gpus=int(gpus))
 
 
 def _duration(seconds: float | None) -> str:
@@ -74,25 +77,32 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min {secs:02d} s"
 
 
-def _held_out(config: Config, job: dict) -> str:
+def _held_out(config: Config, job: Job) -> str:
     """A finished job's model's test-split headline (from its card), for the queue."""
-    if job["status"] != "finished":
+    if job.status is not JobStatus.FINISHED:
         return ""
     try:
-        return headline(find_model(config, job["model_name"]).card)
+        return headline(find_model(config, job.model_name).card)
     except UnknownModel:
         return "model removed"
 
 
-def queue_table(config: Config, jobs: list[dict]) -> None:
-    st.dataframe(pd.DataFrame([{
-        "Job": j["id"], "Status": j["status"], "Task": j["task"], "Dataset": j["config"]["spec"]["dataset"],
-        "Architecture": j["config"]["spec"]["arch"], "Device": j["device"],
-        "Epochs": j["config"]["spec"]["epochs"],
-        "Reviews": len(j["review_ids"]) or "", "Model": j["model_name"] if j["status"] == "finished" else "",
-        "Held-out test": _held_out(config, j),
-        "Started by": j["actor"], "Created (UTC)": (j["created_at"] or "")[:19].replace("T", " "),
-        "Error": j["error"] or ""} for j in jobs]), hide_index=True, width="stretch")
+def queue_table(config: Config, jobs: list[Job]) -> None:
+    rows = []
+    for j in jobs:
+        train = j.config.get("train", {})
+        rows.append({"Job": j.id, "Status": j.status.value, "Task": j.task, "Dataset": train.get("dataset"),
+                     "Architecture": train.get("model"), "Device": j.device, "Epochs": train.get("epochs"),
+                     "Reviews": len(j.review_ids) or "",
+                     "Model": j.model_name if j.status is JobStatus.FINISHED else "",
+                     "Held-out test": _held_out(config, j), "Started by": j.actor,
+                     "Created (UTC)": (j.created_at or "")[:19].replace("T", " "), "Error": j.error})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+
+def job_title(job: Job) -> str:
+    train = job.config.get("train", {})
+    return f"Job {job.id}: {job.status.value} - {train.get('model')} on {train.get('dataset')}"
 
 
 def _curves(metrics: pd.DataFrame, score: str) -> go.Figure:
@@ -115,16 +125,16 @@ def _curves(metrics: pd.DataFrame, score: str) -> go.Figure:
     return figure
 
 
-def _progress(job: dict) -> None:
-    p, spec = job["progress"], job["config"]["spec"]
+def _progress(job: Job) -> None:
+    p, spec = job.progress, job.config["train"]
     if "epoch" not in p:
         st.progress(0.0, text=p.get("phase", "waiting for the training process to start").capitalize())
         return
     done = (p["epoch"] + p["step"] / p["steps"]) / spec["epochs"]
     eta = f" - about {_duration(p['eta_s'])} left at most (early stopping may end it sooner)" \
-        if job["status"] == "running" else ""
+        if job.status is JobStatus.RUNNING else ""
     st.progress(min(done, 1.0), text=f"Epoch {p['epoch'] + 1}/{spec['epochs']}, step {p['step']}/{p['steps']}{eta}"
-                + (f" - {p['phase']}" if job["status"] == "running" and p.get("phase") not in ("training", "validated")
+                + (f" - {p['phase']}" if job.status is JobStatus.RUNNING and p.get("phase") not in ("training", "validated")
                    else ""))
     c = st.columns(5)
     c[0].metric("Throughput", f"{p.get('images_per_s', 0):.1f} img/s")
@@ -138,45 +148,41 @@ def _progress(job: dict) -> None:
     c[4].metric("Machine RAM in use", f"{p['ram_percent']:.0f} %" if "ram_percent" in p else "-")
 
 
-def _actions(config: Config, store: Store, job: dict) -> None:
+def job_actions(job: Job) -> str | None:
+    """The buttons a job offers; returns "cancel" or "resume" when one is pressed (the page acts)."""
     row = st.container(horizontal=True)  # buttons as wide as their labels, side by side
-    if job["status"] in ("queued", "running") and row.button("Cancel job", icon=":material/stop:",
-                                                            key=f"cancel.{job['id']}"):
-        cancel_job(config, store, job["id"])
-        st.rerun(scope="app")
-    if job["status"] in RESUMABLE and row.button("Resume from the last checkpoint", icon=":material/replay:",
-                                                key=f"resume.{job['id']}", type="primary"):
-        resume_job(config, store, job["id"])
-        st.rerun(scope="app")
-    if job["status"] == "finished":
-        st.page_link(page_path("models"), label=f"Compare {job['model_name']} with the active model and promote it",
-                     icon=":material/compare_arrows:", query_params={"model": job["model_name"]})
+    if job.active and row.button("Cancel job", icon=":material/stop:", key=f"cancel.{job.id}"):
+        return "cancel"
+    if job.status in RESUMABLE and row.button("Resume from the last checkpoint", icon=":material/replay:",
+                                              key=f"resume.{job.id}", type="primary"):
+        return "resume"
+    if job.status is JobStatus.FINISHED:
+        st.page_link(page_path("models"), label=f"Compare {job.model_name} with the active model and promote it",
+                     icon=":material/compare_arrows:", query_params={"model": job.model_name})
+    return None
 
 
-def _render(config: Config, store: Store, job_id: int, was_active: bool) -> None:
-    job = get_job(store, job_id)
-    active = job["status"] in ("queued", "running")
-    if was_active and not active:
+def _render(ctx: Context, job_id: int, was_active: bool) -> None:
+    job = get_job(ctx.store, job_id)
+    if was_active and not job.active:
         st.rerun(scope="app")  # the queue and buttons outside this fragment change too
-    spec, reviews = job["config"]["spec"], len(job["review_ids"])
-    extras = (", fine-tuned from the active model" if spec["fine_tune"] else "") + \
+    train, reviews = job.config["train"], len(job.review_ids)
+    extras = (", fine-tuned from the active model" if job.config.get("fine_tune") else "") + \
         (f", with {reviews} reviewed case(s)" if reviews else "")
-    st.markdown(f"**Job {job_id}** {_BADGES[job['status']]} - {spec['arch']} on {spec['dataset']}, "
-                f"{job['device']}{extras}")
-    if job["error"] and job["status"] != "finished":
-        (st.error if job["status"] == "failed" else st.warning)(job["error"], icon=":material/error:")
+    st.markdown(f"**Job {job_id}** {_BADGES[job.status]}")
+    st.text(f"{train['model']} on {train['dataset']}, {job.device}{extras}")
+    if job.error and job.status is not JobStatus.FINISHED:
+        (st.error if job.status is JobStatus.FAILED else st.warning)(job.error, icon=":material/error:")
     _progress(job)
-    metrics = pd.DataFrame(job_metrics(store, job_id), columns=["epoch", "step", "name", "value", "created_at"])
-    score = "val_dice" if job["task"] == "segmentation" else "val_auc"
+    metrics = pd.DataFrame(job_metrics(ctx.store, job_id), columns=["epoch", "step", "name", "value", "created_at"])
     if len(metrics):
-        st.plotly_chart(_curves(metrics, score), width="stretch", config={"displayModeBar": False},
+        st.plotly_chart(_curves(metrics, get_task(job.task).score), width="stretch", config={"displayModeBar": False},
                         key=f"curves.{job_id}")
-    _actions(config, store, job)
-    with st.expander("Log (last lines)", expanded=job["status"] == "failed"):
-        st.code(log_tail(config, job_id) or "(no output yet)", language="text")
+    with st.expander("Log (last lines)", expanded=job.status is JobStatus.FAILED):
+        st.code(log_tail(ctx.config, job_id) or "(no output yet)", language="text")
 
 
-def live_job(config: Config, store: Store, job_id: int) -> None:
+def live_job(ctx: Context, job_id: int) -> None:
     """The job's view; refreshes itself every REFRESH_S seconds while the job is queued or running."""
-    active = get_job(store, job_id)["status"] in ("queued", "running")
-    st.fragment(run_every=REFRESH_S if active else None)(_render)(config, store, job_id, active)
+    active = get_job(ctx.store, job_id).active
+    st.fragment(run_every=REFRESH_S if active else None)(_render)(ctx, job_id, active)

@@ -12,9 +12,9 @@ import streamlit as st
 
 from dashboard import state
 from dashboard.registry import page_path
-from engine.cases import recent_cases
+from engine.cases.images import recent_cases
+from engine.cases.ingest import IngestResult
 from engine.errors import EngineError
-from engine.ingest import IngestResult, ingest_files
 from engine.io import presets
 from engine.io.study import Rendered, Spacing, Study, Window
 
@@ -44,9 +44,9 @@ def once_per_opening(state_key: str, key: tuple, compute: Callable[[], T], keep:
     return results[key]
 
 
-def open_case(case_id: int) -> None:
+def open_case(case_id: int, page: str = "viewer") -> None:
     st.session_state[state.CURRENT_CASE] = int(case_id)
-    st.switch_page(page_path("viewer"))
+    st.switch_page(page_path(page))
 
 
 def case_picker(store) -> int:
@@ -81,15 +81,40 @@ def case_table(frame: pd.DataFrame, key: str, column_config: dict | None = None)
         open_case(int(frame.iloc[selected[0]]["Case"]))
 
 
-def ingest_with_progress(files: Sequence, config, store) -> list[IngestResult]:
-    """Ingest uploaded files one by one under a progress bar; returns one result per file/zip member."""
-    bar = st.progress(0.0, text="Starting...")
-    results: list[IngestResult] = []
-    for i, upload in enumerate(files, start=1):
-        bar.progress(i / len(files), text=f"{i} of {len(files)}: {upload.name}")
-        results += ingest_files([(upload.name, upload.getvalue())], config, store)
-    bar.empty()
-    return results
+# How each kind of worklist column is shown: (value formatter, Streamlit column type).
+_KINDS = {
+    "id": (None, st.column_config.NumberColumn),
+    "text": (lambda v: "" if v is None or pd.isna(v) else str(v), st.column_config.TextColumn),
+    "probability": (None, lambda title, help: st.column_config.ProgressColumn(
+        title, help=help, format="percent", min_value=0.0, max_value=1.0)),
+    "decimal": (lambda v: "" if v is None or pd.isna(v) else f"{v:.2f}", st.column_config.TextColumn),
+    "datetime": (lambda v: (v or "")[:19].replace("T", " "), st.column_config.TextColumn),
+    "flag": (lambda v: "possible" if v == 1 else "", st.column_config.TextColumn),
+    "count": (None, st.column_config.NumberColumn),
+}
+
+
+def worklist_table(rows: list[dict], columns, key: str = "worklist") -> None:
+    """The engine's worklist rows under their titles, each column formatted as its kind says; a selected row
+    opens the case."""
+    frame = pd.DataFrame(rows, columns=[c.key for c in columns])
+    for c in columns:
+        if fmt := _KINDS[c.kind][0]:
+            frame[c.key] = frame[c.key].map(fmt)
+    frame.columns = [c.title for c in columns]
+    config = {c.title: _KINDS[c.kind][1](c.title, help=c.help or None) for c in columns}
+    ids = next(c.title for c in columns if c.kind == "id")
+    event = st.dataframe(frame, key=key, hide_index=True, width="stretch", on_select="rerun",
+                         selection_mode="single-row", column_config=config)
+    selected = event.selection.rows if event else []
+    if selected and pd.notna(frame.iloc[selected[0]][ids]):
+        open_case(int(frame.iloc[selected[0]][ids]))
+
+
+def progress_bar(total: int, text: str = "Starting...") -> Callable[[int, str], None]:
+    """A progress bar and the callback that advances it: (items done, what is being done). Renders only."""
+    bar = st.progress(0.0, text=text)
+    return lambda done, name: bar.progress(min(done / max(total, 1), 1.0), text=f"{done} of {total}: {name}")
 
 
 def results_summary(results: list[IngestResult]) -> None:

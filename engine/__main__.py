@@ -11,24 +11,24 @@ from pathlib import Path
 
 from PIL import Image
 
+from engine.cases.demo import seed_demo
+from engine.cases.ingest import IngestResult, ingest_paths, prepare
 from engine.config import Config
-from engine.demo import seed_demo
+from engine.context import Context
 from engine.errors import EngineError
-from engine.ingest import IngestResult, ingest_paths, open_store, prepare
 from engine.io import render
 from engine.io.study import Window
 
 
-def _init(args, config: Config) -> int:
-    store = open_store(config)
-    seeded = [] if args.no_demo else seed_demo(config, store)
-    print(f"database ready at {config.db_path}; demo studies added: {sum(r.status == 'ok' for r in seeded)}")
+def _init(args, ctx: Context) -> int:
+    seeded = [] if args.no_demo else seed_demo(ctx)
+    print(f"database ready at {ctx.config.db_path}; demo studies added: {sum(r.status == 'ok' for r in seeded)}")
     return 0
 
 
-def _ingest(args, config: Config) -> int:
-    store, failed = open_store(config), 0
-    for result in ingest_paths(args.paths, config, store):
+def _ingest(args, ctx: Context) -> int:
+    failed = 0
+    for result in ingest_paths(args.paths, ctx):
         failed += not result.ok
         if args.json:
             print(json.dumps(result.__dict__), flush=True)
@@ -38,9 +38,8 @@ def _ingest(args, config: Config) -> int:
     return 1 if failed else 0
 
 
-def _render(args, config: Config) -> int:
-    store = open_store(config)
-    prepared = prepare(Path(args.file).read_bytes(), store.setting("uid_salt") or "", config)
+def _render(args, ctx: Context) -> int:
+    prepared = prepare(Path(args.file).read_bytes(), ctx.store.setting("uid_salt") or "", ctx.config)
     window = None
     if args.window:
         center, width = (float(v) for v in args.window.split(","))
@@ -58,29 +57,29 @@ def _render(args, config: Config) -> int:
     return 0
 
 
-def _landed(paths: list[Path], config: Config, store, failed: list) -> Iterator[tuple[IngestResult, dict]]:
+def _landed(paths: list[Path], ctx: Context, failed: list) -> Iterator[tuple[IngestResult, dict]]:
     """Ingest the paths; yield (result, image row) per landed file. A file that did not land prints one
     JSON error line and is appended to `failed`; the others go on."""
-    from engine.diagnosis import get_image
+    from engine.cases.images import get_image
 
-    for result in ingest_paths(paths, config, store):
+    for result in ingest_paths(paths, ctx):
         if result.ok:
-            yield result, get_image(store, result.image_id)
+            yield result, get_image(ctx.store, result.image_id)
         else:
             failed.append(result)
             print(json.dumps({"file": result.file, "error": result.error}), flush=True)
 
 
-def _classify(args, config: Config) -> int:
-    from engine.diagnosis import diagnose_image, load_classifier
-    from engine.explain import overlay
+def _classify(args, ctx: Context) -> int:
+    from engine.cases.diagnosis import diagnose_image, load_classifier
+    from engine.draw import overlay
 
-    store, failed = open_store(config), []
-    classifier = load_classifier(config, store, args.model)
+    failed = []
+    classifier = load_classifier(ctx, args.model)
     if args.cam_out:
         args.cam_out.mkdir(parents=True, exist_ok=True)
-    for result, image in _landed(args.paths, config, store, failed):
-        done = diagnose_image(config, store, classifier, image, args.tta)
+    for result, image in _landed(args.paths, ctx, failed):
+        done = diagnose_image(ctx, classifier, image, args.tta)
         p = done.prediction
         record = {
             "file": result.file, "case_id": done.case_id, "prediction_id": done.prediction_id, "label": p.label,
@@ -102,16 +101,17 @@ def _classify(args, config: Config) -> int:
     return 1 if failed else 0
 
 
-def _segment(args, config: Config) -> int:
-    from engine.segmentation import load_segmenter, manifest_match, mask_png, segment_case_image
+def _segment(args, ctx: Context) -> int:
+    from engine.cases.segmentation import load_segmenter, mask_png, segment_case_image
+    from engine.data.hc18 import manifest_match
 
-    store, failed = open_store(config), []
-    segmenter = load_segmenter(config, store, args.model)
+    failed = []
+    segmenter = load_segmenter(ctx, args.model)
     if args.mask_out:
         args.mask_out.mkdir(parents=True, exist_ok=True)
-    for result, image in _landed(args.paths, config, store, failed):
+    for result, image in _landed(args.paths, ctx, failed):
         match = manifest_match(Path(result.file)) if Path(result.file).is_file() else None
-        done = segment_case_image(config, store, segmenter, image, args.pixel_size, match)
+        done = segment_case_image(ctx, segmenter, image, args.pixel_size, match)
         m, loaded = done.result.measurement, segmenter.loaded
         record = {
             "file": result.file, "case_id": done.case_id, "segmentation_id": done.segmentation_id,
@@ -135,16 +135,15 @@ def _segment(args, config: Config) -> int:
     return 1 if failed else 0
 
 
-def _audit(args, config: Config) -> int:
-    from engine.audit import run_audit, start_audit
+def _audit(args, ctx: Context) -> int:
+    from engine.cases.heatmap_audit import run_audit, start_audit
     from engine.models.catalog import active_model
 
-    store = open_store(config)
     if args.run is None:  # a new audit in the foreground
-        name = args.model or active_model(config, store, "classification").name
-        args.run = start_audit(config, store, name, args.method, args.dataset, args.split, args.layer, args.limit,
+        name = args.model or active_model(ctx, "classification").name
+        args.run = start_audit(ctx, name, args.method, args.dataset, args.split, args.layer, args.limit,
                                background=False)
-    summary = run_audit(config, store, args.run)
+    summary = run_audit(ctx, args.run)
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "images"}, indent=2))
     else:
@@ -205,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(filename=config.log_dir / "radlens.log", level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        return COMMANDS[args.command](args, config)
+        return COMMANDS[args.command](args, Context.open(config))
     except (EngineError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

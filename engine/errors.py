@@ -14,6 +14,15 @@ __all__ = [
     "UnknownCase",
     "FrameOutOfRange",
     "UnknownModel",
+    "UnknownTask",
+    "UnknownMethod",
+    "UnknownDataset",
+    "DatasetError",
+    "InvalidOption",
+    "InvalidReview",
+    "ExportError",
+    "EmptyMask",
+    "PermissionDenied",
     "WeightsUnavailable",
     "BadCheckpoint",
     "ModelMismatch",
@@ -73,6 +82,42 @@ def short_reason(exc: BaseException) -> str:
 
 class UnknownModel(EngineError):
     """No registered architecture or installed model has that name."""
+
+
+class UnknownTask(EngineError):
+    """No task (classification, segmentation, ...) has that name."""
+
+
+class UnknownMethod(EngineError):
+    """No registered explanation method has that name (or it cannot run the way asked)."""
+
+
+class UnknownDataset(EngineError):
+    """No dataset of the catalogue has that name."""
+
+
+class DatasetError(EngineError):
+    """A dataset is not on this machine, or is empty or malformed (a split, a column, a label missing)."""
+
+
+class InvalidOption(EngineError):
+    """A choice the model or view does not offer (a class, a layer, a colormap)."""
+
+
+class InvalidReview(EngineError):
+    """A review that cannot be recorded as given (unknown verdict, a correction without its label)."""
+
+
+class ExportError(EngineError):
+    """A result cannot be exported in the format asked for (e.g. DICOM SEG of a PNG upload)."""
+
+
+class EmptyMask(EngineError):
+    """The model found no head in this image (the mask is empty)."""
+
+
+class PermissionDenied(EngineError):
+    """The acting user's role does not allow this action."""
 
 
 class WeightsUnavailable(EngineError):

@@ -17,6 +17,8 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from engine.config import Config
+
 __all__ = ["Store", "utc_now", "MIGRATIONS"]
 
 _BUSY_TIMEOUT_MS = 30_000
@@ -155,12 +157,39 @@ def _m005_training_jobs(db: Database) -> None:
     db["job_metrics"].create_index(["job_id", "name"])
 
 
+def _m006_one_job_machinery(db: Database) -> None:
+    """Heatmap audits become jobs of kind 'audit' in `jobs` (one status vocabulary, one liveness rule); their
+    results move to `heatmap_audits`. The never-used `models` table and `jobs.model_id` go."""
+    db["heatmap_audits"].create(
+        {"job_id": int, "weights_sha256": str, "layer": str, "summary": str, "heatmaps": bytes},
+        pk="job_id", foreign_keys=[("job_id", "jobs", "id")],
+    )
+    db["jobs"].create_index(["kind", "status"])
+    for row in list(db.query("SELECT * FROM explanation_audits ORDER BY id")):
+        request = {"model_name": row["model_name"], "model_version": row["model_version"], "method": row["method"],
+                   "layer": row["layer"] or "", "dataset": row["dataset"], "split": row["split"],
+                   "limit": row["limit_n"]}
+        job_id = db["jobs"].insert({
+            "kind": "audit", "status": row["status"], "device": "cpu", "task": "classification",
+            "actor": row["actor"] or "", "config": json.dumps(request), "pid": row["pid"], "error": row["error"],
+            "progress": json.dumps({"done": row["done"] or 0, "total": row["total"] or 0}), "review_ids": "[]",
+            "created_at": row["created_at"], "started_at": row["created_at"], "finished_at": row["finished_at"],
+            "updated_at": row["finished_at"] or row["created_at"], "resumes": 0}).last_pk
+        if row["summary"]:
+            db["heatmap_audits"].insert({"job_id": job_id, "weights_sha256": row["weights_sha256"],
+                                         "layer": row["layer"], "summary": row["summary"], "heatmaps": row["heatmaps"]})
+    db.execute("DROP TABLE explanation_audits")
+    db.execute("DROP TABLE models")
+    db.execute("ALTER TABLE jobs DROP COLUMN model_id")
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (1, "initial schema", _m001_initial),
     (2, "prediction provenance", _m002_prediction_provenance),
     (3, "explanations and explanation audits", _m003_explanations),
     (4, "segmentations", _m004_segmentations),
     (5, "training jobs", _m005_training_jobs),
+    (6, "one job machinery", _m006_one_job_machinery),
 )
 
 
@@ -246,3 +275,8 @@ class Store:
     def audit_rows(self, limit: int = 100) -> list[dict]:
         with self.read() as db:
             return list(db.query("SELECT * FROM audit_log ORDER BY id DESC LIMIT ?", [limit]))
+def open_store(config: Config) -> Store:
+    """The store for this config, migrated (idempotent)."""
+    store = Store(config.db_path)
+    store.migrate()
+    return store

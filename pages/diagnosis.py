@@ -3,21 +3,25 @@
 import streamlit as st
 
 from dashboard import model_widgets, resources, state, widgets
-from engine.cases import get_case
-from engine.diagnosis import add_review, case_history, diagnose_cases, diagnose_image, unreviewed_cases
-from engine.models.catalog import active_model
+from engine.cases.diagnosis import (
+    add_review,
+    case_history,
+    diagnose_cases,
+    diagnose_image,
+    unreviewed_cases,
+)
+from engine.cases.images import get_case
 
-store, config = resources.store(), resources.config()
+ctx = resources.context()
 st.title("Diagnosis")
-case_id = widgets.case_picker(store)
+case_id = widgets.case_picker(ctx.store)
 
 with widgets.engine_errors():
-    installed = active_model(config, store, "classification")
-    classifier = resources.classifier(installed.name)
-    image = widgets.image_picker(get_case(store, case_id))
+    classifier = resources.active_classifier(ctx)
+    image = widgets.image_picker(get_case(ctx.store, case_id))
     tta = 8 if st.toggle("Test-time augmentation uncertainty (9 forwards instead of 1)", key="diagnosis.tta") else 0
     result = widgets.once_per_opening(state.DIAGNOSIS, (image["id"], classifier.loaded.sha256, tta),
-                                      lambda: diagnose_image(config, store, classifier, image, tta))
+                                      lambda: diagnose_image(ctx, classifier, image, tta))
 
     left, right = st.columns([3, 2])
     with left:
@@ -25,18 +29,18 @@ with widgets.engine_errors():
         model_widgets.cam_view(result.gray, result.prediction, show, opacity, colormap)
     with right:
         card = classifier.loaded.card
-        model_widgets.prediction_panel(result.prediction, installed.name, card["version"], card["positive_label"])
+        model_widgets.prediction_panel(result.prediction, card.name, card.version, card.positive_label)
         submitted = model_widgets.review_form(classifier.loaded.labels, key=f"review.{case_id}")
         if submitted:
-            add_review(store, config.user, case_id, *submitted, prediction_id=result.prediction_id)
+            add_review(ctx, case_id, *submitted, prediction_id=result.prediction_id)
             st.success("Review saved.", icon=":material/check:")
 
     st.subheader("Case history")
-    model_widgets.history(case_history(store, case_id))
-    pending = unreviewed_cases(store)
+    model_widgets.history(case_history(ctx.store, case_id))
+    pending = unreviewed_cases(ctx.store)
     if st.button(f"Run on all {len(pending)} unreviewed cases", icon=":material/playlist_play:", disabled=not pending):
         bar = st.progress(0.0)
-        done, failed = diagnose_cases(config, store, classifier, pending,
+        done, failed = diagnose_cases(ctx, classifier, pending,
                                       lambda n, total, what: bar.progress(n / total, text=f"{n} of {total}: {what}"))
         st.success(f"Classified {len(done)} case(s); {len(failed)} failed.")
         for case, reason in failed.items():

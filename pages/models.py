@@ -5,19 +5,28 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import lifecycle_widgets, model_widgets, resources, widgets
-from engine.models.catalog import active_model, installed_models
+from engine.models.catalog import (
+    active_model,
+    installed_models,
+    promote,
+    rollback,
+    rollback_target,
+)
 from engine.models.registry import architectures
 
-store, config = resources.store(), resources.config()
+ctx = resources.context()
 st.title("Models")
 
 with widgets.engine_errors():
-    models = installed_models(config)
-    active = {task: active_model(config, store, task).name for task in sorted({m.task for m in models})}
+    models = installed_models(ctx.config)
+    active = {task: active_model(ctx, task).name for task in sorted({m.task for m in models})}
     st.subheader("Installed versions")
-    lifecycle_widgets.rollback_buttons(config, store, active)
+    if task := lifecycle_widgets.rollback_buttons(active, {t: rollback_target(ctx, t) for t in active}):
+        rollback(ctx, task)
+        resources.release_models()
+        st.rerun()
     st.dataframe(pd.DataFrame([{
-        "Name": m.name, "Version": m.card["version"], "Task": m.task, "Architecture": m.card["arch"],
+        "Name": m.name, "Version": m.card.version, "Task": m.task, "Architecture": m.card.arch,
         "Test split": model_widgets.headline(m.card), "Active": active.get(m.task) == m.name,
         "Source": "shipped" if m.shipped else "trained here", "File": m.path.name} for m in models]),
         hide_index=True, width="stretch")
@@ -26,16 +35,18 @@ with widgets.engine_errors():
     name = st.selectbox("Model card", names, index=names.index(wanted) if wanted in names else 0)
     model = next(m for m in models if m.name == name)
     card = model.card
-    lifecycle_widgets.promote_button(config, store, model, active[model.task])
-    st.markdown(f"**{name}** version {card['version']} - {card['task']}, {card['arch']}, labels "
-                f"{', '.join(card['labels'])}  \nData: {card.get('data', {}).get('description', 'not recorded')}  \n"
-                f"Preprocessing: `{model_widgets.prep_text(card)}`")
+    if lifecycle_widgets.promote_button(model, active[model.task]):
+        promote(ctx, model.name)
+        resources.release_models()
+        st.rerun()
+    st.text(f"{name} version {card.version} - {card.task}, {card.arch}, labels {', '.join(card.labels)}\n"
+            f"Data: {card.data.get('description', 'not recorded')}\nPreprocessing: {model_widgets.prep_text(card)}")
     model_widgets.card_summary(card)
     model_widgets.card_details(card)
 
     st.subheader("Compare two versions")
     lifecycle_widgets.compare(models, active, model)
     st.subheader("Promotions and roll backs")
-    lifecycle_widgets.history(store)
+    lifecycle_widgets.history(ctx.store)
     st.subheader("Registered architectures")
     st.dataframe(pd.DataFrame(architectures()), hide_index=True, width="stretch")

@@ -4,32 +4,34 @@ agreement with the ground truth for dataset cases, exports, and the region's exp
 import streamlit as st
 
 from dashboard import resources, seg_widgets, state, widgets
-from engine.cases import get_case
-from engine.models.catalog import active_model
-from engine.segmentation import segment_case_image, segmentation_history
+from engine.cases.images import get_case
+from engine.cases.segmentation import (
+    export_seg,
+    segment_case_image,
+    segmentation_history,
+)
 
-store, config = resources.store(), resources.config()
+ctx = resources.context()
 st.title("Segmentation")
-case_id = widgets.case_picker(store)
+case_id = widgets.case_picker(ctx.store)
 
 with widgets.engine_errors():
-    installed = active_model(config, store, "segmentation")
-    segmenter = resources.segmenter(installed.name)
-    image = widgets.image_picker(get_case(store, case_id))
+    segmenter = resources.active_segmenter(ctx)
+    image = widgets.image_picker(get_case(ctx.store, case_id))
     pixel_mm = st.session_state.get(f"seg.pixel.{image['id']}") or None
     done = widgets.once_per_opening(state.SEGMENTATION, (image["id"], segmenter.loaded.sha256, pixel_mm),
-                                    lambda: segment_case_image(config, store, segmenter, image, pixel_mm))
+                                    lambda: segment_case_image(ctx, segmenter, image, pixel_mm))
 
     options = seg_widgets.view_controls(done.truth is not None)
     left, right = st.columns([3, 2])
     with left:
         seg_widgets.segmentation_view(done, options)
     with right:
-        seg_widgets.measurements(done, installed.name, segmenter.loaded.version)
+        seg_widgets.measurements(done, segmenter.loaded.name, segmenter.loaded.version)
         seg_widgets.agreement_panel(done)
         st.number_input("Pixel size (mm), overrides the file's", min_value=0.0, max_value=10.0, step=0.01,
                         format="%.4f", key=f"seg.pixel.{image['id']}", help="0 = use the file's own pixel size")
-        seg_widgets.exports(config, store, image, done, segmenter)
+        seg_widgets.exports(image, done, lambda: export_seg(ctx, image, done, segmenter))
 
     with st.expander("Uncertainty (image vs mirror image)", icon=":material/contrast:"):
         if st.toggle("Compute the uncertainty map", key="seg.uncertainty"):
@@ -38,4 +40,4 @@ with widgets.engine_errors():
         if st.toggle("Compute the explanation", key="seg.cam"):
             seg_widgets.region_explanation(segmenter, done.gray)
     st.subheader("Case history")
-    seg_widgets.history(segmentation_history(store, case_id))
+    seg_widgets.history(segmentation_history(ctx.store, case_id))

@@ -4,30 +4,36 @@ resume it; a finished job's model goes to the Models page for comparison and pro
 import streamlit as st
 
 from dashboard import resources, state, train_widgets, widgets
-from engine.train.jobs import dispatch, list_jobs, submit_job
+from engine.jobs.queue import cancel_job, dispatch, get_job, list_jobs, resume_job
+from engine.jobs.training import submit_training
 
-store, config = resources.store(), resources.config()
+ctx = resources.context()
 st.title("Training")
 
 with widgets.engine_errors():
-    dispatch(config, store)  # starts what waits for a free device; marks jobs whose process died
-    with st.expander("New training job", icon=":material/add_circle:", expanded=not list_jobs(store)):
-        spec = train_widgets.job_form(config, store)
-        if spec:
-            job_id = submit_job(config, store, spec)
+    if st.button("Refresh the queue", icon=":material/refresh:", help="Start what waits for a free device and "
+                 "mark jobs whose process died as interrupted"):
+        dispatch(ctx)
+    with st.expander("New training job", icon=":material/add_circle:", expanded=not list_jobs(ctx.store, "train")):
+        request = train_widgets.job_form(ctx)
+        if request:
+            job_id = submit_training(ctx, request)
             st.session_state[state.TRAIN_JOB] = job_id
             st.toast(f"Job {job_id} queued", icon=":material/play_arrow:")
-    jobs = list_jobs(store)
+    jobs = {j.id: j for j in list_jobs(ctx.store, "train")}
     if not jobs:
         st.info("No training job yet. Fill in the form above: the defaults retrain the active model's recipe.")
         st.stop()
     st.subheader("Jobs")
-    train_widgets.queue_table(config, jobs)
-    ids = [j["id"] for j in jobs]
-    running = next((j["id"] for j in jobs if j["status"] == "running"), ids[0])
+    train_widgets.queue_table(ctx.config, list(jobs.values()))
+    running = next((i for i, j in jobs.items() if j.status == "running"), next(iter(jobs)))
     wanted = st.session_state.get(state.TRAIN_JOB, running)
-    job_id = st.selectbox("Job", ids, index=ids.index(wanted) if wanted in ids else 0, format_func=lambda i: next(
-        f"Job {i}: {j['status']} - {j['config']['spec']['arch']} on {j['config']['spec']['dataset']}"
-        for j in jobs if j["id"] == i))
+    ids = list(jobs)
+    job_id = st.selectbox("Job", ids, index=ids.index(wanted) if wanted in ids else 0,
+                          format_func=lambda i: train_widgets.job_title(jobs[i]))
     st.session_state[state.TRAIN_JOB] = job_id
-    train_widgets.live_job(config, store, job_id)
+    train_widgets.live_job(ctx, job_id)
+    action = train_widgets.job_actions(get_job(ctx.store, job_id))
+    if action:
+        {"cancel": cancel_job, "resume": resume_job}[action](ctx, job_id)
+        st.rerun()

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from dashboard import resources, state, widgets
+from engine.cases.ingest import ingest_files
 
 st.title("Upload studies")
 st.write("DICOM (.dcm or no extension), PNG (8/16-bit), JPEG, or a ZIP of a folder of them. "
@@ -10,7 +11,9 @@ st.write("DICOM (.dcm or no extension), PNG (8/16-bit), JPEG, or a ZIP of a fold
 
 files = st.file_uploader("Files", accept_multiple_files=True, label_visibility="collapsed")
 if files and st.button(f"Ingest {len(files)} file(s)", type="primary", icon=":material/upload:"):
-    st.session_state[state.UPLOAD_RESULTS] = widgets.ingest_with_progress(files, resources.config(), resources.store())
+    progress = widgets.progress_bar(len(files))
+    st.session_state[state.UPLOAD_RESULTS] = ingest_files(((f.name, f.getvalue()) for f in files),
+                                                          resources.context(), progress=progress)
 
 if results := st.session_state.get(state.UPLOAD_RESULTS):
     widgets.results_summary(results)

@@ -4,15 +4,15 @@ import streamlit as st
 
 from dashboard import resources, widgets
 from dashboard.registry import page_path
-from engine.cases import get_case
+from engine.cases.images import get_case
 from engine.io import render
 
-store = resources.store()
+ctx = resources.context()
 st.title("Study viewer")
-case_id = widgets.case_picker(store)
+case_id = widgets.case_picker(ctx.store)
 
 with widgets.engine_errors():
-    image = widgets.image_picker(get_case(store, case_id))
+    image = widgets.image_picker(get_case(ctx.store, case_id))
     study = resources.study(image["path"], image["id"])
     left, right = st.columns([3, 1])
     with right:

@@ -11,7 +11,8 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from engine.config import Config
-from engine.ingest import open_store
+from engine.context import Context, User
+from engine.store import open_store
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 DATA_DIR = Path(os.environ["RADLENS_DATA_DIR"]) if os.environ.get("RADLENS_DATA_DIR") else None
@@ -37,6 +38,12 @@ def config(tmp_path) -> Config:
 @pytest.fixture
 def store(config):
     return open_store(config)
+
+
+@pytest.fixture
+def ctx(config, store) -> Context:
+    """The engine's context for this test's home, acting as the configuration's user."""
+    return Context(config, store, User(config.user))
 
 
 @pytest.fixture

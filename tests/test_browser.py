@@ -220,8 +220,8 @@ def test_training_job_started_in_the_browser_draws_live_curves(server, tmp_path)
     if not os.environ.get("RADLENS_DATA_DIR"):
         pytest.skip("RADLENS_DATA_DIR (../shared/data) is not present")
     from engine.config import Config
-    from engine.ingest import open_store
-    from engine.train.jobs import cancel_job, list_jobs
+    from engine.context import Context
+    from engine.jobs.queue import cancel_job, list_jobs
     from tests.conftest import write_cxr_subset
 
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
@@ -246,7 +246,7 @@ def test_training_job_started_in_the_browser_draws_live_curves(server, tmp_path)
             page.screenshot(path=str(OUTPUT / "training.png"), full_page=True)
         finally:
             browser.close()
-            store = open_store(config)
-            for job in list_jobs(store):
-                if job["status"] in ("queued", "running"):
-                    cancel_job(config, store, job["id"])
+            ctx = Context.open(config)
+            for job in list_jobs(ctx.store):
+                if job.active:
+                    cancel_job(ctx, job.id)

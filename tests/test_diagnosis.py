@@ -6,14 +6,26 @@ import json
 import numpy as np
 import pytest
 
-from engine.diagnosis import add_review, case_history, diagnose_cases, diagnose_image, get_image, load_classifier
+from engine.cases.diagnosis import (
+    add_review,
+    case_history,
+    diagnose_cases,
+    diagnose_image,
+    load_classifier,
+)
+from engine.cases.images import get_image
+from engine.cases.ingest import ingest_files
+from engine.data.catalog import gray_of_file
 from engine.errors import EngineError
-from engine.infer import Classifier
-from engine.ingest import ingest_files
+from engine.inference.classify import Classifier
 from engine.models import load_model
-from engine.models.catalog import SHIPPED_DIR, active_model, installed_models, set_active
-from engine.train.data import gray_of_file
-from engine.train.evaluate import evaluate
+from engine.models.catalog import (
+    SHIPPED_DIR,
+    active_model,
+    installed_models,
+    set_active,
+)
+from engine.tasks.evaluation import evaluate
 from tests.conftest import DATA_DIR, dicom_bytes, dicom_path, needs_data
 from tests.test_cli import _cli
 
@@ -36,7 +48,7 @@ def recomputed() -> dict:
 @needs_data
 @pytest.mark.parametrize("split", ["val", "test"])
 def test_shipped_card_numbers_reproduce(recomputed, split):
-    report, stated = recomputed[split], load_model(SHIPPED).card["metrics"][split]
+    report, stated = recomputed[split], load_model(SHIPPED).card.metrics[split]
     assert report["n"] == stated["n"] and report["confusion"] == stated["confusion"]
     for key in CARD_KEYS:
         assert report[key] == pytest.approx(stated[key], abs=1e-3), key
@@ -75,11 +87,11 @@ def test_tta_uncertainty_is_a_small_spread_and_repeatable(classifier):
     assert first.uncertainty == second.uncertainty
 
 
-def test_every_inference_writes_a_predictions_row_with_its_provenance(config, store, classifier):
-    [result] = ingest_files([("chest.dcm", dicom_bytes("RG1_UNCR.dcm"))], config, store)
+def test_every_inference_writes_a_predictions_row_with_its_provenance(ctx, config, store, classifier):
+    [result] = ingest_files([("chest.dcm", dicom_bytes("RG1_UNCR.dcm"))], ctx)
     image = get_image(store, result.image_id)
-    first = diagnose_image(config, store, classifier, image)
-    diagnose_image(config, store, classifier, image)
+    first = diagnose_image(ctx, classifier, image)
+    diagnose_image(ctx, classifier, image)
     with store.read() as db:
         rows = list(db.query("SELECT * FROM predictions ORDER BY id"))
         audit = [r["action"] for r in db.query("SELECT action FROM audit_log")]
@@ -94,10 +106,10 @@ def test_every_inference_writes_a_predictions_row_with_its_provenance(config, st
     assert row["ood_flag"] == int(first.prediction.out_of_distribution) and row["ood_score"] > 0
 
 
-def test_a_review_is_stored_with_an_audit_row_and_shows_in_the_history(config, store, classifier):
-    [result] = ingest_files([("chest.dcm", dicom_bytes("RG1_UNCR.dcm"))], config, store)
-    done = diagnose_image(config, store, classifier, get_image(store, result.image_id))
-    add_review(store, "dr-a", result.case_id, "corrected", "normal", "  no consolidation ", done.prediction_id)
+def test_a_review_is_stored_with_an_audit_row_and_shows_in_the_history(ctx, config, store, classifier):
+    [result] = ingest_files([("chest.dcm", dicom_bytes("RG1_UNCR.dcm"))], ctx)
+    done = diagnose_image(ctx, classifier, get_image(store, result.image_id))
+    add_review(ctx.as_user("dr-a"), result.case_id, "corrected", "normal", "  no consolidation ", done.prediction_id)
     history = case_history(store, result.case_id)
     assert history["reviews"][0]["verdict"] == "corrected" and history["reviews"][0]["comment"] == "no consolidation"
     assert history["predictions"][0]["model_version"] == classifier.loaded.version
@@ -105,18 +117,18 @@ def test_a_review_is_stored_with_an_audit_row_and_shows_in_the_history(config, s
         audit = list(db.query("SELECT * FROM audit_log WHERE action = 'review'"))
     assert audit[0]["actor"] == "dr-a" and json.loads(audit[0]["detail"])["prediction_id"] == done.prediction_id
     with pytest.raises(EngineError, match="needs the correct label"):
-        add_review(store, "dr-a", result.case_id, "corrected")
+        add_review(ctx.as_user("dr-a"), result.case_id, "corrected")
     with pytest.raises(EngineError, match="Unknown verdict"):
-        add_review(store, "dr-a", result.case_id, "maybe")
+        add_review(ctx.as_user("dr-a"), result.case_id, "maybe")
 
 
-def test_batch_diagnosis_a_missing_file_fails_alone(config, store, classifier):
+def test_batch_diagnosis_a_missing_file_fails_alone(ctx, config, store, classifier):
     results = ingest_files([(n, dicom_bytes(n)) for n in ("RG1_UNCR.dcm", "RG3_UNCR.dcm", "693_J2KR.dcm")],
-                           config, store)
+                           ctx)
     broken = get_image(store, results[1].image_id)
     (config.home / broken["path"]).unlink()
     seen = []
-    done, failed = diagnose_cases(config, store, classifier, [r.case_id for r in results],
+    done, failed = diagnose_cases(ctx, classifier, [r.case_id for r in results],
                                   lambda n, total, what: seen.append((n, total)), batch_size=2)
     assert [d.case_id for d in done] == [results[0].case_id, results[2].case_id]
     assert list(failed) == [results[1].case_id] and "missing" in failed[results[1].case_id]
@@ -125,12 +137,12 @@ def test_batch_diagnosis_a_missing_file_fails_alone(config, store, classifier):
         assert db.execute("SELECT count(*) FROM predictions").fetchone()[0] == 2
 
 
-def test_the_shipped_model_is_installed_and_active_by_default(config, store):
+def test_the_shipped_model_is_installed_and_active_by_default(ctx, config, store):
     assert "cxr-pneumonia-resnet18" in [m.name for m in installed_models(config)]
-    assert active_model(config, store).name == "cxr-pneumonia-resnet18"
-    assert load_classifier(config, store).loaded.sha256 == load_model(SHIPPED).sha256
+    assert active_model(ctx).name == "cxr-pneumonia-resnet18"
+    assert load_classifier(ctx).loaded.sha256 == load_model(SHIPPED).sha256
     with pytest.raises(EngineError, match="No installed model named"):
-        set_active(config, store, "nope")
+        set_active(ctx, "nope")
 
 
 def test_classify_command_prints_json_per_image_and_writes_overlays(tmp_path):
@@ -153,12 +165,12 @@ def test_classify_command_prints_json_per_image_and_writes_overlays(tmp_path):
     assert cam.ndim == 3 and cam.shape[2] == 3 and cam.shape[:2] == (1955, 1841)
 
 
-def test_the_worklist_shows_each_cases_latest_model_output_and_review(config, store, classifier):
-    from engine.worklist import WorklistQuery, query_worklist
+def test_the_worklist_shows_each_cases_latest_model_output_and_review(ctx, config, store, classifier):
+    from engine.cases.worklist import WorklistQuery, query_worklist
 
-    [chest, ct] = ingest_files([(n, dicom_bytes(n)) for n in ("RG1_UNCR.dcm", "693_J2KR.dcm")], config, store)
-    done = diagnose_image(config, store, classifier, get_image(store, chest.image_id))
-    add_review(store, "dr-a", chest.case_id, "agree", prediction_id=done.prediction_id)
+    [chest, ct] = ingest_files([(n, dicom_bytes(n)) for n in ("RG1_UNCR.dcm", "693_J2KR.dcm")], ctx)
+    done = diagnose_image(ctx, classifier, get_image(store, chest.image_id))
+    add_review(ctx.as_user("dr-a"), chest.case_id, "agree", prediction_id=done.prediction_id)
     rows = {r["id"]: r for r in query_worklist(store, WorklistQuery()).rows}
     assert rows[chest.case_id]["latest_label"] == done.prediction.label
     assert rows[chest.case_id]["latest_probability"] == pytest.approx(done.prediction.probability)

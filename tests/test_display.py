@@ -6,7 +6,12 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, apply_windowing
+from pydicom.pixels import (
+    apply_color_lut,
+    apply_modality_lut,
+    apply_voi_lut,
+    apply_windowing,
+)
 
 from engine.config import Limits
 from engine.errors import FrameOutOfRange

@@ -17,14 +17,32 @@ from pytorch_grad_cam import AblationCAM, ScoreCAM
 from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from engine.audit import get_audit, list_audits, mass_shares, region_masks, run_audit, start_audit
+from engine.cases.explanations import explain_image
+from engine.cases.heatmap_audit import (
+    get_audit,
+    list_audits,
+    mass_shares,
+    region_masks,
+    run_audit,
+    start_audit,
+)
+from engine.draw import comparison_sheet, keep_top
 from engine.errors import EngineError
-from engine.explain import (BASELINE, METHODS, comparison_sheet, compute_cam, inference_copy, keep_top,
-                            target_layers)
-from engine.explainability import Explainer, explain_image
-from engine.faithfulness import FastNoisyLinearImputer, LogOddsTarget, score_map
-from engine.train.metrics import mean_ci
-from engine.infer import Classifier
+from engine.inference.cam import (
+    BASELINE,
+    METHODS,
+    compute_cam,
+    inference_copy,
+    target_layers,
+)
+from engine.inference.classify import Classifier
+from engine.inference.explainer import Explainer
+from engine.inference.faithfulness import (
+    FastNoisyLinearImputer,
+    LogOddsTarget,
+    score_map,
+)
+from engine.metrics import mean_ci
 from engine.models import create_model, load_model
 from engine.models.catalog import SHIPPED_DIR
 from tests.conftest import DATA_DIR, needs_data
@@ -159,7 +177,7 @@ def explainer():
 def _test_films(n: int) -> list[tuple[str, np.ndarray]]:
     import csv
 
-    from engine.train.data import gray_of_file
+    from engine.data.catalog import gray_of_file
 
     root = DATA_DIR / "cxr_pneumonia"
     with open(root / "manifest.csv", newline="") as f:
@@ -180,32 +198,31 @@ def test_gradcam_is_more_faithful_than_random_on_real_test_films(explainer):
     assert mean > 0 and low > 0, f"Grad-CAM not above random: mean {mean:+.2f}, CI low {low:+.2f}"
 
 
-def test_the_cache_returns_the_identical_map_and_logs_once(explainer, config, store):
-    from engine.cases import get_case
-    from engine.diagnosis import gray_image
-    from engine.ingest import ingest_files
+def test_the_cache_returns_the_identical_map_and_logs_once(ctx, explainer, config, store):
+    from engine.cases.images import get_case, gray_image
+    from engine.cases.ingest import ingest_files
     from tests.conftest import dicom_bytes
 
-    [landed] = ingest_files([("rg1.dcm", dicom_bytes("RG1_UNCR.dcm"))], config, store)
+    [landed] = ingest_files([("rg1.dcm", dicom_bytes("RG1_UNCR.dcm"))], ctx)
     image = get_case(store, landed.case_id)["images"][0]
     gray = gray_image(config, image)
-    first = explain_image(store, explainer, image, gray, ["gradcam", "ablationcam"], actor="tester")
-    again = explain_image(store, explainer, image, gray, ["gradcam", "ablationcam"], actor="tester")
+    first = explain_image(ctx.as_user("tester"), explainer, image, gray, ["gradcam", "ablationcam"])
+    again = explain_image(ctx.as_user("tester"), explainer, image, gray, ["gradcam", "ablationcam"])
     assert [h.method for h in first] == ["gradcam", "ablationcam", BASELINE]
     assert not any(h.cached for h in first) and all(h.cached for h in again)
     for a, b in zip(first, again):
         assert np.array_equal(a.cam, b.cam) and a.faithfulness == b.faithfulness and a.runtime_ms == b.runtime_ms
-    other_class = explain_image(store, explainer, image, gray, ["gradcam"], target="normal", actor="tester")
+    other_class = explain_image(ctx.as_user("tester"), explainer, image, gray, ["gradcam"], target="normal")
     assert not other_class[0].cached and not np.array_equal(other_class[0].cam, first[0].cam)
     logged = [r for r in store.audit_rows() if r["action"] == "explain"]
     assert len(logged) == 2 and json.loads(logged[-1]["detail"])["methods"] == ["gradcam", "ablationcam", BASELINE]
 
 
 @needs_data
-def test_audit_of_20_test_images_summarises_where_the_model_looks(config, store):
-    audit_id = start_audit(config, store, "cxr-pneumonia-resnet18", "gradcam", "cxr_pneumonia", "test",
+def test_audit_of_20_test_images_summarises_where_the_model_looks(ctx, config, store):
+    audit_id = start_audit(ctx, "cxr-pneumonia-resnet18", "gradcam", "cxr_pneumonia", "test",
                            limit=20, background=False)
-    summary = run_audit(config, store, audit_id)
+    summary = run_audit(ctx, audit_id)
     assert summary["n"] == 20 and len(summary["images"]) == 20
     assert {c: v["n"] > 0 for c, v in summary["per_class"].items()} == {"normal": True, "pneumonia": True}
     assert len(summary["most_outside"]) == 8
@@ -219,19 +236,19 @@ def test_audit_of_20_test_images_summarises_where_the_model_looks(config, store)
     assert listed["border_share"] == summary["border_share"][0] and listed["status"] == "finished"
 
 
-def test_a_failing_audit_is_recorded_with_its_reason(config, store):
-    audit_id = start_audit(config, store, "cxr-pneumonia-resnet18", "gradcam", "folder", "test", background=False)
+def test_a_failing_audit_is_recorded_with_its_reason(ctx, config, store):
+    audit_id = start_audit(ctx, "cxr-pneumonia-resnet18", "gradcam", "folder", "test", background=False)
     with pytest.raises(EngineError, match="not found"):
-        run_audit(config, store, audit_id)
+        run_audit(ctx, audit_id)
     row = get_audit(store, audit_id)
     assert row["status"] == "failed" and "not found" in row["error"] and "\n" not in row["error"]
 
 
 @needs_data
-def test_audit_runs_as_a_background_process(config, store):
+def test_audit_runs_as_a_background_process(ctx, config, store):
     import time
 
-    audit_id = start_audit(config, store, "cxr-pneumonia-resnet18", "gradcam", "cxr_pneumonia", "val", limit=3)
+    audit_id = start_audit(ctx, "cxr-pneumonia-resnet18", "gradcam", "cxr_pneumonia", "val", limit=3)
     deadline = time.monotonic() + 180
     while get_audit(store, audit_id)["status"] in ("queued", "running") and time.monotonic() < deadline:
         time.sleep(1)

@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from engine.ingest import ingest_files
+from engine.cases.ingest import ingest_files
 from tests.conftest import DATA_DIR, dicom_bytes, store_snapshot
 
 SEED = 20261121
@@ -66,7 +66,7 @@ def _length_field(data: bytes, rng: random.Random) -> bytes:
 MUTATORS = (_truncate, _flip, _length_field, _oversize)
 
 
-def test_mutants_fail_cleanly_and_leave_the_store_unchanged(config, store):
+def test_mutants_fail_cleanly_and_leave_the_store_unchanged(ctx, config, store):
     rng = random.Random(SEED)
     seeds = _seeds()
     kinds: dict[str, int] = {}
@@ -75,7 +75,7 @@ def test_mutants_fail_cleanly_and_leave_the_store_unchanged(config, store):
         mutant = mutator(seeds[rng.randrange(len(seeds))], rng)
         before = store_snapshot(config)
         started = time.monotonic()
-        result = ingest_files([(f"mutant{i}", mutant)], config, store)  # any non-EngineError propagates
+        result = ingest_files([(f"mutant{i}", mutant)], ctx)  # any non-EngineError propagates
         elapsed = time.monotonic() - started
         assert elapsed < MAX_SECONDS, f"mutant {i} ({mutator.__name__}) took {elapsed:.1f}s"
         for r in result:

@@ -5,32 +5,39 @@ import csv
 
 import pytest
 
-from engine.diagnosis import add_review, diagnose_cases, get_image, load_classifier
+from engine.cases.diagnosis import add_review, diagnose_cases, load_classifier
+from engine.cases.images import get_image
+from engine.cases.ingest import ingest_files
+from engine.cases.worklist import WorklistQuery, query_worklist
+from engine.data.catalog import load_dataset
+from engine.data.reviews import add_reviews
 from engine.errors import EngineError, UnknownModel
-from engine.ingest import ingest_files
-from engine.models.catalog import activation_log, active_model, promote, rollback, rollback_target
+from engine.models.catalog import (
+    activation_log,
+    active_model,
+    promote,
+    rollback,
+    rollback_target,
+)
 from engine.models.preprocess import Preprocessing
 from engine.store import utc_now
-from engine.train.data import load_dataset
+from engine.tasks.evaluation import compare_models
 from engine.train import run as training
-from engine.train.evaluate import compare_models
-from engine.train.reviews import add_reviews
-from engine.worklist import WorklistQuery, query_worklist
 from tests.conftest import DATA_DIR, make_model_file, needs_data, write_cxr_subset
 
 
-def test_promote_then_roll_back_switches_the_active_model_and_is_audited(config, store):
+def test_promote_then_roll_back_switches_the_active_model_and_is_audited(ctx, config, store):
     make_model_file(config.home / "models" / "candidate.safetensors")
-    assert active_model(config, store).name == "cxr-pneumonia-resnet18"
+    assert active_model(ctx).name == "cxr-pneumonia-resnet18"
     with pytest.raises(UnknownModel, match="no earlier"):
-        rollback(config, store, "classification")
+        rollback(ctx, "classification")
 
-    promote(config, store, "candidate")
-    assert active_model(config, store).name == "candidate"
-    assert rollback_target(config, store, "classification").name == "cxr-pneumonia-resnet18"
-    rollback(config, store, "classification")
-    assert active_model(config, store).name == "cxr-pneumonia-resnet18"
-    assert active_model(config, store, "segmentation").name == "hc18-unet"  # the other task is untouched
+    promote(ctx, "candidate")
+    assert active_model(ctx).name == "candidate"
+    assert rollback_target(ctx, "classification").name == "cxr-pneumonia-resnet18"
+    rollback(ctx, "classification")
+    assert active_model(ctx).name == "cxr-pneumonia-resnet18"
+    assert active_model(ctx, "segmentation").name == "hc18-unet"  # the other task is untouched
 
     log = activation_log(store)
     assert [(r["action"], r["model"], r["replaced"]) for r in log] == [
@@ -57,14 +64,14 @@ def test_compare_evaluates_both_versions_on_the_same_test_images(config, store):
         compare_models(config, ["cxr-pneumonia-resnet18", "hc18-unet"])
 
 
-def _ingest(config, store, path):
-    result = ingest_files([(path.name, path.read_bytes())], config, store)[0]
+def _ingest(ctx, path):
+    result = ingest_files([(path.name, path.read_bytes())], ctx)[0]
     assert result.ok, result.error
     return result.case_id
 
 
 @needs_data
-def test_reviewed_cases_become_training_data_and_held_out_films_are_left_out(config, store, tmp_path, monkeypatch):
+def test_reviewed_cases_become_training_data_and_held_out_films_are_left_out(ctx, config, store, tmp_path, monkeypatch):
     folder = write_cxr_subset(tmp_path / "data", {"train": 4, "val": 3, "test": 3})
     with open(DATA_DIR / "cxr_pneumonia" / "manifest.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -76,21 +83,21 @@ def test_reviewed_cases_become_training_data_and_held_out_films_are_left_out(con
     with open(folder / "manifest.csv", "a", newline="") as f:  # ... which this subset's test split holds
         csv.writer(f).writerow([str(DATA_DIR / fullres["downsized_copy"]), fullres["label"], "test"])
 
-    corrected = _ingest(config, store, DATA_DIR / "cxr_pneumonia" / normal["path"])
-    agreed = _ingest(config, store, DATA_DIR / "cxr_pneumonia" / pneumonia["path"])
-    vague = _ingest(config, store, DATA_DIR / "cxr_pneumonia" / train[5]["path"])
-    held_out = _ingest(config, store, DATA_DIR / "cxr_pneumonia_fullres" / fullres["file"])
-    done, _ = diagnose_cases(config, store, load_classifier(config, store), [agreed])
+    corrected = _ingest(ctx, DATA_DIR / "cxr_pneumonia" / normal["path"])
+    agreed = _ingest(ctx, DATA_DIR / "cxr_pneumonia" / pneumonia["path"])
+    vague = _ingest(ctx, DATA_DIR / "cxr_pneumonia" / train[5]["path"])
+    held_out = _ingest(ctx, DATA_DIR / "cxr_pneumonia_fullres" / fullres["file"])
+    done, _ = diagnose_cases(ctx, load_classifier(ctx), [agreed])
 
-    superseded = add_review(store, "dr a", corrected, "agree", prediction_id=None)
-    fixed = add_review(store, "dr b", corrected, "corrected", "pneumonia")
-    agree = add_review(store, "dr a", agreed, "agree", prediction_id=done[0].prediction_id)
-    disagree = add_review(store, "dr a", vague, "disagree")
-    test_film = add_review(store, "dr a", held_out, "corrected", fullres["label"])
+    superseded = add_review(ctx.as_user("dr a"), corrected, "agree", prediction_id=None)
+    fixed = add_review(ctx.as_user("dr b"), corrected, "corrected", "pneumonia")
+    agree = add_review(ctx.as_user("dr a"), agreed, "agree", prediction_id=done[0].prediction_id)
+    disagree = add_review(ctx.as_user("dr a"), vague, "disagree")
+    test_film = add_review(ctx.as_user("dr a"), held_out, "corrected", fullres["label"])
 
     splits = load_dataset("folder", Preprocessing(size=64), None, folder)
     base_train = len(splits.sets["train"])
-    record = add_reviews(splits, config, store, [superseded, fixed, agree, disagree, test_film],
+    record = add_reviews(splits, ctx, [superseded, fixed, agree, disagree, test_film],
                          Preprocessing(size=64), with_base_train=True)
     assert record["used"] == [fixed, agree] and record["cases"] == [corrected, agreed]
     assert record["labels"] == {fixed: "pneumonia", agree: done[0].prediction.label}
@@ -104,27 +111,27 @@ def test_reviewed_cases_become_training_data_and_held_out_films_are_left_out(con
 
     # The training program with those reviews: the card lists exactly the reviews it trained on.
     monkeypatch.setenv("RADLENS_HOME", str(config.home))
-    card = training.main(training.get_args_parser().parse_args([
+    card = training.cli([
         "--dataset", "folder", "--data-path", str(folder), "--size", "48", "--batch-size", "4", "--epochs", "1",
         "--threads", "2", "--output", str(tmp_path / "run"), "--name", "from-reviews",
-        "--review-ids", f"{superseded},{fixed},{agree},{disagree},{test_film}"]))
-    assert card["data"]["reviews"]["used"] == [fixed, agree]
-    assert sum(card["data"]["counts"]["train"].values()) == base_train + 2
-    assert "plus 2 clinician-reviewed case(s)" in card["data"]["description"]
+        "--review-ids", f"{superseded},{fixed},{agree},{disagree},{test_film}"])
+    assert card.data["reviews"]["used"] == [fixed, agree]
+    assert sum(card.data["counts"]["train"].values()) == base_train + 2
+    assert "plus 2 clinician-reviewed case(s)" in card.data["description"]
 
     only = load_dataset("folder", Preprocessing(size=64), None, folder)
-    add_reviews(only, config, store, [fixed], Preprocessing(size=64), with_base_train=False)
+    add_reviews(only, ctx, [fixed], Preprocessing(size=64), with_base_train=False)
     assert len(only.sets["train"]) == 1
     with pytest.raises(EngineError, match="none of the selected reviews"):
-        add_reviews(load_dataset("folder", Preprocessing(size=64), None, folder), config, store, [test_film],
+        add_reviews(load_dataset("folder", Preprocessing(size=64), None, folder), ctx, [test_film],
                     Preprocessing(size=64), with_base_train=True)
 
 
-def test_worklist_puts_the_most_uncertain_case_first(config, store):
+def test_worklist_puts_the_most_uncertain_case_first(ctx, config, store):
     from tests.conftest import dicom_bytes
 
     results = ingest_files([(f"{n}.dcm", dicom_bytes(n)) for n in ("RG1_UNCR.dcm", "693_UNCR.dcm", "CT_small.dcm")],
-                           config, store)
+                           ctx)
     cases = [r.case_id for r in results]
     with store.write() as db:
         for case, uncertainty in zip(cases[:2], (0.2, 0.9)):

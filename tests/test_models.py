@@ -1,19 +1,30 @@
 """Model registry, checkpoints, preprocessing, single-pass Grad-CAM and the metrics behind the card."""
 
 import copy
+import json
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
+from engine.draw import overlay
 from engine.errors import BadCheckpoint, UnknownModel, WeightsUnavailable
-from engine.explain import overlay, single_pass_cam, standard_cam
-from engine.infer import Classifier
+from engine.inference.cam import single_pass_cam, standard_cam
+from engine.inference.classify import Classifier
+from engine.metrics import (
+    auc_ci,
+    ece,
+    fit_temperature,
+    sens_at_spec,
+    threshold_for_specificity,
+)
 from engine.models import cam_layer, create_model, list_models, load_model
 from engine.models.registry import imagenet_path
-from engine.train.metrics import auc_ci, ece, fit_temperature, sens_at_spec, threshold_for_specificity
 from tests.conftest import make_model_file
+
+ROOT = Path(__file__).resolve().parent.parent
 
 CLASSIFIERS = list_models("classification")
 
@@ -62,7 +73,7 @@ def test_checkpoint_round_trip_keeps_weights_card_and_extras(tmp_path, half):
     x = torch.rand(1, 1, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded.model(x), again.model(x))
-    assert loaded.card["arch"] == "resnet18" and loaded.card["format_version"] == 1
+    assert loaded.card.arch == "resnet18" and loaded.card.format_version == 1
     assert loaded.preprocessing.size == 64 and loaded.preprocessing.mean == 0.3
     assert loaded.extras["ood_precision"].shape == (512, 512)
     assert (tmp_path / "m.json").is_file() and not list(tmp_path.glob(".*tmp"))
@@ -134,3 +145,22 @@ def test_temperature_scaling_tames_overconfident_logits():
     before = ece(labels.numpy(), torch.softmax(logits, 1)[:, 1].numpy())
     after = ece(labels.numpy(), torch.softmax(logits / t, 1)[:, 1].numpy())
     assert 3 < t < 5 and after < before / 3  # the true temperature is 4
+
+
+@pytest.mark.parametrize("name", ["cxr-pneumonia-resnet18", "hc18-unet"])
+def test_a_shipped_card_reads_into_a_model_card_and_back_unchanged(name):
+    """Cards on disk stay readable: every key of the JSON copy survives from_dict -> to_dict."""
+    from engine.models.card import ModelCard
+
+    on_disk = json.loads((ROOT / "weights" / f"{name}.json").read_text())
+    card = ModelCard.from_dict(on_disk)
+    assert card.to_dict() == on_disk
+    assert card.task in ("classification", "segmentation") and card.test_metrics is not None
+    assert (card.calibration is None) == (card.task == "segmentation")  # task parts are None for the other task
+
+
+def test_a_card_missing_its_identity_is_a_bad_checkpoint():
+    from engine.models.card import ModelCard
+
+    with pytest.raises(BadCheckpoint, match="lacks arch"):
+        ModelCard.from_dict({"name": "x", "version": "1", "task": "classification", "labels": [], "preprocessing": {}})

@@ -7,7 +7,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from dashboard.widgets import DISCLAIMER
-from engine.ingest import ingest_files
+from engine.cases.ingest import ingest_files
 from tests.conftest import dicom_bytes, make_model_file, needs_data, write_cxr_subset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -15,11 +15,11 @@ APP = str(ROOT / "dashboard" / "app.py")
 
 
 @pytest.fixture
-def app_home(config, store, monkeypatch):
+def app_home(config, store, ctx, monkeypatch):
     monkeypatch.setenv("RADLENS_HOME", str(config.home))
     st.cache_resource.clear()  # resources are process-wide; each test gets its own home
     st.cache_data.clear()
-    ingest_files([("rg1.dcm", dicom_bytes("RG1_UNCR.dcm")), ("ct.dcm", dicom_bytes("693_UNCR.dcm"))], config, store)
+    ingest_files([("rg1.dcm", dicom_bytes("RG1_UNCR.dcm")), ("ct.dcm", dicom_bytes("693_UNCR.dcm"))], ctx)
     yield config
     st.cache_resource.clear()
 
@@ -86,8 +86,8 @@ def test_diagnosis_shows_calibrated_probability_cam_and_saves_a_review(app_home)
     next(b for b in at.button if b.label == "Save review").click()
     at.run()
     assert not at.exception and at.success[0].value == "Review saved."
-    from engine.diagnosis import case_history
-    from engine.ingest import open_store
+    from engine.cases.diagnosis import case_history
+    from engine.store import open_store
 
     history = case_history(open_store(app_home), 1)
     assert history["reviews"][0]["verdict"] == "disagree" and len(history["predictions"]) == 1
@@ -129,13 +129,10 @@ def test_explainability_compares_three_methods_with_faithfulness_and_caches_them
 
 
 @needs_data
-def test_explainability_audit_tab_shows_a_stored_audit(app_home):
-    from engine.audit import run_audit, start_audit
-    from engine.ingest import open_store
-
-    store = open_store(app_home)
-    run_audit(app_home, store, start_audit(app_home, store, "cxr-pneumonia-resnet18", "gradcam", "cxr_pneumonia",
-                                           "test", limit=6, background=False))
+def test_explainability_audit_tab_shows_a_stored_audit(ctx, app_home):
+    from engine.cases.heatmap_audit import run_audit, start_audit
+    run_audit(ctx, start_audit(ctx, "cxr-pneumonia-resnet18", "gradcam", "cxr_pneumonia", "test", limit=6,
+                               background=False))
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
     at.switch_page(str(ROOT / "pages/explainability.py"))
@@ -150,15 +147,15 @@ def test_explainability_audit_tab_shows_a_stored_audit(app_home):
 
 
 @needs_data
-def test_segmentation_shows_contour_circumference_ground_truth_and_exports(app_home):
+def test_segmentation_shows_contour_circumference_ground_truth_and_exports(ctx, app_home):
     import csv
 
-    from engine.ingest import open_store
+    from engine.store import open_store
     from tests.conftest import DATA_DIR
 
     with open(DATA_DIR / "hc18" / "manifest.csv", newline="") as f:
         row = next(r for r in csv.DictReader(f) if r["split"] == "test")
-    ingest_files([("head.png", (DATA_DIR / "hc18" / row["image"]).read_bytes())], app_home, open_store(app_home))
+    ingest_files([("head.png", (DATA_DIR / "hc18" / row["image"]).read_bytes())], ctx)
     at = _run("pages/segmentation.py", **{"radlens.current_case": 3})
     assert at.title[0].value == "Segmentation"
     metrics = {m.label: m.value for m in at.metric}
@@ -184,7 +181,7 @@ def test_models_page_shows_the_segmentation_card(app_home):
     assert not at.exception
     metrics = at.dataframe[1].value
     assert list(metrics["Metric"])[:4] == ["Dice", "IoU", "HD95 (mm)", "HC absolute error (mm)"]
-    assert any("Post-processing" in m.value for m in at.markdown)
+    assert any("Post-processing" in m.value for m in at.text)  # the rules are plain text (they come from a file)
 
 
 def _widget(widgets, label):
@@ -193,8 +190,8 @@ def _widget(widgets, label):
 
 @needs_data
 def test_training_page_starts_a_job_from_the_form_and_cancels_it(app_home, tmp_path):
-    from engine.ingest import open_store
-    from engine.train.jobs import get_job
+    from engine.jobs.queue import get_job
+    from engine.store import open_store
 
     folder = write_cxr_subset(tmp_path / "data")
     at = _run("pages/training.py")
@@ -208,12 +205,12 @@ def test_training_page_starts_a_job_from_the_form_and_cancels_it(app_home, tmp_p
     assert not at.exception, [e.message for e in at.exception]
     store = open_store(app_home)
     job = get_job(store, 1)
-    assert job["status"] == "running" and job["config"]["spec"]["size"] == 48 and job["device"] == "cpu"
+    assert job.status == "running" and job.config["train"]["size"] == 48 and job.device == "cpu"
     assert at.dataframe[0].value.iloc[0]["Status"] == "running"
     assert any("**Job 1**" in m.value for m in at.markdown)
 
     _widget(at.button, "Cancel job").click().run()
-    assert get_job(store, 1)["status"] == "cancelled"
+    assert get_job(store, 1).status == "cancelled"
     assert [r["action"] for r in store.audit_rows()][:2] == ["job.cancel", "job.start"]
     assert _widget(at.button, "Resume from the last checkpoint")  # a cancelled job can go on
 
@@ -224,11 +221,11 @@ def test_models_page_promotes_and_rolls_back_with_history(app_home):
     _widget(at.selectbox, "Model card").set_value("candidate").run()
     _widget(at.button, "Promote candidate to active classification model").click().run()
     assert not at.exception, [e.message for e in at.exception]
-    assert any("Active classification model: **candidate**" in m.value for m in at.markdown)
+    assert any("Active classification model: candidate" == m.value for m in at.text)  # plain text: a card's name
     history = at.dataframe[-2].value
     assert list(history["Action"]) == ["model.promote"] and history.iloc[0]["Replaced"] == "cxr-pneumonia-resnet18"
     _widget(at.button, "Roll back to cxr-pneumonia-resnet18").click().run()
-    assert any("Active classification model: **cxr-pneumonia-resnet18**" in m.value for m in at.markdown)
+    assert any("Active classification model: cxr-pneumonia-resnet18" == m.value for m in at.text)
     assert list(at.dataframe[-2].value["Action"]) == ["model.rollback", "model.promote"]
 
 

@@ -90,14 +90,14 @@ def test_uids_are_replaced_consistently_per_salt():
     assert a.StudyDate == b.StudyDate and a.SeriesDate == a.StudyDate  # one shift per patient
 
 
-def test_jpeg_metadata_is_dropped_and_the_compressed_image_kept_bit_exact(config, store):
+def test_jpeg_metadata_is_dropped_and_the_compressed_image_kept_bit_exact(ctx, config, store):
     """EXIF and COM segments can hold names; the stored JPEG keeps only what decoding needs."""
     import io
 
     import numpy as np
     from PIL import Image
 
-    from engine.ingest import ingest_files
+    from engine.cases.ingest import ingest_files
     from engine.io import read_study
 
     pixels = np.tile(np.arange(0, 256, 2, dtype=np.uint8), (96, 1))
@@ -109,7 +109,7 @@ def test_jpeg_metadata_is_dropped_and_the_compressed_image_kept_bit_exact(config
         Image.fromarray(pixels).save(buffer, "JPEG", exif=exif.tobytes(), comment=b"DOE^JANE MRN 12345",
                                      progressive=progressive, quality=90)
         upload = buffer.getvalue()
-        [result] = ingest_files([(f"jane-{progressive}.jpg", upload)], config, store)
+        [result] = ingest_files([(f"jane-{progressive}.jpg", upload)], ctx)
         with store.read() as db:
             path = db.execute("SELECT path FROM images WHERE id = ?", [result.image_id]).fetchone()[0]
         stored = (config.home / path).read_bytes()
@@ -118,13 +118,13 @@ def test_jpeg_metadata_is_dropped_and_the_compressed_image_kept_bit_exact(config
         assert len(stored) < len(upload)
 
 
-def test_a_rotated_jpeg_is_stored_as_png_with_the_rotation_applied(config, store):
+def test_a_rotated_jpeg_is_stored_as_png_with_the_rotation_applied(ctx, config, store):
     import io
 
     import numpy as np
     from PIL import Image
 
-    from engine.ingest import ingest_files
+    from engine.cases.ingest import ingest_files
     from engine.io import read_study
 
     pixels = np.tile(np.arange(0, 240, 3, dtype=np.uint8), (40, 1))  # 40 x 80
@@ -132,7 +132,7 @@ def test_a_rotated_jpeg_is_stored_as_png_with_the_rotation_applied(config, store
     exif[0x0112] = 6  # rotate 90 degrees on display
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "JPEG", exif=exif.tobytes())
-    [result] = ingest_files([("rotated.jpg", buffer.getvalue())], config, store)
+    [result] = ingest_files([("rotated.jpg", buffer.getvalue())], ctx)
     with store.read() as db:
         path = db.execute("SELECT path FROM images WHERE id = ?", [result.image_id]).fetchone()[0]
     stored = read_study((config.home / path).read_bytes())

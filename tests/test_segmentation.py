@@ -16,18 +16,27 @@ import pytest
 import torch
 
 from engine.__main__ import main as cli
-from engine.errors import EngineError
-from engine.explain import head_only_backward
-from engine.ingest import ingest_files
+from engine.cases.ingest import ingest_files
+from engine.cases.segmentation import case_spacing, seg_dicom, segment_case_image
+from engine.data.hc18 import dataset_match
+from engine.errors import EmptyMask, EngineError
+from engine.inference.cam import head_only_backward
+from engine.inference.measure import (
+    Ellipse,
+    agreement,
+    clean_mask,
+    ellipse_mask,
+    ellipse_perimeter,
+    fit_ellipse,
+    measure,
+    with_spacing,
+)
+from engine.inference.segment import Segmenter
 from engine.io import read_study
 from engine.io.wrap import ultrasound_dicom
-from engine.measure import (Ellipse, EmptyMask, agreement, clean_mask, ellipse_mask, ellipse_perimeter, fit_ellipse,
-                            measure, with_spacing)
 from engine.models import load_model
 from engine.models.catalog import SHIPPED_DIR
 from engine.models.registry import create_model, list_models
-from engine.segment import Segmenter
-from engine.segmentation import case_spacing, dataset_match, seg_dicom, segment_case_image
 from tests.conftest import DATA_DIR, needs_data
 
 SHIPPED = SHIPPED_DIR / "hc18-unet.safetensors"
@@ -131,7 +140,7 @@ def test_missing_zero_or_invalid_pixel_size_measures_in_pixels(value):
 
 
 def test_pixel_size_precedence_user_then_dicom_then_manifest():
-    from engine.segmentation import DatasetMatch
+    from engine.data.hc18 import DatasetMatch
 
     match = DatasetMatch("hc18", "images/x.png", "test", 0.15, None, 180.0)
     dicom = {"spacing_row_mm": 0.3, "spacing_col_mm": 0.3, "spacing_source": "UltrasoundRegions"}
@@ -166,12 +175,12 @@ def test_shipped_card_is_complete():
 
 @needs_data
 def test_shipped_card_numbers_reproduce_on_the_test_split(segmenter):
-    from engine.train.evaluate import evaluate
+    from engine.tasks.evaluation import evaluate
 
     card = segmenter.loaded.card
     test = evaluate(segmenter.loaded, DATA_DIR, splits=("test",))["test"]
     for key in ("dice", "iou", "hd95_mm", "hc_abs_error_mm", "hc_abs_error_of_truth_fit_mm"):
-        assert test[key]["mean"] == pytest.approx(card["metrics"]["test"][key]["mean"], abs=2e-3), key
+        assert test[key]["mean"] == pytest.approx(card.metrics["test"][key]["mean"], abs=2e-3), key
     assert test["n"] == 96 and test["dice"]["mean"] > 0.95
 
 
@@ -179,9 +188,9 @@ def test_shipped_card_numbers_reproduce_on_the_test_split(segmenter):
 def test_the_boundary_offset_makes_the_truth_masks_measure_the_dataset_circumference():
     """HC18's masks reach the outer edge of the annotated line: measured as they are, their ellipses are
     ~0.7 % too long; the offset fitted on the training masks removes that on the other splits."""
+    from engine.data.catalog import load_dataset
     from engine.models.preprocess import Preprocessing
-    from engine.train.data import load_dataset
-    from engine.train.segmentation import fit_boundary_offset
+    from engine.tasks.segmentation import fit_boundary_offset
 
     sets = load_dataset("hc18", Preprocessing(size=32), DATA_DIR, only=("train", "val")).sets
     rule = fit_boundary_offset(sets["train"])
@@ -225,11 +234,11 @@ def test_region_explanation_is_a_map_and_leaves_no_hooks(segmenter):
 
 
 @needs_data
-def test_an_uploaded_hc18_png_finds_its_ground_truth_and_pixel_size_and_is_logged(config, store, segmenter):
+def test_an_uploaded_hc18_png_finds_its_ground_truth_and_pixel_size_and_is_logged(ctx, config, store, segmenter):
     row = _hc18_rows()[2]
-    result = ingest_files([("head.png", (DATA_DIR / "hc18" / row["image"]).read_bytes())], config, store)[0]
+    result = ingest_files([("head.png", (DATA_DIR / "hc18" / row["image"]).read_bytes())], ctx)[0]
     image = store.row("images", result.image_id)
-    done = segment_case_image(config, store, segmenter, image)
+    done = segment_case_image(ctx, segmenter, image)
     assert done.match.image == row["image"] and done.spacing.source == "hc18 manifest"
     assert done.scores["dice"] > 0.9 and done.truth is not None
     logged = store.row("segmentations", done.segmentation_id)
@@ -237,19 +246,19 @@ def test_an_uploaded_hc18_png_finds_its_ground_truth_and_pixel_size_and_is_logge
     assert logged["circumference"] == pytest.approx(done.result.measurement.circumference)
     assert logged["dice"] == pytest.approx(done.scores["dice"]) and logged["latency_ms"] > 0
     assert [a["action"] for a in store.audit_rows()][0] == "segment"
-    from engine.worklist import WorklistQuery, query_worklist
+    from engine.cases.worklist import WorklistQuery, query_worklist
 
     listed = query_worklist(store, WorklistQuery()).rows[0]
     assert listed["latest_measurement"] == f"HC {logged['circumference']:.1f} mm"  # the worklist shows it
 
 
 @needs_data
-def test_dicom_seg_export_re_reads_and_matches_the_mask(config, store, segmenter):
+def test_dicom_seg_export_re_reads_and_matches_the_mask(ctx, config, store, segmenter):
     row = _hc18_rows()[3]
     gray = cv2.imread(str(DATA_DIR / "hc18" / row["image"]), cv2.IMREAD_GRAYSCALE)
-    result = ingest_files([("head.dcm", ultrasound_dicom(gray, float(row["pixel_size_mm"]), "t"))], config, store)[0]
+    result = ingest_files([("head.dcm", ultrasound_dicom(gray, float(row["pixel_size_mm"]), "t"))], ctx)[0]
     image = store.row("images", result.image_id)
-    done = segment_case_image(config, store, segmenter, image)
+    done = segment_case_image(ctx, segmenter, image)
     assert done.spacing.source == "UltrasoundRegions" and done.match is not None  # same pixels as the PNG
     data = seg_dicom(config, image, done.result.mask, "hc18-unet", "1.0.0")
 
@@ -265,9 +274,9 @@ def test_dicom_seg_export_re_reads_and_matches_the_mask(config, store, segmenter
 
 
 @needs_data
-def test_dicom_seg_needs_a_dicom_source(config, store, segmenter):
+def test_dicom_seg_needs_a_dicom_source(ctx, config, store, segmenter):
     row = _hc18_rows()[0]
-    result = ingest_files([("h.png", (DATA_DIR / "hc18" / row["image"]).read_bytes())], config, store)[0]
+    result = ingest_files([("h.png", (DATA_DIR / "hc18" / row["image"]).read_bytes())], ctx)[0]
     image = store.row("images", result.image_id)
     with pytest.raises(EngineError, match="needs a DICOM source"):
         seg_dicom(config, image, np.ones((image["rows"], image["cols"]), bool), "m", "1")
@@ -310,7 +319,7 @@ def test_cli_segment_prints_json_writes_masks_and_a_broken_file_fails_alone(tmp_
 @pytest.mark.parametrize("arch", list_models("segmentation"))
 def test_segmentation_training_writes_a_card_and_resumes(tmp_path, monkeypatch, arch):
     """Every segmentation architecture trains through the same program and runs in the Segmenter."""
-    from engine.train.run import get_args_parser, main
+    from engine.train.run import cli
 
     monkeypatch.setenv("RADLENS_HOME", str(tmp_path / "home"))
     folder = tmp_path / "hc18"
@@ -328,14 +337,14 @@ def test_segmentation_training_writes_a_card_and_resumes(tmp_path, monkeypatch, 
     out = tmp_path / "run"
     common = ["--dataset", "hc18", "--data-path", str(folder), "--model", arch, "--size", "64", "--batch-size", "4",
               "--output", str(out), "--name", "tiny-seg", "--threads", "2"]
-    main(get_args_parser().parse_args([*common, "--epochs", "1"]))
-    card = main(get_args_parser().parse_args([*common, "--epochs", "2", "--resume"]))
+    cli([*common, "--epochs", "1"])
+    card = cli([*common, "--epochs", "2", "--resume"])
     epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [0, 1] and "val_dice" in epochs[0]
-    assert card["task"] == "segmentation" and card["data"]["counts"]["test"] == {"images": 4}
-    assert {"dice", "hd95_mm", "hc_abs_error_mm"} <= set(card["metrics"]["test"])
-    assert "best_val_dice" in card["training"]
-    assert card["arch"] == arch and card["measurement"]["boundary_offset_px"] >= 0
+    assert card.task == "segmentation" and card.data["counts"]["test"] == {"images": 4}
+    assert {"dice", "hd95_mm", "hc_abs_error_mm"} <= set(card.metrics["test"])
+    assert "best_val_dice" in card.training
+    assert card.arch == arch and card.measurement["boundary_offset_px"] >= 0
     segmenter = Segmenter(load_model(out / "tiny-seg.safetensors"))
     gray = (np.arange(90 * 120) % 200).astype(np.uint8).reshape(90, 120)
     assert segmenter.segment(gray).mask.shape == (90, 120)
@@ -343,8 +352,8 @@ def test_segmentation_training_writes_a_card_and_resumes(tmp_path, monkeypatch, 
 
 
 def test_a_classifier_on_a_segmentation_dataset_is_refused(tmp_path, monkeypatch):
-    from engine.train.run import get_args_parser, main
+    from engine.train.run import cli
 
     monkeypatch.setenv("RADLENS_HOME", str(tmp_path))
     with pytest.raises(EngineError, match="is a classification model"):
-        main(get_args_parser().parse_args(["--dataset", "hc18", "--model", "resnet18", "--output", str(tmp_path)]))
+        cli(["--dataset", "hc18", "--model", "resnet18", "--output", str(tmp_path)])

@@ -1,5 +1,6 @@
 """Store: idempotent migrations, append-only audit log, WAL, concurrent writers from several processes."""
 
+import json
 import multiprocessing
 import sqlite3
 
@@ -15,7 +16,32 @@ def test_migrations_are_idempotent(store):
         assert versions == [m[0] for m in MIGRATIONS]
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = set(db.table_names())
-    assert {"cases", "images", "predictions", "reviews", "models", "jobs", "job_metrics", "audit_log"} <= tables
+    assert {"cases", "images", "predictions", "reviews", "jobs", "job_metrics", "heatmap_audits", "audit_log"} <= tables
+    assert not {"models", "explanation_audits"} & tables  # dead table gone; audits live in `jobs`
+
+
+def test_an_old_database_keeps_its_audits_as_jobs(tmp_path):
+    """A store written before migration 6: its explanation audit becomes an 'audit' job with its result."""
+    from engine.cases.heatmap_audit import get_audit, list_audits
+
+    old = Store(tmp_path / "old.db")
+    with old.write() as db:
+        db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at TEXT)")
+        for version, name, apply in MIGRATIONS[:5]:
+            apply(db)
+            db["schema_migrations"].insert({"version": version, "name": name, "applied_at": "then"})
+        db["explanation_audits"].insert({
+            "model_name": "cxr-pneumonia-resnet18", "model_version": "1.0.0", "weights_sha256": "ab" * 32,
+            "method": "gradcam", "layer": "layer4", "dataset": "cxr_pneumonia", "split": "test", "limit_n": 4,
+            "status": "finished", "done": 4, "total": 4, "summary": json.dumps({"n": 4, "border_share": [0.1, 0, 0.2]}),
+            "heatmaps": b"", "actor": "ana", "created_at": "2026-11-30T10:00:00", "finished_at": "2026-11-30T10:01:00"})
+    assert old.migrate() == [6]
+    [listed] = list_audits(old)
+    assert listed["status"] == "finished" and listed["border_share"] == 0.1 and listed["done"] == listed["total"] == 4
+    row = get_audit(old, listed["id"])
+    assert json.loads(row["summary"])["n"] == 4 and row["actor"] == "ana" and row["layer"] == "layer4"
+    with old.read() as db:
+        assert "model_id" not in db["jobs"].columns_dict
 
 
 def test_salt_survives_remigration(store):

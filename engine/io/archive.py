@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from engine.config import Limits
-from engine.errors import EngineError, UnsafeArchive, UnreadableStudy, short_reason
+from engine.errors import EngineError, UnreadableStudy, UnsafeArchive, short_reason
 
 __all__ = ["Member", "iter_zip"]
 

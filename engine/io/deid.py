@@ -18,7 +18,7 @@ import re
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.uid import UID, PYDICOM_IMPLEMENTATION_UID
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 __all__ = ["deidentify", "pseudo_uid", "clean_text", "DEID_METHOD"]
 

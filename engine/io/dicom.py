@@ -11,7 +11,7 @@ import pydicom.config
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 from pydicom.pixels.utils import get_expected_length
-from pydicom.uid import ImplicitVRLittleEndian, UID
+from pydicom.uid import UID, ImplicitVRLittleEndian
 
 from engine.config import Limits
 from engine.errors import (

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.config import Config
+from engine.context import Context
 from engine.errors import BadCheckpoint, UnknownModel
+from engine.models.card import ModelCard
 from engine.models.checkpoint import read_card
 from engine.store import Store
 
@@ -26,12 +28,12 @@ DEFAULT = {"classification": "cxr-pneumonia-resnet18", "segmentation": "hc18-une
 class InstalledModel:
     name: str
     path: Path
-    card: dict
+    card: ModelCard
     shipped: bool
 
     @property
     def task(self) -> str:
-        return self.card["task"]
+        return self.card.task
 
 
 def _folders(config: Config) -> list[tuple[Path, bool]]:
@@ -47,8 +49,8 @@ def installed_models(config: Config, task: str | None = None) -> list[InstalledM
                 card = read_card(path)
             except BadCheckpoint:
                 continue
-            if task in (None, card["task"]) and card["name"] not in found:
-                found[card["name"]] = InstalledModel(card["name"], path, card, shipped)
+            if task in (None, card.task) and card.name not in found:
+                found[card.name] = InstalledModel(card.name, path, card, shipped)
     return list(found.values())
 
 
@@ -60,56 +62,57 @@ def find_model(config: Config, name: str) -> InstalledModel:
     raise UnknownModel(f"No installed model named {name!r}. Installed: {names}")
 
 
-def active_model(config: Config, store: Store, task: str = "classification") -> InstalledModel:
-    chosen = store.setting(f"active_model.{task}")
+def active_model(ctx: Context, task: str = "classification") -> InstalledModel:
+    chosen = ctx.store.setting(f"active_model.{task}")
     if chosen:
         try:
-            return find_model(config, chosen)
+            return find_model(ctx.config, chosen)
         except UnknownModel:
             pass  # the chosen file was removed: fall back to the default
-    available = installed_models(config, task)
+    available = installed_models(ctx.config, task)
     for model in available:
         if model.name == DEFAULT.get(task):
             return model
     if not available:
-        raise UnknownModel(f"No {task} model is installed (looked in {SHIPPED_DIR} and {config.home / 'models'})")
+        raise UnknownModel(f"No {task} model is installed (looked in {SHIPPED_DIR} and {ctx.config.home / 'models'})")
     return available[0]
 
 
-def set_active(config: Config, store: Store, name: str, action: str = "model.promote") -> InstalledModel:
+def set_active(ctx: Context, name: str, action: str = "model.promote") -> InstalledModel:
     """Make `name` the active model of its task; the audit row records the one it replaced (for roll back)."""
-    model = find_model(config, name)
-    previous = active_model(config, store, model.task)
-    with store.write() as db:
+    ctx.require("model.promote")
+    model = find_model(ctx.config, name)
+    previous = active_model(ctx, model.task)
+    with ctx.store.write() as db:
         db["settings"].upsert({"key": f"active_model.{model.task}", "value": model.name}, pk="key")
-        Store.audit(db, config.user, action, "model", model.name,
-                    {"task": model.task, "version": model.card["version"], "previous": previous.name,
-                     "previous_version": previous.card["version"]})
+        Store.audit(db, ctx.actor, action, "model", model.name,
+                    {"task": model.task, "version": model.card.version, "previous": previous.name,
+                     "previous_version": previous.card.version})
     return model
 
 
-def promote(config: Config, store: Store, name: str) -> InstalledModel:
-    return set_active(config, store, name, "model.promote")
+def promote(ctx: Context, name: str) -> InstalledModel:
+    return set_active(ctx, name, "model.promote")
 
 
-def rollback_target(config: Config, store: Store, task: str) -> InstalledModel | None:
+def rollback_target(ctx: Context, task: str) -> InstalledModel | None:
     """The model that was active before the current one (from the latest promotion or roll back), if installed."""
-    with store.read() as db:
+    with ctx.store.read() as db:
         row = db.execute("SELECT detail FROM audit_log WHERE action IN ('model.promote', 'model.rollback') AND "
                          "json_extract(detail, '$.task') = ? ORDER BY id DESC LIMIT 1", [task]).fetchone()
     previous = json.loads(row[0]).get("previous") if row else None
     try:
-        return find_model(config, previous) if previous else None
+        return find_model(ctx.config, previous) if previous else None
     except UnknownModel:
         return None
 
 
-def rollback(config: Config, store: Store, task: str) -> InstalledModel:
+def rollback(ctx: Context, task: str) -> InstalledModel:
     """Re-activate the model that was active before the current one of `task` (audited)."""
-    target = rollback_target(config, store, task)
+    target = rollback_target(ctx, task)
     if target is None:
         raise UnknownModel(f"there is no earlier {task} model to roll back to")
-    return set_active(config, store, target.name, "model.rollback")
+    return set_active(ctx, target.name, "model.rollback")
 
 
 def activation_log(store: Store, limit: int = 50) -> list[dict]:

@@ -24,13 +24,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from engine.errors import BadCheckpoint, short_reason
+from engine.models.card import FORMAT_VERSION, ModelCard
 from engine.models.preprocess import Preprocessing
 from engine.models.registry import create_model
 
 __all__ = ["FORMAT_VERSION", "LoadedModel", "save_model", "load_model", "read_card", "sha256_of",
            "atomic_write", "remove_stale_temps", "save_state", "load_state"]
 
-FORMAT_VERSION = 1
 _EXTRA = "extra."  # prefix of non-parameter tensors stored with the weights (e.g. OOD statistics)
 
 
@@ -39,7 +39,7 @@ class LoadedModel:
     """A model ready for inference plus everything needed to reproduce and describe its outputs."""
 
     model: nn.Module
-    card: dict
+    card: ModelCard
     preprocessing: Preprocessing
     sha256: str
     path: Path
@@ -47,15 +47,15 @@ class LoadedModel:
 
     @property
     def name(self) -> str:
-        return self.card["name"]
+        return self.card.name
 
     @property
     def version(self) -> str:
-        return self.card["version"]
+        return self.card.version
 
     @property
     def labels(self) -> list[str]:
-        return self.card["labels"]
+        return self.card.labels
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -99,10 +99,11 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_model(path: Path, model: nn.Module, card: dict, extras: dict[str, torch.Tensor] | None = None,
+def save_model(path: Path, model: nn.Module, card: ModelCard | dict, extras: dict[str, torch.Tensor] | None = None,
                half: bool = False) -> str:
     """Write weights + card (safetensors and a .json beside it); returns the weights' sha256."""
-    card = {**card, "format_version": FORMAT_VERSION}
+    card = ModelCard.from_dict(card) if isinstance(card, dict) else card
+    card = card.replace(format_version=FORMAT_VERSION, weights_file=None, weights_sha256=None).to_dict()
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if half:
         tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
@@ -115,7 +116,7 @@ def save_model(path: Path, model: nn.Module, card: dict, extras: dict[str, torch
     return sha
 
 
-def read_card(path: Path) -> dict:
+def read_card(path: Path) -> ModelCard:
     """The card stored inside a .safetensors file (the .json beside it is a copy for people)."""
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -124,7 +125,7 @@ def read_card(path: Path) -> dict:
         raise BadCheckpoint(f"{Path(path).name} is not a RadLens weights file ({type(exc).__name__})") from None
     if card.get("format_version") != FORMAT_VERSION:
         raise BadCheckpoint(f"{Path(path).name}: format version {card.get('format_version')} is not {FORMAT_VERSION}")
-    return card
+    return ModelCard.from_dict(card)
 
 
 def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -137,13 +138,13 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
         raise BadCheckpoint(f"{path.name}: {exc}") from None
     extras = {k[len(_EXTRA):]: v.to(device) for k, v in tensors.items() if k.startswith(_EXTRA)}
     state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items() if not k.startswith(_EXTRA)}
-    model = create_model(card["arch"], **card.get("model_args", {}))
+    model = create_model(card.arch, **card.model_args)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise BadCheckpoint(f"{path.name}: weights do not fit {card['arch']} ({str(exc).splitlines()[0]})") from None
+        raise BadCheckpoint(f"{path.name}: weights do not fit {card.arch} ({str(exc).splitlines()[0]})") from None
     model.eval().to(device)
-    return LoadedModel(model, card, Preprocessing.from_dict(card["preprocessing"]), sha256_of(path), path, extras)
+    return LoadedModel(model, card, Preprocessing.from_dict(card.preprocessing), sha256_of(path), path, extras)
 
 
 def save_state(path: Path, state: dict) -> None:

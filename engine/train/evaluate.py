@@ -4,7 +4,7 @@ temperature and threshold, a segmentation model's boundary offset):
 
 The same function checks a shipped card (tests/test_diagnosis.py, tests/test_segmentation.py). `--write`
 stores the recomputed metrics back into the card (weights unchanged), for cards written before a metric
-was added; for a segmentation model it also refits the measurement rule on the training masks and
+was added; for a task that refits on rewrite (segmentation) it also refits the measurement rule on the training masks and
 rewrites the post-processing description, for cards written before the current post-processing.
 """
 
@@ -12,95 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 from engine.config import Config
-from engine.errors import EngineError, ModelMismatch
-from engine.models.catalog import find_model
-from engine.models.checkpoint import LoadedModel, load_model, save_model
-from engine.models.registry import cam_layer
-from engine.train.data import DATASETS, load_dataset
-from engine.train import segmentation
-from engine.train.loop import predict
-from engine.train.metrics import bootstrap_ci, mean_ci, split_report
+from engine.data.catalog import load_dataset
+from engine.models.checkpoint import load_model, save_model
+from engine.tasks import get_task
+from engine.tasks.evaluation import evaluate
 
-__all__ = ["evaluate", "compare_models", "get_args_parser", "main"]
-
-
-@dataclass(frozen=True)
-class Scored:
-    """A split's card metrics plus the per-image values a paired comparison of two models needs."""
-
-    report: dict
-    truth: np.ndarray  # classification: labels; segmentation: unused (empty)
-    per_image: np.ndarray  # calibrated positive probability, or (Dice, HC absolute error mm) per image
-
-
-def _classifier_scores(loaded: LoadedModel, data) -> Scored:
-    card, device = loaded.card, next(loaded.model.parameters()).device
-    logits, _ = predict(loaded.model, data.images, loaded.preprocessing, cam_layer(loaded.model, card["arch"]), device)
-    temperature, labels = card["calibration"]["temperature"], data.labels.numpy()
-    return Scored(split_report(logits, labels, temperature, card["operating_point"]["threshold"]), labels,
-                  torch.softmax(logits.float() / temperature, dim=1)[:, 1].numpy())
-
-
-def _segmenter_scores(loaded: LoadedModel, data) -> Scored:
-    offset = loaded.card.get("measurement", {}).get("boundary_offset_px", 0.0)
-    summary, rows = segmentation.quality(loaded.model, data, loaded.preprocessing,
-                                         next(loaded.model.parameters()).device, offset)
-    return Scored(summary, np.array([]), np.array([[r["dice"], abs(r["hc_mm"] - r["hc_reference_mm"])] for r in rows]))
-
-
-def _auc_difference(a: Scored, b: Scored) -> dict[str, list[float]]:
-    both = np.stack([a.per_image, b.per_image], axis=1)
-    point = roc_auc_score(a.truth, b.per_image) - roc_auc_score(a.truth, a.per_image)
-    ci = bootstrap_ci(a.truth, both, lambda y, p: {"d": roc_auc_score(y, p[:, 1]) - roc_auc_score(y, p[:, 0])})["d"]
-    return {"AUC": [float(point), *ci]}
-
-
-def _segmentation_difference(a: Scored, b: Scored) -> dict[str, list[float]]:
-    d = b.per_image - a.per_image
-    d = d[np.isfinite(d).all(axis=1)]  # an empty mask has no circumference
-    return {"Dice": list(mean_ci(d[:, 0])), "HC absolute error (mm)": list(mean_ci(d[:, 1]))}
-
-
-SCORERS = {"classification": _classifier_scores, "segmentation": _segmenter_scores}
-DIFFERENCES = {"classification": _auc_difference, "segmentation": _segmentation_difference}
-
-
-def _metrics(loaded: LoadedModel, sets: dict) -> dict[str, dict]:
-    return {split: SCORERS[loaded.card["task"]](loaded, data).report for split, data in sets.items()}
-
-
-def evaluate(loaded: LoadedModel, data_dir: Path | None, splits: tuple[str, ...] = ("val", "test"),
-             data_path: Path | None = None, dataset: str | None = None) -> dict[str, dict]:
-    data = load_dataset(dataset or loaded.card["data"]["dataset"], loaded.preprocessing, data_dir, data_path,
-                        only=splits)
-    return _metrics(loaded, data.sets)
-
-
-def compare_models(config: Config, names: list[str], split: str = "test") -> dict:
-    """Two models on the same held-out split (the first one's dataset), each with its own preprocessing and
-    decision rules (threshold, temperature, boundary offset): {"reports": {name: card metrics},
-    "difference": {metric: [second - first, 95 % CI low, high]}}, the CI a paired bootstrap over images."""
-    models = [find_model(config, name) for name in names]
-    if len({m.task for m in models}) > 1:
-        raise ModelMismatch(f"{' and '.join(names)} are models of different tasks; compare models of one task")
-    dataset = models[0].card["data"]["dataset"]
-    if DATASETS[dataset].folder is None:
-        raise EngineError(f"{models[0].name} was trained on a folder of the user's; compare on a named dataset")
-    scored = []
-    for m in models:
-        loaded = load_model(m.path)
-        data = load_dataset(dataset, loaded.preprocessing, config.data_dir, only=(split,)).sets[split]
-        scored.append(SCORERS[m.task](loaded, data))
-    return {"reports": {m.name: s.report for m, s in zip(models, scored)},
-            "difference": DIFFERENCES[models[0].task](scored[0], scored[-1])}
+__all__ = ["get_args_parser", "main"]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -114,11 +36,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> dict:
     loaded = load_model(args.weights)
     data_dir = Config.from_env().data_dir
-    card = {k: v for k, v in loaded.card.items() if k not in ("weights_file", "weights_sha256")}
-    if args.write and card["task"] == "segmentation":
+    card = loaded.card.replace(weights_file=None, weights_sha256=None).to_dict()
+    task = get_task(card["task"])
+    if args.write and task.refit_on_rewrite:
         splits = load_dataset(card["data"]["dataset"], loaded.preprocessing, data_dir, args.data_path)
-        card.update(segmentation.describe(loaded.model, card["arch"], splits, loaded.preprocessing,
-                                          torch.device("cpu")))
+        card.update(task.describe(loaded.model, card["arch"], splits, loaded.preprocessing, torch.device("cpu")))
         metrics = card["metrics"]
     else:
         metrics = evaluate(loaded, data_dir, data_path=args.data_path)

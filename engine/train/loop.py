@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from engine.data.catalog import ImageSet, MaskSet
 from engine.errors import TrainingDiverged
-from engine.models.ood import pooled
+from engine.inference.batch import autocast
 from engine.models.preprocess import Preprocessing
-from engine.train.data import ImageSet, MaskSet
 
-__all__ = ["autocast", "train_one_epoch", "predict", "class_weights", "warmup_cosine"]
-
-
-def autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights for the loss (n / (k * n_c)): the minority class counts as much in total."""
-    counts = torch.bincount(labels, minlength=n_classes).float().clamp_min(1)
-    return counts.sum() / (n_classes * counts)
+__all__ = ["train_one_epoch", "warmup_cosine"]
 
 
 def warmup_cosine(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -72,19 +61,3 @@ def train_one_epoch(model: nn.Module, data: ImageSet | MaskSet, prep: Preprocess
     return total / max(seen, 1)
 
 
-@torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, prep: Preprocessing, feature_layer: nn.Module,
-            device: torch.device, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and pooled feature-layer activations (for the OOD gate) of un-augmented images."""
-    model.eval()
-    captured: list[torch.Tensor] = []
-    handle = feature_layer.register_forward_hook(lambda m, i, o: captured.append(pooled(o).cpu()))
-    logits = []
-    try:
-        for start in range(0, len(images), batch_size):
-            x = prep.normalize(images[start:start + batch_size]).to(device, memory_format=torch.channels_last)
-            with autocast(device):
-                logits.append(model(x).float().cpu())
-    finally:
-        handle.remove()
-    return torch.cat(logits), torch.cat(captured)

@@ -8,17 +8,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.cases import get_case, load_image
-from engine.config import Config
-from engine.errors import EngineError, UnknownCase
-from engine.infer import Classifier, Prediction
+from engine.cases.images import get_case, gray_image
+from engine.context import Context
+from engine.errors import EngineError, InvalidReview, UnknownCase
+from engine.inference.classify import Classifier, Prediction
 from engine.models.catalog import active_model, find_model
 from engine.models.checkpoint import load_model
-from engine.models.preprocess import model_view
 from engine.store import Store, utc_now
 
-__all__ = ["load_classifier", "get_image", "gray_image", "CaseResult", "VERDICTS", "diagnose_image", "diagnose_cases", "record_prediction", "add_review",
-           "case_history", "unreviewed_cases"]
+__all__ = ["load_classifier", "CaseResult", "VERDICTS", "diagnose_image", "diagnose_cases", "record_prediction",
+           "add_review", "case_history", "unreviewed_cases"]
 
 VERDICTS = ("agree", "disagree", "corrected")
 
@@ -32,60 +31,49 @@ class CaseResult:
     gray: np.ndarray  # the display image the model saw (first frame), for overlays
 
 
-def load_classifier(config: Config, store: Store, name: str | None = None) -> Classifier:
+def load_classifier(ctx: Context, name: str | None = None) -> Classifier:
     """The named installed model (default: the active one) on CUDA when present, else CPU."""
     import torch
 
-    installed = find_model(config, name) if name else active_model(config, store, "classification")
+    installed = find_model(ctx.config, name) if name else active_model(ctx, "classification")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return Classifier(load_model(installed.path, device), device)
 
 
-def get_image(store: Store, image_id: int) -> dict:
-    row = store.row("images", image_id)
-    if row is None:
-        raise UnknownCase(f"image {image_id} does not exist")
-    return row
-
-
-def record_prediction(store: Store, classifier: Classifier, image: dict, prediction: Prediction, actor: str) -> int:
+def record_prediction(ctx: Context, classifier: Classifier, image: dict, prediction: Prediction) -> int:
     """One `predictions` row (and an audit row) with everything that produced the numbers."""
+    ctx.require("case.analyse")
     loaded = classifier.loaded
     row = {
         "case_id": image["case_id"], "image_id": image["id"], "image_sha256": image["sha256"],
         "task": "classification", "model_name": loaded.name, "model_version": loaded.version,
         "weights_sha256": loaded.sha256, "label": prediction.label, "probability": prediction.probability,
         "probabilities": json.dumps(prediction.probabilities), "probability_raw":
-            prediction.probabilities_raw[loaded.card["positive_label"]],
+            prediction.probabilities_raw[loaded.card.positive_label],
         "probabilities_raw": json.dumps(prediction.probabilities_raw), "threshold": prediction.threshold,
         "uncertainty": prediction.uncertainty, "uncertainty_method": prediction.uncertainty_method,
         "ood_score": prediction.ood_score, "ood_threshold": prediction.ood_threshold,
         "ood_flag": int(prediction.out_of_distribution), "preprocessing": loaded.preprocessing.summary(),
         "cam_method": prediction.cam_method, "device": str(classifier.device),
-        "latency_ms": prediction.latency_ms, "actor": actor, "created_at": utc_now(),
+        "latency_ms": prediction.latency_ms, "actor": ctx.actor, "created_at": utc_now(),
     }
-    with store.write() as db:
+    with ctx.store.write() as db:
         prediction_id = db["predictions"].insert(row).last_pk
-        Store.audit(db, actor, "predict", "case", image["case_id"],
+        Store.audit(db, ctx.actor, "predict", "case", image["case_id"],
                     {"prediction_id": prediction_id, "model": loaded.name, "version": loaded.version,
                      "label": prediction.label})
     return prediction_id
 
 
-def gray_image(config: Config, image: dict) -> np.ndarray:
-    """The stored image's display rendering (first frame, its own window) as 8-bit gray: the model's input."""
-    return model_view(load_image(config, image))
-
-
-def diagnose_image(config: Config, store: Store, classifier: Classifier, image: dict, tta: int = 0) -> CaseResult:
+def diagnose_image(ctx: Context, classifier: Classifier, image: dict, tta: int = 0) -> CaseResult:
     """Decode a stored image, classify it (with its CAM) and log the prediction."""
-    gray = gray_image(config, image)
+    gray = gray_image(ctx.config, image)
     prediction = classifier.classify(gray, tta)
-    prediction_id = record_prediction(store, classifier, image, prediction, config.user)
+    prediction_id = record_prediction(ctx, classifier, image, prediction)
     return CaseResult(image["case_id"], image["id"], prediction, prediction_id, gray)
 
 
-def diagnose_cases(config: Config, store: Store, classifier: Classifier, case_ids: Iterable[int],
+def diagnose_cases(ctx: Context, classifier: Classifier, case_ids: Iterable[int],
                    progress: Callable[[int, int, str], None] | None = None,
                    batch_size: int = 16) -> tuple[list[CaseResult], dict[int, str]]:
     """Classify the first image of each case, `batch_size` images per forward. A case that cannot be read
@@ -97,13 +85,13 @@ def diagnose_cases(config: Config, store: Store, classifier: Classifier, case_id
         batch = []
         for case_id in case_ids[start:start + batch_size]:
             try:
-                image = get_case(store, case_id)["images"][0]
-                batch.append((image, gray_image(config, image)))
+                image = get_case(ctx.store, case_id)["images"][0]
+                batch.append((image, gray_image(ctx.config, image)))
             except EngineError as exc:
                 failed[case_id] = str(exc)
         predictions = classifier.classify_batch([gray for _, gray in batch]) if batch else []
         for (image, gray), prediction in zip(batch, predictions):
-            prediction_id = record_prediction(store, classifier, image, prediction, config.user)
+            prediction_id = record_prediction(ctx, classifier, image, prediction)
             done.append(CaseResult(image["case_id"], image["id"], prediction, prediction_id, gray))
         if progress:
             n = min(start + batch_size, len(case_ids))
@@ -111,14 +99,16 @@ def diagnose_cases(config: Config, store: Store, classifier: Classifier, case_id
     return done, failed
 
 
-def add_review(store: Store, actor: str, case_id: int, verdict: str, label: str = "", comment: str = "",
+def add_review(ctx: Context, case_id: int, verdict: str, label: str = "", comment: str = "",
                prediction_id: int | None = None) -> int:
     """A clinician's review of a case (agree / disagree / corrected label) with its audit row."""
+    ctx.require("case.review")
+    actor = ctx.actor
     if verdict not in VERDICTS:
-        raise EngineError(f"Unknown verdict {verdict!r}. Use one of: {', '.join(VERDICTS)}")
+        raise InvalidReview(f"Unknown verdict {verdict!r}. Use one of: {', '.join(VERDICTS)}")
     if verdict == "corrected" and not label:
-        raise EngineError("A corrected review needs the correct label")
-    with store.write() as db:
+        raise InvalidReview("A corrected review needs the correct label: choose it, or record agree / disagree")
+    with ctx.store.write() as db:
         if not db.execute("SELECT 1 FROM cases WHERE id = ?", [case_id]).fetchone():
             raise UnknownCase(f"case {case_id} does not exist; pick one from the worklist")
         review_id = db["reviews"].insert({

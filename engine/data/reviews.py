@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from engine.config import Config
-from engine.errors import EngineError
+from engine.context import Context
+from engine.data.catalog import ImageSet, Splits, gray_of_file
+from engine.errors import DatasetError
 from engine.models.preprocess import Preprocessing
 from engine.store import Store
-from engine.train.data import ImageSet, Splits, gray_of_file
 
 __all__ = ["ReviewedImage", "reviewed_images", "usable_review_ids", "add_reviews", "SAME_FILM_DISTANCE"]
 
@@ -81,12 +81,12 @@ def _thumbs(images: torch.Tensor) -> torch.Tensor:
     return F.adaptive_avg_pool2d(images, _COMPARE_SIDE).flatten(1)
 
 
-def add_reviews(splits: Splits, config: Config, store: Store, ids: Iterable[int], prep: Preprocessing,
+def add_reviews(splits: Splits, ctx: Context, ids: Iterable[int], prep: Preprocessing,
                 with_base_train: bool) -> dict:
     """Put the usable reviewed images into splits' training set (replacing it unless with_base_train);
     returns the card's record of exactly which reviews were used and which were left out, and why."""
-    reviewed, left_out = reviewed_images(store, splits.label_names, ids)
-    images = torch.stack([prep.resize_uint8(gray_of_file(config.home / r.path)) for r in reviewed]) if reviewed \
+    reviewed, left_out = reviewed_images(ctx.store, splits.label_names, ids)
+    images = torch.stack([prep.resize_uint8(gray_of_file(ctx.config.home / r.path)) for r in reviewed]) if reviewed \
         else torch.zeros((0, 1, prep.size, prep.size))
     held_out = {split: splits.sets[split] for split in ("val", "test") if split in splits.sets}
     keep = torch.ones(len(reviewed), dtype=torch.bool)
@@ -102,7 +102,7 @@ def add_reviews(splits: Splits, config: Config, store: Store, ids: Iterable[int]
     used = [r for r, k in zip(reviewed, keep.tolist()) if k]
     if not used:
         reasons = "; ".join(f"review {i}: {why}" for i, why in sorted(left_out.items())[:5]) or "no reviews"
-        raise EngineError(f"none of the selected reviews can be used for training ({reasons})")
+        raise DatasetError(f"none of the selected reviews can be used for training ({reasons})")
     label_index = torch.tensor([splits.label_names.index(r.label) for r in used])
     review_set = ImageSet(images[keep], label_index, [f"review {r.review_id} (case {r.case_id})" for r in used])
     base = splits.sets["train"]

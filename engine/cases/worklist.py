@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from engine.store import Store
 
-__all__ = ["WorklistQuery", "WorklistPage", "query_worklist", "facet_values", "SORTS", "STATUSES"]
+__all__ = ["Column", "COLUMNS", "WorklistQuery", "WorklistPage", "query_worklist", "facet_values", "SORTS", "STATUSES"]
 
 SORTS = {
     "Newest first": "c.received_at DESC, c.id DESC",
@@ -40,6 +40,37 @@ _LATEST = ("SELECT c.id, "
            "(SELECT printf('HC %.1f %s', circumference, unit) FROM segmentations x WHERE x.case_id = c.id "
            "AND circumference IS NOT NULL ORDER BY x.id DESC LIMIT 1) AS latest_measurement "
            "FROM cases c WHERE c.id IN ({ids})")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One worklist column: the row key, its title, and what kind of value it holds (how it is shown)."""
+
+    key: str
+    title: str
+    kind: str  # id, text, probability, decimal, datetime, flag, count
+    help: str = ""
+
+
+# What the worklist shows, in order. The page formats each kind; it adds, drops and renames nothing.
+COLUMNS: tuple[Column, ...] = (
+    Column("id", "Case", "id"),
+    Column("modality", "Modality", "text"),
+    Column("body_part", "Body part", "text"),
+    Column("study_description", "Description", "text"),
+    Column("latest_label", "Model output", "text"),
+    Column("latest_probability", "Probability", "probability", "Latest calibrated probability of the positive label"),
+    Column("latest_uncertainty", "Uncertainty", "decimal", "Of the latest prediction (entropy in bits, or the "
+           "spread over test-time augmentation); sort by 'Most uncertain first' to review those cases first"),
+    Column("latest_measurement", "Measurement", "text"),
+    Column("latest_review", "Review", "text"),
+    Column("view_position", "View", "text"),
+    Column("study_date", "Study date (shifted)", "text"),
+    Column("received_at", "Received (UTC)", "datetime"),
+    Column("image_count", "Images", "count"),
+    Column("burned_in_risk", "Burned-in text risk", "flag", "Possible text burned into the pixels"),
+    Column("source", "Source", "text"),
+)
 
 
 @dataclass(frozen=True)

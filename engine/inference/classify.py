@@ -12,7 +12,7 @@ import torch
 from torchvision.transforms import v2
 
 from engine.errors import ModelMismatch
-from engine.explain import single_pass_cam
+from engine.inference.cam import single_pass_cam
 from engine.models.checkpoint import LoadedModel
 from engine.models.ood import mahalanobis, pooled
 from engine.models.registry import cam_layer
@@ -54,17 +54,17 @@ class Classifier:
     serialised by a lock because CAM hooks live on the shared modules."""
 
     def __init__(self, loaded: LoadedModel, device: str | torch.device = "cpu"):
-        if loaded.card["task"] != "classification":
-            raise ModelMismatch(f"{loaded.name} is a {loaded.card['task']} model, not a classifier")
+        if loaded.card.task != "classification":
+            raise ModelMismatch(f"{loaded.name} is a {loaded.card.task} model, not a classifier")
         self.loaded = loaded
         self.device = torch.device(device)
         self.model = loaded.model.to(self.device, memory_format=torch.channels_last).eval()
         self.model.requires_grad_(False)
-        self.layer = cam_layer(self.model, loaded.card["arch"])
-        self.temperature = float(loaded.card["calibration"]["temperature"])
-        self.threshold = float(loaded.card["operating_point"]["threshold"])
-        self.ood_threshold = float(loaded.card["ood"]["threshold"])
-        self.positive = loaded.labels.index(loaded.card["positive_label"])
+        self.layer = cam_layer(self.model, loaded.card.arch)
+        self.temperature = float(loaded.card.calibration["temperature"])
+        self.threshold = float(loaded.card.operating_point["threshold"])
+        self.ood_threshold = float(loaded.card.ood["threshold"])
+        self.positive = loaded.labels.index(loaded.card.positive_label)
         self.lock = threading.Lock()  # also held by explanations: hooks live on the shared modules
         self._tta = v2.RandomAffine(degrees=5, translate=(0.03, 0.03), scale=(0.95, 1.05))
         size = loaded.preprocessing.size

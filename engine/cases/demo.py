@@ -9,10 +9,10 @@ from pathlib import Path
 import cv2
 from pydicom.data import get_testdata_file
 
+from engine.cases.ingest import IngestResult, ingest_files
 from engine.config import Config
-from engine.ingest import IngestResult, ingest_files
+from engine.context import Context
 from engine.io.wrap import ultrasound_dicom
-from engine.store import Store
 
 __all__ = ["DEMO_DICOMS", "demo_files", "seed_demo"]
 
@@ -46,19 +46,19 @@ def demo_files(config: Config) -> list[Path]:
     return files
 
 
-def seed_demo(config: Config, store: Store) -> list[IngestResult]:
+def seed_demo(ctx: Context) -> list[IngestResult]:
     """Ingest the demo studies once per home folder (a second call does nothing)."""
-    if store.setting("demo_seeded"):
+    if ctx.store.setting("demo_seeded"):
         return []
-    files = demo_files(config)
-    results = ingest_files(((p.name, p.read_bytes()) for p in files), config, store, source="demo")
-    heads = ingest_files(_hc18_items(config), config, store, source="demo")
+    files = demo_files(ctx.config)
+    results = ingest_files(((p.name, p.read_bytes()) for p in files), ctx, source="demo")
+    heads = ingest_files(_hc18_items(ctx.config), ctx, source="demo")
     # PNGs and JPEGs carry no header: say what the dataset's README says they are, so the worklist is readable.
     films = [r.case_id for p, r in zip(files, results) if p.parent.name == _FULLRES and r.status == "ok"]
     described = [(c, {"body_part": "CHEST", "study_description": _FULLRES_DESCRIPTION}) for c in films]
     described += [(r.case_id, {"modality": "US", "body_part": "HEAD", "study_description": _HC18_DESCRIPTION})
                   for r in heads if r.status == "ok"]
-    with store.write() as db:
+    with ctx.store.write() as db:
         for case_id, fields in described:
             db["cases"].update(case_id, fields)
             db.execute(f"UPDATE images SET {', '.join(f'{k} = ?' for k in fields)} WHERE case_id = ?",

@@ -5,7 +5,6 @@ so the second view of a slow method is instant."""
 from __future__ import annotations
 
 import io
-import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -14,14 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.errors import EngineError
-from engine.explain import BASELINE, METHODS, compute_cam, inference_copy, target_layers
-from engine.faithfulness import Faithfulness, score_map
-from engine.infer import Classifier
+from engine.errors import InvalidOption
+from engine.inference.cam import METHODS, compute_cam, inference_copy, target_layers
+from engine.inference.classify import Classifier
+from engine.inference.faithfulness import Faithfulness, score_map
 from engine.models.registry import get_spec
-from engine.store import Store, utc_now
 
-__all__ = ["Heatmap", "Explainer", "explain_image", "encode_map", "decode_map"]
+__all__ = ["Heatmap", "Explainer", "encode_map", "decode_map"]
 
 Report = Callable[[float, str], None]  # (fraction done, what is running)
 
@@ -48,7 +46,7 @@ class Explainer:
     def __init__(self, classifier: Classifier):
         self.classifier = classifier
         self.labels = classifier.loaded.labels
-        self.default_layer = get_spec(classifier.loaded.card["arch"]).cam_layer
+        self.default_layer = get_spec(classifier.loaded.card.arch).cam_layer
         self.layers = target_layers(classifier.model, self.default_layer)
         self.fast = inference_copy(classifier.model)
 
@@ -73,9 +71,9 @@ class Explainer:
         target = target or self.predicted(x)
         layer = layer or self.default_layer
         if target not in self.labels:
-            raise EngineError(f"Unknown class {target!r}. The model's labels: {', '.join(self.labels)}")
+            raise InvalidOption(f"Unknown class {target!r}. The model's labels: {', '.join(self.labels)}")
         if layer not in self.layers:
-            raise EngineError(f"{layer!r} is not a convolutional layer of this model")
+            raise InvalidOption(f"{layer!r} is not a convolutional layer of this model; choose one the layer list offers")
         k = self.labels.index(target)
         out = []
         for i, method in enumerate(methods):
@@ -118,38 +116,3 @@ def decode_map(blob: bytes) -> np.ndarray:
     return np.load(io.BytesIO(blob))["cam"].astype(np.float32)
 
 
-def _from_row(row: dict) -> Heatmap:
-    scores = json.loads(row["faithfulness"])
-    faith = Faithfulness(**{k: tuple(v) if isinstance(v, list) else v for k, v in scores.items()})
-    return Heatmap(row["method"], row["target"], row["layer"], decode_map(row["cam"]), row["runtime_ms"], faith,
-                   cached=True)
-
-
-def explain_image(store: Store, explainer: Explainer, image: dict, gray: np.ndarray, methods: Iterable[str],
-                  target: str | None = None, layer: str | None = None, actor: str = "",
-                  report: Report | None = None) -> list[Heatmap]:
-    """Heatmaps of `methods` plus the random baseline for a stored image, each with its faithfulness. Maps
-    already in the store for this (image, weights, class, layer) are read back; the rest are computed,
-    stored and written to the audit log."""
-    loaded = explainer.classifier.loaded
-    methods = list(dict.fromkeys([*methods, BASELINE]))
-    target = target or explainer.predicted(explainer.input(gray))
-    layer = layer or explainer.default_layer
-    with store.read() as db:
-        rows = {r["method"]: r for r in db.query(
-            "SELECT * FROM explanations WHERE image_sha256 = ? AND weights_sha256 = ? AND target = ? AND layer = ?",
-            [image["sha256"], loaded.sha256, target, layer])}
-    missing = [m for m in methods if m not in rows]
-    fresh = {h.method: h for h in explainer.explain(gray, missing, target, layer, report=report)} if missing else {}
-    if fresh:
-        with store.write() as db:
-            db["explanations"].insert_all(({
-                "image_sha256": image["sha256"], "weights_sha256": loaded.sha256, "model_name": loaded.name,
-                "model_version": loaded.version, "method": h.method, "target": h.target, "layer": h.layer,
-                "cam": encode_map(h.cam), "runtime_ms": h.runtime_ms,
-                "faithfulness": json.dumps(h.faithfulness.as_dict()), "created_at": utc_now(),
-            } for h in fresh.values()), ignore=True)  # a concurrent session may have stored the same key
-            Store.audit(db, actor, "explain", "case", image["case_id"],
-                        {"image_id": image["id"], "methods": list(fresh), "target": target, "layer": layer,
-                         "model": loaded.name, "version": loaded.version})
-    return [fresh[m] if m in fresh else _from_row(rows[m]) for m in methods]

@@ -19,15 +19,11 @@ import torch
 from monai.metrics import compute_hausdorff_distance
 from scipy import ndimage
 
-from engine.errors import EngineError
+from engine.errors import EmptyMask
 from engine.io.study import UNKNOWN_SPACING, Spacing
 
-__all__ = ["Ellipse", "Measurement", "EmptyMask", "clean_mask", "fit_ellipse", "ellipse_perimeter",
+__all__ = ["Ellipse", "Measurement", "clean_mask", "fit_ellipse", "ellipse_perimeter",
            "ellipse_mask", "bounding_box", "measure", "dice", "iou", "hd95", "agreement", "with_spacing"]
-
-
-class EmptyMask(EngineError):
-    """The model found no head in this image (the mask is empty)."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Background processes (explanation audits, training jobs): started detached from the caller, watched by pid."""
+"""Background processes (the job queue's training runs and heatmap audits): started detached from the caller, watched by pid."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from engine.config import Config
 
 __all__ = ["start_process", "alive"]
 
-_ROOT = Path(__file__).resolve().parents[1]
+_ROOT = Path(__file__).resolve().parents[2]  # the repository root, so `-m engine...` imports
 
 
 def start_process(config: Config, argv: list[str], log: Path, user: str | None = None) -> int:

@@ -20,7 +20,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from engine.errors import EngineError
+from engine.errors import DatasetError, UnknownDataset
 from engine.io import read_study
 from engine.models.preprocess import Preprocessing, model_view
 
@@ -90,7 +90,7 @@ def _from_rows(rows: list[dict], root: Path, prep: Preprocessing, label_names: l
     for split in only:
         chosen = [r for r in rows if r["split"] == split]
         if not chosen:
-            raise EngineError(f"the {split} split is empty")
+            raise DatasetError(f"the {split} split is empty: every dataset needs train, val and test images")
         images = torch.stack([prep.resize_uint8(gray_of_file(root / r["path"])) for r in chosen])
         labels = torch.tensor([label_names.index(r["label"]) for r in chosen])
         sets[split] = ImageSet(images, labels, [r["path"] for r in chosen])
@@ -136,13 +136,13 @@ def _folder(root: Path, prep: Preprocessing, only: tuple[str, ...]) -> Splits:
             rows = list(csv.DictReader(f))
         missing = {"path", "label", "split"} - set(rows[0] if rows else {})
         if missing:
-            raise EngineError(f"{manifest} lacks column(s) {', '.join(sorted(missing))}")
+            raise DatasetError(f"{manifest} lacks column(s) {', '.join(sorted(missing))}")
     else:
         rows = [{"path": str(p.relative_to(root)), "label": p.parent.name, "split": p.parent.parent.name}
                 for split in SPLITS for p in sorted((root / split).glob("*/*")) if p.is_file()]
     names = sorted({r["label"] for r in rows})  # alphabetical: the second label is the positive class
     if len(names) < 2:
-        raise EngineError(f"{root}: need at least two labels, found {names or 'none'}")
+        raise DatasetError(f"{root}: need at least two labels, found {names or 'none'}")
     return Splits(names, _from_rows(rows, root, prep, names, only), f"folder {root}")
 
 
@@ -195,11 +195,11 @@ def datasets(task: str, in_data_dir: bool = False) -> list[str]:
 def load_dataset(name: str, prep: Preprocessing, data_dir: Path | None, data_path: Path | None = None,
                  only: tuple[str, ...] = SPLITS) -> Splits:
     if name not in DATASETS:
-        raise EngineError(f"Unknown dataset {name!r}. Available: {', '.join(DATASETS)}")
+        raise UnknownDataset(f"Unknown dataset {name!r}. Available: {', '.join(DATASETS)}")
     dataset = DATASETS[name]
     root = data_path or (data_dir / dataset.folder if data_dir and dataset.folder else None)
     if root is None or not root.is_dir():
-        raise EngineError(f"dataset {name!r} not found: set RADLENS_DATA_DIR (or --data-path for a folder)")
+        raise DatasetError(f"dataset {name!r} not found: set RADLENS_DATA_DIR (or --data-path for a folder)")
     return dataset.loader(root, prep, only)
 
 

@@ -5,8 +5,8 @@ border and in the two top corners (where laterality markers and burned-in text s
 and the map's faithfulness. The summary (means with CIs, per class, the mean heatmap per class and the 8
 images looking most outside the centre) is stored so runs can be compared across model versions.
 
-Runs as a background process (`python -m engine audit --run ID`) started by the page; progress is the
-row's done/total.
+Runs as a job of kind 'audit' (`python -m engine audit --run ID`, started by the job queue); its progress
+is the job's done/total, its result a `heatmap_audits` row.
 """
 
 from __future__ import annotations
@@ -14,23 +14,33 @@ from __future__ import annotations
 import io
 import json
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from engine.background import alive, start_process
+from engine.cases.diagnosis import load_classifier
 from engine.config import Config
-from engine.diagnosis import load_classifier
-from engine.errors import EngineError
-from engine.explain import METHODS
-from engine.explainability import Explainer
-from engine.train.metrics import mean_ci
+from engine.context import Context
+from engine.data.catalog import DATASETS, datasets, load_dataset
+from engine.errors import JobError, UnknownDataset, UnknownMethod, short_reason
+from engine.inference.cam import METHODS
+from engine.inference.explainer import Explainer
+from engine.jobs.queue import (
+    Job,
+    claim_job,
+    fail_job,
+    finish_job,
+    get_job,
+    list_jobs,
+    submit,
+    update_job,
+)
+from engine.metrics import mean_ci
 from engine.models.catalog import find_model
-from engine.store import Store, utc_now
-from engine.train.data import DATASETS, datasets, load_dataset
+from engine.store import Store
 
 __all__ = ["BORDER", "CORNER", "AuditImage", "region_masks", "mass_shares", "audit_split", "start_audit", "run_audit",
            "list_audits", "get_audit", "audit_heatmaps", "dataset_file", "TOP_OUTSIDE"]
@@ -122,81 +132,84 @@ def dataset_file(config: Config, dataset: str, name: str) -> Path | None:
     return path if path and path.is_file() else None
 
 
-def start_audit(config: Config, store: Store, model_name: str, method: str, dataset: str, split: str,
+def start_audit(ctx: Context, model_name: str, method: str, dataset: str, split: str,
                 layer: str | None = None, limit: int | None = None, background: bool = True) -> int:
-    """Record an audit and (by default) start its background process; returns the audit id."""
+    """Queue an audit as a job of kind 'audit' (started at once when no other audit runs); returns its id.
+    `background=False` records it as running in this process, for the caller to run (`run_audit`)."""
+    ctx.require("explain.audit")
     if method not in METHODS:
-        raise EngineError(f"Unknown explanation method {method!r}. Available: {', '.join(METHODS)}")
+        raise UnknownMethod(f"Unknown explanation method {method!r}. Available: {', '.join(METHODS)}")
     if dataset not in datasets("classification"):
-        raise EngineError(f"Unknown dataset {dataset!r}. Available: {', '.join(datasets('classification'))}")
-    installed = find_model(config, model_name)
-    with store.write() as db:
-        audit_id = db["explanation_audits"].insert({
-            "model_name": installed.name, "model_version": installed.card["version"], "method": method, "layer": layer or "",
-            "dataset": dataset, "split": split, "limit_n": limit, "status": "queued", "done": 0, "total": 0,
-            "actor": config.user, "created_at": utc_now(),
-        }).last_pk
-        Store.audit(db, config.user, "explain.audit.start", "explanation_audit", audit_id,
-                    {"model": installed.name, "method": method, "dataset": dataset, "split": split})
-    if not background:
-        return audit_id
-    pid = start_process(config, [sys.executable, "-m", "engine", "audit", "--run", str(audit_id)],
-                        config.log_dir / f"audit-{audit_id}.log")
-    _update(store, audit_id, pid=pid)
-    return audit_id
+        raise UnknownDataset(f"Unknown dataset {dataset!r}. Available: {', '.join(datasets('classification'))}")
+    installed = find_model(ctx.config, model_name)
+    request = {"model_name": installed.name, "model_version": installed.card.version, "method": method,
+               "layer": layer or "", "dataset": dataset, "split": split, "limit": limit}
+    return submit(ctx, "audit", device="cuda" if torch.cuda.is_available() else "cpu", task="classification",
+                  config=request, detail={"model": installed.name, "method": method, "dataset": dataset,
+                                          "split": split}, here=not background)
 
 
-def run_audit(config: Config, store: Store, audit_id: int) -> dict:
-    """Execute a queued audit in this process, recording progress, the result or the failure."""
-    row = get_audit(store, audit_id)
-    _update(store, audit_id, status="running", pid=os.getpid())
+def run_audit(ctx: Context, audit_id: int) -> dict:
+    """Execute an audit job in this process, recording progress, the result or the failure."""
+    job = claim_job(ctx.store, audit_id, os.getpid())
+    request = job.config
     try:
-        explainer = Explainer(load_classifier(config, store, row["model_name"]))
-        summary, heatmaps = audit_split(explainer, row["dataset"], row["split"], config.data_dir, row["method"],
-                                        row["layer"] or None, row["limit_n"],
-                                        lambda done, total: _update(store, audit_id, done=done, total=total))
+        explainer = Explainer(load_classifier(ctx, request["model_name"]))
+        summary, heatmaps = audit_split(
+            explainer, request["dataset"], request["split"], ctx.config.data_dir, request["method"],
+            request["layer"] or None, request["limit"],
+            lambda done, total: update_job(ctx.store, audit_id, {"phase": "explaining", "done": done, "total": total}))
     except Exception as error:  # noqa: BLE001 - any failure is recorded on the row as one line, never lost
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        _update(store, audit_id, status="failed", error=message, finished_at=utc_now())
-        raise EngineError(f"audit {audit_id} failed: {message}") from error
+        message = short_reason(error)
+        fail_job(ctx.store, audit_id, message)
+        raise JobError(f"audit {audit_id} failed: {message}") from error
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **{label: cam.astype(np.float16) for label, cam in heatmaps.items()})
     loaded = explainer.classifier.loaded
-    with store.write() as db:
-        db["explanation_audits"].update(audit_id, {
-            "status": "finished", "summary": json.dumps(summary), "heatmaps": buffer.getvalue(),
-            "weights_sha256": loaded.sha256, "layer": row["layer"] or explainer.default_layer, "finished_at": utc_now()})
-        Store.audit(db, row["actor"] or config.user, "explain.audit.finish", "explanation_audit", audit_id,
-                    {"n": summary["n"], "border_share": summary["border_share"][0]})
+    with ctx.store.write() as db:
+        db["heatmap_audits"].insert({
+            "job_id": audit_id, "weights_sha256": loaded.sha256, "layer": request["layer"] or explainer.default_layer,
+            "summary": json.dumps(summary), "heatmaps": buffer.getvalue()}, replace=True)
+    finish_job(ctx.store, audit_id, job.actor or ctx.actor, {"n": summary["n"], "border_share": summary["border_share"][0]})
     return summary
 
 
-def _update(store: Store, audit_id: int, **values) -> None:
-    with store.write() as db:
-        db["explanation_audits"].update(audit_id, values)
+def _audit_row(job: Job, result: dict | None) -> dict:
+    """One audit as the page and the CLI read it: the request, the job's state and the result."""
+    request, result = job.config, result or {}
+    return {"id": job.id, "created_at": job.created_at, "finished_at": job.finished_at, "actor": job.actor,
+            "model_name": request["model_name"], "model_version": request["model_version"],
+            "method": request["method"], "layer": result.get("layer") or request["layer"],
+            "dataset": request["dataset"], "split": request["split"], "limit_n": request["limit"],
+            "status": job.status.value, "done": job.progress.get("done", 0), "total": job.progress.get("total", 0),
+            "error": job.error or None, "pid": job.pid, "weights_sha256": result.get("weights_sha256"),
+            "summary": result.get("summary"), "heatmaps": result.get("heatmaps")}
 
 
 def list_audits(store: Store) -> list[dict]:
-    """Every audit, newest first; a queued/running one whose process is gone reads 'interrupted'."""
+    """Every audit, newest first, with its headline numbers; one whose process died reads 'interrupted'."""
+    jobs = list_jobs(store, "audit")
     with store.read() as db:
-        rows = list(db.query(
-            "SELECT id, created_at, model_name, model_version, method, layer, dataset, split, status, done, total, "
-            "pid, error, summary FROM explanation_audits ORDER BY id DESC"))
-    for row in rows:
-        if row["status"] in ("queued", "running") and not alive(row["pid"]):
-            row["status"] = "interrupted"
+        results = {r["job_id"]: r for r in db.query("SELECT job_id, layer, weights_sha256, summary FROM heatmap_audits")}
+    rows = []
+    for job in jobs:
+        row = _audit_row(job, results.get(job.id))
         summary = json.loads(row.pop("summary") or "{}")
         for key in ("border_share", "corner_share", "road"):
             row[key] = summary[key][0] if key in summary else None
-        del row["pid"]
+        for key in ("pid", "heatmaps"):
+            del row[key]
+        rows.append(row)
     return rows
 
 
 def get_audit(store: Store, audit_id: int) -> dict:
-    row = store.row("explanation_audits", audit_id)
-    if row is None:
-        raise EngineError(f"explanation audit {audit_id} does not exist")
-    return row
+    job = get_job(store, audit_id)
+    if job.kind != "audit":
+        raise JobError(f"job {audit_id} is a {job.kind} job, not an explanation audit; pick one from the list of audits")
+    with store.read() as db:
+        result = next(iter(db.query("SELECT * FROM heatmap_audits WHERE job_id = ?", [audit_id])), None)
+    return _audit_row(job, result)
 
 
 def audit_heatmaps(row: dict) -> dict[str, np.ndarray]:

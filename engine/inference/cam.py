@@ -15,22 +15,31 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pytorch_grad_cam import (AblationCAM, EigenCAM, EigenGradCAM, FullGrad, GradCAM, GradCAMPlusPlus, HiResCAM,
-                              LayerCAM, RandomCAM, ScoreCAM, XGradCAM)
+from pytorch_grad_cam import (
+    AblationCAM,
+    EigenCAM,
+    EigenGradCAM,
+    FullGrad,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    RandomCAM,
+    ScoreCAM,
+    XGradCAM,
+)
 from pytorch_grad_cam.ablation_layer import AblationLayer
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from engine.errors import EngineError
+from engine.errors import UnknownMethod
 
-__all__ = ["Method", "METHODS", "BASELINE", "CAM_METHODS", "COLORMAPS", "Progress", "compute_cam", "target_layers",
-           "inference_copy", "keep_top", "comparison_sheet", "png_bytes", "single_pass_cam", "standard_cam", "overlay", "fit_within", "head_only_backward",
-           "DISPLAY_MAX_SIDE"]
+__all__ = ["Method", "METHODS", "BASELINE", "CAM_METHODS", "Progress", "compute_cam", "target_layers",
+           "inference_copy", "single_pass_cam", "standard_cam", "head_only_backward"]
 
 Progress = Callable[[int, int], None]  # (done, total) forwards of a many-forward method
 
@@ -129,10 +138,6 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 )}
 BASELINE = "random"  # grad-cam's RandomCAM: random channel weights; what "better than chance" is measured against
 CAM_METHODS: dict[str, type[BaseCAM]] = {name: m.cam for name, m in METHODS.items()}
-DISPLAY_MAX_SIDE = 1280  # overlays on screen: a 2k film is shown at most this large
-
-COLORMAPS = {"jet": cv2.COLORMAP_JET, "inferno": cv2.COLORMAP_INFERNO, "viridis": cv2.COLORMAP_VIRIDIS,
-             "turbo": cv2.COLORMAP_TURBO}
 
 
 def target_layers(model: nn.Module, default: str) -> list[str]:
@@ -163,7 +168,7 @@ def compute_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, method: str
     released. The model's parameters must not require grad (Classifier freezes them); with a target
     object and a gradient method, wrap the call in `head_only_backward(layer)`."""
     if method not in METHODS:
-        raise EngineError(f"Unknown explanation method {method!r}. Available: {', '.join(METHODS)}")
+        raise UnknownMethod(f"Unknown explanation method {method!r}. Available: {', '.join(METHODS)}")
     spec = METHODS[method]
     if spec.single_pass and isinstance(target, int):
         return single_pass_cam(model, layer, x, lambda _: target, method)[1]
@@ -212,7 +217,7 @@ def single_pass_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor,
     logits to the class whose evidence the CAM shows.
     """
     if not METHODS[method].single_pass:
-        raise EngineError(f"{method} cannot run in a single pass")
+        raise UnknownMethod(f"{method} cannot run in a single pass; use compute_cam for it")
     targets = [_Target(choose) for _ in range(len(x))]
     with torch.enable_grad(), head_only_backward(layer), CAM_METHODS[method](model=model, target_layers=[layer]) as cam:
         maps = cam(input_tensor=x, targets=targets)
@@ -232,61 +237,3 @@ def standard_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: in
     return logits, maps
 
 
-def overlay(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.4, colormap: str = "jet",
-            max_side: int | None = None) -> np.ndarray:
-    """An RGB uint8 image: the CAM (any size, values in [0, 1]) resized onto the gray image. Each pixel's
-    blend weight is alpha x its CAM value, so regions without evidence keep the radiograph unchanged
-    instead of being tinted by the colormap's low end. `max_side` first shrinks the image (area
-    interpolation) to what a screen shows; the CAM's own resolution is 1/32 of the model input anyway."""
-    if colormap not in COLORMAPS:
-        raise EngineError(f"Unknown colormap {colormap!r}. Available: {', '.join(COLORMAPS)}")
-    gray = fit_within(gray, max_side) if max_side else gray
-    h, w = gray.shape[:2]
-    heat = cv2.resize(cam.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    np.clip(heat, 0.0, 1.0, out=heat)
-    colour = cv2.cvtColor(cv2.applyColorMap(cv2.convertScaleAbs(heat, alpha=255), COLORMAPS[colormap]),
-                          cv2.COLOR_BGR2RGB)
-    weight = heat * np.float32(alpha)
-    return cv2.blendLinear(colour, cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB), weight, 1.0 - weight)
-
-
-def fit_within(image: np.ndarray, max_side: int) -> np.ndarray:
-    """The image shrunk (area interpolation, aspect kept) so its longer side is at most max_side."""
-    h, w = image.shape[:2]
-    scale = max_side / max(h, w)
-    if scale >= 1:
-        return image
-    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-
-
-def keep_top(cam: np.ndarray, percent: float) -> np.ndarray:
-    """The map with everything below its top `percent` % of pixels set to 0 (100 keeps the whole map)."""
-    if percent >= 100:
-        return cam
-    return np.where(cam >= np.percentile(cam, 100 - percent), cam, 0).astype(cam.dtype)
-
-
-def comparison_sheet(gray: np.ndarray, cams: dict[str, np.ndarray], alpha: float = 0.4, colormap: str = "jet",
-                     columns: int = 3, tile: int = 512) -> np.ndarray:
-    """One RGB image: the overlays of several maps on the same image in a grid, each titled."""
-    tiles = []
-    for title, cam in cams.items():
-        image = overlay(gray, cam, alpha, colormap, max_side=tile)
-        canvas = np.full((tile + 40, tile, 3), 255, np.uint8)
-        h, w = image.shape[:2]
-        canvas[40 + (tile - h) // 2:40 + (tile - h) // 2 + h, (tile - w) // 2:(tile - w) // 2 + w] = image
-        cv2.putText(canvas, title, (8, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 0, 0), 2, cv2.LINE_AA)
-        tiles.append(canvas)
-    blank = np.full_like(tiles[0], 255)
-    tiles += [blank] * (-len(tiles) % columns)
-    rows = [np.hstack(tiles[i:i + columns]) for i in range(0, len(tiles), columns)]
-    return np.vstack(rows)
-
-
-def png_bytes(rgb: np.ndarray) -> bytes:
-    """An RGB (or gray) uint8 image as PNG file bytes."""
-    image = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
-    ok, encoded = cv2.imencode(".png", image)
-    if not ok:
-        raise EngineError("could not encode the image as PNG")
-    return encoded.tobytes()

@@ -10,92 +10,32 @@ the dataset (the stored PNG is re-encoded, so the file's own hash would not matc
 
 from __future__ import annotations
 
-import csv
-import functools
-import hashlib
 import io
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pydicom
 
-from engine.cases import load_image
+from engine.cases.images import load_image
 from engine.config import Config
-from engine.errors import EngineError, UnknownCase
+from engine.context import Context
+from engine.data.hc18 import MANIFEST_SPACING, DatasetMatch, dataset_match
+from engine.errors import ExportError, UnknownCase
+from engine.inference.measure import agreement, with_spacing
+from engine.inference.segment import Segmentation, Segmenter
 from engine.io.study import Spacing
-from engine.measure import agreement, with_spacing
 from engine.models.catalog import active_model, find_model
 from engine.models.checkpoint import load_model
 from engine.models.preprocess import model_view
-from engine.segment import Segmentation, Segmenter
 from engine.store import Store, utc_now
 
-__all__ = ["DatasetMatch", "CaseSegmentation", "load_segmenter", "dataset_match", "case_spacing",
-           "segment_case_image", "manifest_match", "mask_png", "read_mask_png", "seg_dicom", "segmentation_history", "pixel_key"]
+__all__ = ["CaseSegmentation", "load_segmenter", "case_spacing", "segment_case_image", "export_seg", "mask_png", "read_mask_png",
+           "seg_dicom", "segmentation_history"]
 
-MANIFEST_SPACING = "hc18 manifest"
 _TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                  "ReferringPhysicianName", "AccessionNumber", "StudyID")
-
-
-@dataclass(frozen=True)
-class DatasetMatch:
-    """A dataset image with the same pixels as a case: its pixel size and ground-truth mask file."""
-
-    dataset: str
-    image: str  # path inside the dataset folder
-    split: str
-    pixel_mm: float
-    mask_path: Path
-    reference_hc_mm: float
-
-    def truth(self) -> np.ndarray:
-        return cv2.imread(str(self.mask_path), cv2.IMREAD_GRAYSCALE) > 127
-
-
-def pixel_key(pixels: np.ndarray) -> str:
-    """The hash of decoded pixels with their shape and type (not of the file, whose encoding varies)."""
-    pixels = np.ascontiguousarray(pixels)
-    return hashlib.sha256(f"{pixels.shape}{pixels.dtype}".encode() + pixels.tobytes()).hexdigest()
-
-
-@functools.lru_cache(maxsize=4)
-def _hc18_index(folder: Path) -> dict[str, DatasetMatch]:
-    """pixel hash -> match, over every image of the hc18 manifest (about 1 s for its 999 PNGs)."""
-    index = {}
-    with open(folder / "manifest.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            pixels = cv2.imread(str(folder / row["image"]), cv2.IMREAD_UNCHANGED)
-            if pixels is not None:
-                index[pixel_key(pixels)] = DatasetMatch(
-                    "hc18", row["image"], row["split"], float(row["pixel_size_mm"]), folder / row["mask"],
-                    float(row["head_circumference_mm"]))
-    return index
-
-
-def dataset_match(config: Config, pixels: np.ndarray) -> DatasetMatch | None:
-    folder = config.data_dir / "hc18" if config.data_dir else None
-    if folder is None or not (folder / "manifest.csv").is_file():
-        return None
-    return _hc18_index(folder).get(pixel_key(pixels))
-
-
-def manifest_match(path: Path) -> DatasetMatch | None:
-    """The row of a `manifest.csv` in the file's folder or one above it that lists the file (CLI input)."""
-    path = Path(path).resolve()
-    folders = [f for f in (path.parent, path.parent.parent) if (f / "manifest.csv").is_file() and _is_hc18(f)]
-    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if folders else None
-    if pixels is None:
-        return None
-    return next((m for m in (_hc18_index(f).get(pixel_key(pixels)) for f in folders) if m), None)
-
-
-def _is_hc18(folder: Path) -> bool:
-    with open(folder / "manifest.csv", newline="") as f:
-        return {"image", "mask", "pixel_size_mm"} <= set(next(csv.reader(f), []))
 
 
 def case_spacing(image: dict, match: DatasetMatch | None, override_mm: float | None = None) -> Spacing:
@@ -121,32 +61,34 @@ class CaseSegmentation:
     match: DatasetMatch | None
 
 
-def load_segmenter(config: Config, store: Store, name: str | None = None) -> Segmenter:
+def load_segmenter(ctx: Context, name: str | None = None) -> Segmenter:
     """The named installed segmentation model (default: the active one) on CUDA when present, else CPU."""
     import torch
 
-    installed = find_model(config, name) if name else active_model(config, store, "segmentation")
+    installed = find_model(ctx.config, name) if name else active_model(ctx, "segmentation")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return Segmenter(load_model(installed.path, device), device)
 
 
-def segment_case_image(config: Config, store: Store, segmenter: Segmenter, image: dict,
+def segment_case_image(ctx: Context, segmenter: Segmenter, image: dict,
                        pixel_mm: float | None = None, match: DatasetMatch | None = None) -> CaseSegmentation:
     """Segment a stored image, measure it, compare it with its ground truth when it has one, log it."""
-    study = load_image(config, image)
+    study = load_image(ctx.config, image)
     gray = model_view(study)
-    match = match or dataset_match(config, study.frames[0])
+    match = match or dataset_match(ctx.config, study.frames[0])
     spacing = case_spacing(image, match, pixel_mm)
     result = segmenter.segment(gray, spacing)
     truth = match.truth() if match else None
     scores = agreement(result.mask, truth, spacing) if truth is not None and truth.shape == gray.shape else None
-    segmentation_id = _record(store, segmenter, image, result, spacing, scores, match, config.user)
+    segmentation_id = _record(ctx, segmenter, image, result, spacing, scores, match)
     return CaseSegmentation(image["case_id"], image["id"], segmentation_id, result, gray, spacing,
                             truth if scores else None, scores, match)
 
 
-def _record(store: Store, segmenter: Segmenter, image: dict, result: Segmentation, spacing: Spacing,
-            scores: dict | None, match: DatasetMatch | None, actor: str) -> int:
+def _record(ctx: Context, segmenter: Segmenter, image: dict, result: Segmentation, spacing: Spacing,
+            scores: dict | None, match: DatasetMatch | None) -> int:
+    ctx.require("case.analyse")
+    actor = ctx.actor
     loaded, m = segmenter.loaded, result.measurement
     row = {
         "case_id": image["case_id"], "image_id": image["id"], "image_sha256": image["sha256"],
@@ -161,12 +103,20 @@ def _record(store: Store, segmenter: Segmenter, image: dict, result: Segmentatio
         "preprocessing": loaded.preprocessing.summary(), "device": str(segmenter.device),
         "latency_ms": result.latency_ms, "actor": actor, "created_at": utc_now(),
     }
-    with store.write() as db:
+    with ctx.store.write() as db:
         segmentation_id = db["segmentations"].insert(row).last_pk
         Store.audit(db, actor, "segment", "case", image["case_id"],
                     {"segmentation_id": segmentation_id, "model": loaded.name, "version": loaded.version,
                      "circumference": row["circumference"], "unit": row["unit"]})
     return segmentation_id
+
+
+def export_seg(ctx: Context, image: dict, done: CaseSegmentation, segmenter: Segmenter) -> bytes:
+    """A case's segmentation as a DICOM SEG object; the export is audited ('export.seg')."""
+    ctx.require("case.export")
+    data = seg_dicom(ctx.config, image, done.result.mask, segmenter.loaded.name, segmenter.loaded.version)
+    ctx.store.log_action(ctx.actor, "export.seg", "case", done.case_id, {"segmentation_id": done.segmentation_id})
+    return data
 
 
 def segmentation_history(store: Store, case_id: int) -> list[dict]:
@@ -182,7 +132,7 @@ def mask_png(mask: np.ndarray) -> bytes:
     """A mask as an 8-bit PNG, 255 inside (opens in any viewer; PNG keeps it lossless)."""
     ok, data = cv2.imencode(".png", np.where(mask, 255, 0).astype(np.uint8))
     if not ok:
-        raise EngineError("the mask could not be encoded as PNG")
+        raise ExportError("the mask could not be encoded as PNG")
     return data.tobytes()
 
 
@@ -196,7 +146,7 @@ def seg_dicom(config: Config, image: dict, mask: np.ndarray, model_name: str, mo
     from pydicom.sr.codedict import codes
 
     if image["source_format"] != "dicom":
-        raise EngineError("DICOM SEG needs a DICOM source image; this case was uploaded as "
+        raise ExportError("DICOM SEG needs a DICOM source image; this case was uploaded as "
                           f"{image['source_format'].upper()} (export the PNG mask instead)")
     path = config.home / image["path"]
     if not path.is_file():
@@ -208,7 +158,7 @@ def seg_dicom(config: Config, image: dict, mask: np.ndarray, model_name: str, mo
         if keyword not in source:
             setattr(source, keyword, "")
     if int(source.get("NumberOfFrames", 1) or 1) != 1 or mask.shape != (source.Rows, source.Columns):
-        raise EngineError("DICOM SEG export handles single-frame images whose size matches the mask")
+        raise ExportError("DICOM SEG export handles single-frame images whose size matches the mask; export the PNG mask instead")
     description = hd.seg.SegmentDescription(
         segment_number=1, segment_label="Fetal head",
         segmented_property_category=codes.SCT.AnatomicalStructure, segmented_property_type=codes.SCT.Head,

@@ -19,7 +19,15 @@ import numpy as np
 from PIL import Image
 
 from engine.config import Config
-from engine.errors import DiskFull, EngineError, TooLarge, UnreadableStudy, is_disk_full, short_reason
+from engine.context import Context
+from engine.errors import (
+    DiskFull,
+    EngineError,
+    TooLarge,
+    UnreadableStudy,
+    is_disk_full,
+    short_reason,
+)
 from engine.io import read_study
 from engine.io.archive import iter_zip
 from engine.io.deid import deidentify
@@ -27,9 +35,9 @@ from engine.io.fields import fields_of
 from engine.io.jpeg import strip_jpeg_metadata
 from engine.io.sniff import is_zip
 from engine.io.study import Study
-from engine.store import Store, utc_now
+from engine.store import utc_now
 
-__all__ = ["IngestResult", "Prepared", "prepare", "ingest_files", "ingest_paths", "open_store"]
+__all__ = ["IngestResult", "Prepared", "prepare", "ingest_files", "ingest_paths"]
 
 log = logging.getLogger("radlens.ingest")
 
@@ -59,13 +67,6 @@ class Prepared:
     fields: dict
     study_key: str
     sha256: str
-
-
-def open_store(config: Config) -> Store:
-    """The store for this config, migrated (idempotent)."""
-    store = Store(config.db_path)
-    store.migrate()
-    return store
 
 
 def prepare(data: bytes, salt: str, config: Config) -> Prepared:
@@ -115,27 +116,27 @@ def _png_bytes(pixels: np.ndarray) -> bytes:
 
 def ingest_files(
     items: Iterable[tuple[str, bytes]],
-    config: Config,
-    store: Store | None = None,
+    ctx: Context,
     source: str = "upload",
     progress: Callable[[int, str], None] | None = None,
 ) -> list[IngestResult]:
-    """Ingest (name, bytes) pairs; zips are expanded. One result per file; failures never stop the batch."""
-    store = store or open_store(config)
-    salt = store.setting("uid_salt") or ""
+    """Ingest (name, bytes) pairs; zips are expanded. One result per file; failures never stop the batch.
+    `progress(done, name)` is called after each file; the batch is logged once."""
+    ctx.require("case.upload")
+    salt = ctx.store.setting("uid_salt") or ""
     results: list[IngestResult] = []
     for name, data in items:
-        for member_name, member, error in _expand(name, data, config):
+        for member_name, member, error in _expand(name, data, ctx.config):
             result = (IngestResult(member_name, "error", error=_message(error)) if error
-                      else _ingest_one(member_name, member, salt, config, store, source))
+                      else _ingest_one(member_name, member, salt, ctx, source))
             results.append(result)
             if progress:
                 progress(len(results), member_name)
-    _log_batch(store, config, results, source)
+    _log_batch(ctx, results, source)
     return results
 
 
-def ingest_paths(paths: Iterable[Path], config: Config, store: Store | None = None,
+def ingest_paths(paths: Iterable[Path], ctx: Context,
                  source: str = "cli") -> Iterator[IngestResult]:
     """Files, zips or folders (recursively) from disk, yielded as they land."""
     for path in _walk(paths):
@@ -144,7 +145,7 @@ def ingest_paths(paths: Iterable[Path], config: Config, store: Store | None = No
         except OSError as exc:
             yield IngestResult(str(path), "error", error=f"cannot read file ({exc.strerror})")
             continue
-        yield from ingest_files([(str(path), data)], config, store, source)
+        yield from ingest_files([(str(path), data)], ctx, source)
 
 
 def _walk(paths: Iterable[Path]) -> Iterator[Path]:
@@ -169,36 +170,36 @@ def _expand(name: str, data: bytes, config: Config) -> Iterator[tuple[str, bytes
     yield name, data, None
 
 
-def _ingest_one(name: str, data: bytes, salt: str, config: Config, store: Store, source: str) -> IngestResult:
+def _ingest_one(name: str, data: bytes, salt: str, ctx: Context, source: str) -> IngestResult:
     try:
-        prepared = prepare(data, salt, config)
-        case_id, image_id, duplicate = _write(prepared, config, store, source)
+        prepared = prepare(data, salt, ctx.config)
+        case_id, image_id, duplicate = _write(prepared, ctx, source)
     except EngineError as error:
         return IngestResult(name, "error", error=_message(error))
     return IngestResult(name, "duplicate" if duplicate else "ok", case_id, image_id)
 
 
-def _write(prepared: Prepared, config: Config, store: Store, source: str) -> tuple[int, int, bool]:
-    with store.write() as db:
+def _write(prepared: Prepared, ctx: Context, source: str) -> tuple[int, int, bool]:
+    with ctx.store.write() as db:
         row = db.execute("SELECT case_id, id FROM images WHERE sha256 = ?", [prepared.sha256]).fetchone()
         if row:
-            store.audit(db, config.user, "upload.duplicate", "image", row[1], {"case_id": row[0], "source": source})
+            ctx.store.audit(db, ctx.actor, "upload.duplicate", "image", row[1], {"case_id": row[0], "source": source})
             return row[0], row[1], True
         relative = Path("files") / uuid.uuid4().hex[:2] / f"{uuid.uuid4().hex}.{prepared.extension}"
-        target = config.home / relative
+        target = ctx.config.home / relative
         try:
             _write_atomic(target, prepared.stored_bytes)
         except OSError as error:
             if not is_disk_full(error):
                 raise
-            raise DiskFull(f"the disk holding {config.home} is full; free space and upload this file again") from None
+            raise DiskFull(f"the disk holding {ctx.config.home} is full; free space and upload this file again") from None
         try:
             case_id = _upsert_case(db, prepared, source)
             image_id = db["images"].insert(
                 {**prepared.fields, "case_id": case_id, "sha256": prepared.sha256, "path": str(relative),
                  "created_at": utc_now()}
             ).last_pk
-            store.audit(db, config.user, "upload", "image", image_id,
+            ctx.store.audit(db, ctx.actor, "upload", "image", image_id,
                         {"case_id": case_id, "source": source, "format": prepared.fields["source_format"]})
         except BaseException:
             target.unlink(missing_ok=True)
@@ -236,10 +237,10 @@ def _message(error: EngineError) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _log_batch(store: Store, config: Config, results: list[IngestResult], source: str) -> None:
+def _log_batch(ctx: Context, results: list[IngestResult], source: str) -> None:
     # Counts and error classes only: file names and messages can carry identifiers.
     errors = sorted({r.error.split(":", 1)[0] for r in results if not r.ok})
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "duplicate", "error")}
     log.info("ingest source=%s ok=%d duplicate=%d error=%d kinds=%s", source, *counts.values(), ",".join(errors))
     if counts["error"]:
-        store.log_action(config.user, "upload.failed", "batch", "", {"count": counts["error"], "kinds": errors})
+        ctx.store.log_action(ctx.actor, "upload.failed", "batch", "", {"count": counts["error"], "kinds": errors})

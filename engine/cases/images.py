@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from engine.config import Config
 from engine.errors import UnknownCase
 from engine.io import read_study
 from engine.io.study import Study
+from engine.models.preprocess import model_view
 from engine.store import Store
 
-__all__ = ["get_case", "load_image", "recent_cases"]
+__all__ = ["get_case", "get_image", "load_image", "gray_image", "recent_cases"]
 
 
 def get_case(store: Store, case_id: int) -> dict:
@@ -35,3 +38,15 @@ def recent_cases(store: Store, limit: int = 200) -> dict[int, str]:
            "ORDER BY received_at DESC, id DESC LIMIT ?")
     with store.read() as db:
         return {r[0]: " ".join(f"#{r[0]} {r[1]} {r[2] or ''} {r[3] or ''}".split()) for r in db.execute(sql, [limit])}
+
+
+def get_image(store: Store, image_id: int) -> dict:
+    row = store.row("images", image_id)
+    if row is None:
+        raise UnknownCase(f"image {image_id} does not exist")
+    return row
+
+
+def gray_image(config: Config, image: dict) -> np.ndarray:
+    """The stored image's display rendering (first frame, its own window) as 8-bit gray: the model's input."""
+    return model_view(load_image(config, image))

@@ -1,4 +1,4 @@
-"""The segmentation task of the training program: MONAI's Dice + cross-entropy loss, validation Dice (at
+"""The segmentation task: MONAI's Dice + cross-entropy loss, validation Dice (at
 the images' own size, after the same post-processing as inference) for early stopping, and the card's
 quality figures: Dice, IoU, HD95 in mm and head-circumference error in mm, each with a bootstrap CI."""
 
@@ -9,15 +9,26 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
-from engine.measure import agreement, clean_mask, ellipse_perimeter, fit_ellipse, measure, with_spacing
+from engine.data.catalog import MaskSet, mask_augmentation
+from engine.inference.batch import autocast
+from engine.inference.measure import (
+    agreement,
+    clean_mask,
+    ellipse_perimeter,
+    fit_ellipse,
+    measure,
+    with_spacing,
+)
+from engine.inference.segment import foreground_probability, full_size_mask
+from engine.metrics import mean_ci
+from engine.models.card import ModelCard
+from engine.models.checkpoint import LoadedModel
 from engine.models.preprocess import Preprocessing
 from engine.models.registry import get_spec
-from engine.segment import foreground_probability, full_size_mask
-from engine.train.data import MaskSet
-from engine.train.loop import autocast
-from engine.train.metrics import mean_ci
+from engine.tasks.base import FormDefaults, Scored, Task
 
-__all__ = ["seg_loss", "probabilities", "validate", "quality", "fit_boundary_offset", "describe", "POSTPROCESSING"]
+__all__ = ["TASK", "seg_loss", "probabilities", "validate", "quality", "fit_boundary_offset", "describe",
+           "POSTPROCESSING"]
 
 OFFSETS_PX = np.round(np.arange(0.0, 2.001, 0.025), 3)  # the boundary offsets tried (pixels)
 
@@ -110,3 +121,40 @@ def describe(model: nn.Module, arch: str, splits, prep: Preprocessing, device: t
     return {"task": "segmentation", "positive_label": splits.label_names[1], "postprocessing": POSTPROCESSING,
             "measurement": rule, "metrics": metrics,
             "cam": {"method": "gradcam", "layer": get_spec(arch).cam_layer, "target": "predicted mask"}}
+
+
+def _segmenter_scores(loaded: LoadedModel, data) -> Scored:
+    offset = (loaded.card.measurement or {}).get("boundary_offset_px", 0.0)
+    summary, rows = quality(loaded.model, data, loaded.preprocessing,
+                                         next(loaded.model.parameters()).device, offset)
+    return Scored(summary, np.array([]), np.array([[r["dice"], abs(r["hc_mm"] - r["hc_reference_mm"])] for r in rows]))
+
+
+def _segmentation_difference(a: Scored, b: Scored) -> dict[str, list[float]]:
+    d = b.per_image - a.per_image
+    d = d[np.isfinite(d).all(axis=1)]  # an empty mask has no circumference
+    return {"Dice": list(mean_ci(d[:, 0])), "HC absolute error (mm)": list(mean_ci(d[:, 1]))}
+
+
+def _headline(metrics: dict) -> str:
+    return f"Dice {metrics['dice']['mean']:.3f}, HC error {metrics['hc_abs_error_mm']['mean']:.2f} mm"
+
+
+def _rules(card: ModelCard) -> str:
+    rule = card.measurement
+    return (f"Post-processing: {card.postprocessing}. Boundary offset {rule['boundary_offset_px']:.2f} px, "
+            f"fitted on {rule['fitted_on']} ({rule['rule']}).")
+
+
+TASK = Task(
+    name="segmentation", title="Segmentation", defaults=FormDefaults(size=256, batch_size=16, epochs=20),
+    loss=lambda train, balance: seg_loss(),
+    loss_text="MONAI DiceCELoss (Dice + cross-entropy, softmax, equal weights)",
+    augmentation=mask_augmentation,
+    augmentation_text="joint image/mask: horizontal flip, affine (rotate <= 15 deg, shift <= 5 %, scale 0.9-1.1), "
+                      "brightness/contrast 0.2",
+    validate=lambda model, val, prep, device, arch: validate(model, val, prep, device), score="val_dice",
+    describe=describe, scores=_segmenter_scores, difference=_segmentation_difference, headline=_headline,
+    headline_numbers=lambda m: {"dice": m["dice"]["mean"], "hc_abs_error_mm": m["hc_abs_error_mm"]["mean"]},
+    rules=_rules, refit_on_rewrite=True,
+)

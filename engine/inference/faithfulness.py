@@ -18,8 +18,11 @@ import numpy as np
 import torch
 from pytorch_grad_cam.metrics.arcc import Complexity
 from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
-from pytorch_grad_cam.metrics.perturbation_confidence import (PerturbationConfidenceMetric, RemoveLeastRelevantFirst,
-                                                               RemoveMostRelevantFirst)
+from pytorch_grad_cam.metrics.perturbation_confidence import (
+    PerturbationConfidenceMetric,
+    RemoveLeastRelevantFirst,
+    RemoveMostRelevantFirst,
+)
 from pytorch_grad_cam.metrics.road import NoisyLinearImputer, neighbors_weights
 from scipy.sparse import csc_matrix
 from scipy.sparse.linalg import spsolve

@@ -1,0 +1,36 @@
+"""Batched prediction over arrays of images (evaluation and training): logits plus the pooled
+features the OOD gate is fitted on. Device-agnostic (AMP + channels_last on CUDA)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from engine.models.ood import pooled
+from engine.models.preprocess import Preprocessing
+
+__all__ = ["autocast", "predict"]
+
+
+def autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, prep: Preprocessing, feature_layer: nn.Module,
+            device: torch.device, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and pooled feature-layer activations (for the OOD gate) of un-augmented images."""
+    model.eval()
+    captured: list[torch.Tensor] = []
+    handle = feature_layer.register_forward_hook(lambda m, i, o: captured.append(pooled(o).cpu()))
+    logits = []
+    try:
+        for start in range(0, len(images), batch_size):
+            x = prep.normalize(images[start:start + batch_size]).to(device, memory_format=torch.channels_last)
+            with autocast(device):
+                logits.append(model(x).float().cpu())
+    finally:
+        handle.remove()
+    return torch.cat(logits), torch.cat(captured)

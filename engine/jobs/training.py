@@ -1,0 +1,221 @@
+"""The one definition of a training run: `TrainConfig`. The training program's command line is generated
+from it, the Training form fills it, and a job row stores it; defaults come from the task (size, batch size,
+epochs) or from here, never from a third place. `submit_training` turns the form's intent (fine-tune from
+the active model, add the reviewed cases, N GPUs) into a config and queues it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from engine.context import Context
+from engine.data.catalog import DATASETS
+from engine.data.reviews import usable_review_ids
+from engine.errors import JobError
+from engine.jobs.queue import job_folder, submit
+from engine.models.catalog import active_model
+from engine.models.registry import get_spec, list_models
+from engine.tasks import get_task
+
+__all__ = ["TrainConfig", "TrainingRequest", "get_args_parser", "submit_training", "visible_gpus", "PROGRAM"]
+
+PROGRAM = "engine.train.run"
+
+
+def _opt(help_text: str, default=None, **argparse_kw):
+    """A TrainConfig field: its default and how the command line spells it."""
+    return field(default=default, metadata={"help": help_text, **argparse_kw})
+
+
+def _ids(text: str) -> tuple[int, ...]:
+    return tuple(int(i) for i in text.split(",") if i)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs. None means "the task's default" (see `resolved`)."""
+
+    dataset: str = _opt("a dataset of the catalogue", "cxr_pneumonia", choices=lambda: list(DATASETS))
+    model: str = _opt("a registered architecture; its task (classification or segmentation) must be the "
+                      "dataset's", "resnet18", choices=list_models)
+    data_path: Path | None = _opt("folder for --dataset folder (manifest.csv or split/label/files)", type=Path)
+    pretrained: bool = _opt("start from ImageNet weights in the local torch cache", False)
+    size: int | None = _opt("square input size in pixels (default: the task's)", type=int)
+    epochs: int | None = _opt("most epochs to train (default: the task's)", type=int)
+    patience: int = _opt("stop after this many epochs without a better validation score (AUC for "
+                         "classification, Dice for segmentation)", 8, type=int)
+    batch_size: int | None = _opt("images per step and process (default: the task's)", type=int)
+    lr: float = _opt("AdamW learning rate", 1e-3, type=float)
+    weight_decay: float = _opt("AdamW weight decay", 1e-4, type=float)
+    warmup_epochs: float = _opt("linear warm-up before the cosine schedule", 1.0, type=float)
+    seed: int = _opt("seed of shuffling, augmentation and initialisation", 0, type=int)
+    device: str = _opt("auto (CUDA when present), cpu or cuda", "auto", choices=lambda: ["auto", "cpu", "cuda"])
+    threads: int = _opt("CPU threads (0: torch's default)", 0, type=int)
+    name: str | None = _opt("model name (default: <dataset>-<model>)")
+    version: str = _opt("model version written into the card", "1.0.0")
+    output: Path | None = _opt("run folder (default: $RADLENS_HOME/runs/<name>)", type=Path)
+    half: bool = _opt("store fp16 weights (metrics are computed with them)", False)
+    init_from: Path | None = _opt("fine-tune: start from these installed weights (same architecture; their "
+                                  "normalisation is kept)", type=Path)
+    augment: bool = _opt("train on the images as they are", True, flag="--no-augment")
+    balance: str = _opt("classification: inverse-frequency class weights in the loss (weights) or none", "weights",
+                        choices=lambda: ["weights", "none"])
+    review_ids: tuple[int, ...] = _opt("comma-separated review ids whose cases join the training split "
+                                       "(classification)", (), type=_ids)
+    reviews_only: bool = _opt("train on the reviewed cases only, without the dataset's own training split "
+                              "(validation and test stay the dataset's)", False)
+
+    @property
+    def task(self) -> str:
+        return get_spec(self.model).task
+
+    def resolved(self) -> TrainConfig:
+        """The task's defaults filled in, and the name; raises JobError for a combination that cannot run."""
+        if self.model not in list_models():
+            raise JobError(f"Unknown architecture {self.model!r}. Available: {', '.join(list_models())}")
+        if self.dataset not in DATASETS:
+            raise JobError(f"Unknown dataset {self.dataset!r}. Available: {', '.join(DATASETS)}")
+        if DATASETS[self.dataset].task != self.task:
+            raise JobError(f"{self.model} is a {self.task} model; dataset {self.dataset!r} is for "
+                           f"{DATASETS[self.dataset].task}: choose a {self.task} dataset or another architecture")
+        defaults = get_task(self.task).defaults
+        done = dataclasses.replace(
+            self, size=self.size or defaults.size, epochs=self.epochs or defaults.epochs,
+            batch_size=self.batch_size or defaults.batch_size, name=self.name or f"{self.dataset}-{self.model}")
+        for label, value, low in (("epochs", done.epochs, 1), ("batch size", done.batch_size, 2),
+                                  ("image size", done.size, 16), ("patience", done.patience, 1)):
+            if value < low:
+                raise JobError(f"{label} must be at least {low} (got {value})")
+        if not done.lr > 0:
+            raise JobError(f"the learning rate must be positive (got {done.lr})")
+        return done
+
+    def to_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name: f for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for key in ("data_path", "output", "init_from"):
+            if values.get(key):
+                values[key] = Path(values[key])
+        if "review_ids" in values:
+            values["review_ids"] = tuple(values["review_ids"])
+        return cls(**values)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainConfig:
+        return cls.from_dict(vars(args))
+
+    def to_argv(self) -> list[str]:
+        """The command-line arguments that give this config (defaults left out)."""
+        argv = []
+        for f in fields(self):
+            value, default = getattr(self, f.name), f.default
+            if value == default or value is None:
+                continue
+            flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+            if isinstance(value, bool):
+                argv.append(flag)
+            elif isinstance(value, tuple):
+                argv += [flag, ",".join(map(str, value))]
+            else:
+                argv += [flag, str(value)]
+        return argv
+
+    def command(self, world: int = 1) -> str:
+        """The command that reproduces this run."""
+        launcher = f"torchrun --nproc-per-node={world}" if world > 1 else "python"
+        return f"{launcher} -m {PROGRAM} " + shlex.join(self.to_argv())
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The training program's parser, generated from TrainConfig (plus --resume and --job)."""
+    p = argparse.ArgumentParser(prog=f"python -m {PROGRAM}", description="Train a RadLens classifier or "
+                                "segmentation model and write its weights and model card")
+    for f in fields(TrainConfig):
+        meta = dict(f.metadata)
+        flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
+        if "choices" in meta:
+            meta["choices"] = meta["choices"]()
+        if f.type in ("bool",):
+            meta["action"] = "store_false" if f.default else "store_true"
+        p.add_argument(flag, dest=f.name, default=f.default, **meta)
+    p.add_argument("--resume", action="store_true", help="continue from <output>/state.pt at its epoch + 1")
+    p.add_argument("--job", type=int, help="run training job ID of the store (its configuration comes from the job)")
+    return p
+
+
+def visible_gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if visible_gpus() else "cpu"
+    if device == "cuda" and not visible_gpus():
+        raise JobError("device cuda was chosen but no GPU is visible to torch; choose cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise JobError(f"Unknown device {device!r}. Use auto, cpu or cuda")
+    return device
+
+
+def _with_base(ctx: Context, cfg: TrainConfig, fine_tune: bool) -> TrainConfig:
+    if not fine_tune:
+        return cfg
+    base = active_model(ctx, cfg.task)
+    if base.card.arch != cfg.model:
+        raise JobError(f"fine-tuning starts from the active {cfg.task} model, {base.name} ({base.card.arch}): "
+                       f"choose {base.card.arch} or turn fine-tuning off")
+    return dataclasses.replace(cfg, init_from=base.path)
+
+
+def _with_reviews(ctx: Context, cfg: TrainConfig, use_reviews: bool, with_base_train: bool) -> TrainConfig:
+    if not use_reviews:
+        return cfg
+    if not get_task(cfg.task).uses_reviews:
+        raise JobError(f"reviews carry labels, so they can train classifiers only, not {cfg.task} models")
+    reviews = usable_review_ids(ctx.store, active_model(ctx, cfg.task).card.labels)
+    if not reviews:
+        raise JobError("no review gives a usable label yet: agree with a prediction or correct its label "
+                       "on the Diagnosis page first")
+    return dataclasses.replace(cfg, review_ids=tuple(reviews), reviews_only=not with_base_train)
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    """What the Training form asks for: a configuration and how to start from what is installed."""
+
+    config: TrainConfig
+    fine_tune: bool = False  # start from the task's active model (same architecture)
+    use_reviews: bool = False  # add every usable clinician review to the training split ...
+    with_base_train: bool = True  # ... together with the dataset's own training split
+    gpus: int = 1  # > 1: torchrun with one process per GPU
+
+
+def submit_training(ctx: Context, request: TrainingRequest, start: bool = True) -> int:
+    """Queue a training job (audited) and start it if its device is free; returns the job id."""
+    ctx.require("job.submit")
+    cfg, gpus = request.config.resolved(), request.gpus
+    if gpus < 1 or (gpus > 1 and gpus > visible_gpus()):
+        raise JobError(f"{gpus} GPUs were asked for; {visible_gpus()} are visible")
+    device = _device(cfg.device)
+    cfg = _with_reviews(ctx, _with_base(ctx, cfg, request.fine_tune), request.use_reviews, request.with_base_train)
+
+    def finish(job_id: int) -> dict:
+        slug = f"{cfg.dataset.replace('_', '-')}-{cfg.model.replace('_', '-')}-job{job_id}"
+        final = dataclasses.replace(cfg, device=device, name=slug, version=f"job{job_id}",
+                                    output=job_folder(ctx.config, job_id))
+        return {"config": {"train": final.to_dict(), "gpus": gpus, "fine_tune": request.fine_tune},
+                "model_name": slug, "output": str(final.output)}
+
+    return submit(ctx, "train", device=device, task=cfg.task, review_ids=list(cfg.review_ids), complete=finish,
+                  detail={"dataset": cfg.dataset, "arch": cfg.model, "epochs": cfg.epochs, "device": device,
+                          "reviews": len(cfg.review_ids)}, start=start)
