@@ -11,7 +11,7 @@ endif
 RUNTIME_STAMP := $(VENV)/.runtime-$(shell cat requirements.txt | sha256sum | cut -c1-16)
 DEV_STAMP := $(VENV)/.dev-$(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
 
-.PHONY: run test bench train chromium clean
+.PHONY: run test test-fast lint bench train chromium clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -40,8 +40,16 @@ chromium:
 			|| echo "chromium could not be installed; browser tests will skip"; \
 	fi
 
-test: $(DEV_STAMP) chromium
+lint: $(DEV_STAMP)
+	$(VENV)/bin/ruff check .
+
+test: lint chromium
 	home=$$(mktemp -d); TQDM_DISABLE=1 RADLENS_HOME=$$home $(PY) -m pytest -q -p no:cacheprovider; \
+		status=$$?; rm -rf $$home; exit $$status
+
+# The unit tier while working (no training runs, background jobs, browser or whole pages): under 3 minutes.
+test-fast: lint
+	home=$$(mktemp -d); TQDM_DISABLE=1 RADLENS_HOME=$$home $(PY) -m pytest -q -p no:cacheprovider -m "not slow"; \
 		status=$$?; rm -rf $$home; exit $$status
 
 bench: $(DEV_STAMP)

@@ -133,8 +133,9 @@ def main(argv: list[str] | None = None) -> None:
         report("case_latency", {
             "threads": args.threads, "repeats": args.repeats, "model": classifier.loaded.name,
             "input_size": prep.size, "device": str(classifier.device), "cases": figures,
-            "note": "single_pass = engine.infer.Classifier (one forward, head-only backward, channels_last) + "
-                    "engine.explain.overlay; typical = no-grad forward + grad-cam GradCAM (second forward, full "
+            "note": "single_pass = engine.inference.classify.Classifier (one forward, head-only backward, "
+                    "channels_last) + "
+                    "engine.draw.overlay; typical = no-grad forward + grad-cam GradCAM (second forward, full "
                     "backward) + show_cam_on_image; both decode the stored file (JPEG kept as uploaded minus "
                     "metadata; DICOM), overlay at the page's display size (longest side "
                     f"{DISPLAY_MAX_SIDE} px) and write the prediction row",

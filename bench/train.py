@@ -8,7 +8,8 @@ throughput: images/s of the shipped classifier's recipe (resnet18, 224 px, batch
 time-to-auc: the shipped recipe from scratch (`python -m engine.train.run`, the card's exact arguments)
   with the wall time at which validation AUC first reaches the shipped card's best (0.9957), capped.
 kills: kill -9 of a training job at 10 random moments (1-12 s after each (re)start) across a short run
-  (48 films, 48 px, 20 epochs), resuming after each; reports how many kills hit a checkpoint write (a temp file left behind), whether
+  (48 films, 48 px, 20 epochs), resuming after each; reports how many kills hit a checkpoint write (a temp file
+  left behind), whether
   every state.pt loaded, and whether the final per-epoch numbers and weights equal an uninterrupted run.
 serving: what the dashboard's user feels while a job trains: the Diagnosis call (classify + single-pass
   Grad-CAM of a real film, the dashboard's torch threads) and a worklist page query, idle and then while a
@@ -184,7 +185,8 @@ def kills(root: Path, n: int, seed: int) -> dict:
         print(results[-1], flush=True)
         resume_job(ctx, job_id)
     final = _wait_end(store, job_id)
-    lines = lambda j: [json.loads(x) for x in (config.home / "jobs" / str(j) / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    lines = lambda j: [json.loads(x) for x in  # noqa: E731
+                       (config.home / "jobs" / str(j) / "metrics.jsonl").read_text().splitlines()]
     resumed, uninterrupted = lines(job_id), lines(reference)
     a, b = (load_state(config.home / "jobs" / str(j) / "state.pt")["model"] for j in (job_id, reference))
     return {
@@ -250,7 +252,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.what == "throughput":
-        report(f"train_throughput_{args.device}_{args.threads}t", throughput(torch.device(args.device), args.steps, args.warmup))
+        report(f"train_throughput_{args.device}_{args.threads}t",
+               throughput(torch.device(args.device), args.steps, args.warmup))
         return
     # The other modes write checkpoints (~0.5 GB for kills) into a scratch folder removed afterwards.
     with tempfile.TemporaryDirectory(prefix=f"bench-{args.what}-", ignore_cleanup_errors=True) as tmp:

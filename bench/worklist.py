@@ -52,7 +52,8 @@ def main() -> None:
         seed(store, N_CASES)
         figures = {name: {**summary(timed(lambda q=q: query_worklist(store, q), 21)),
                           "total": query_worklist(store, q).total} for name, q in QUERIES.items()}
-        figures["facets"] = summary(timed(lambda: (facet_values(store, "modality"), facet_values(store, "body_part")), 21))
+        facets = lambda: (facet_values(store, "modality"), facet_values(store, "body_part"))  # noqa: E731
+        figures["facets"] = summary(timed(facets, 21))
     report("worklist", {"cases": N_CASES, "target_ms": 100, "queries": figures})
 
 

@@ -27,8 +27,8 @@ from engine.inference.cam import BASELINE, METHODS
 from engine.inference.explainer import Explainer, Heatmap
 from engine.inference.faithfulness import METRICS, REMOVED
 
-__all__ = ["method_controls", "display_controls", "comparison", "overlay_grid", "faithfulness_table", "deletion_curves", "exports",
-           "audit_intro", "audit_form", "audit_runs", "audit_picker", "audit_view"]
+__all__ = ["method_controls", "display_controls", "comparison", "overlay_grid", "faithfulness_table",
+           "deletion_curves", "exports", "audit_intro", "audit_form", "audit_runs", "audit_picker", "audit_view"]
 
 DEFAULT_METHODS = ["gradcam", "gradcam++", "eigencam"]
 SLOW = ("scorecam",)  # seconds per image on a CPU: the user is told before choosing
@@ -168,7 +168,8 @@ def audit_runs(store) -> None:
         st.info("No audits yet.")
         return
     frame = pd.DataFrame([{
-        "id": r["id"], "started": r["created_at"][:16].replace("T", " "), "model": f"{r['model_name']} v{r['model_version']}",
+        "id": r["id"], "started": r["created_at"][:16].replace("T", " "),
+        "model": f"{r['model_name']} v{r['model_version']}",
         "method": METHODS[r["method"]].title, "data": f"{r['dataset']} {r['split']}", "status": r["status"],
         "progress": r["done"] / r["total"] if r["total"] else 0.0, "border_share": r["border_share"],
         "corner_share": r["corner_share"], "road": r["road"], "error": r["error"]} for r in runs])
@@ -205,7 +206,8 @@ def audit_view(config: Config, row: dict, explainer: Explainer, colormap: str = 
     uniform = summary["uniform"]
     c1, c2, c3 = st.columns(3)
     for column, key, title, reference in (
-            (c1, "border_share", "Heatmap mass in the outer 10 % border", f"uniform map: {uniform['border_share']:.0%}"),
+            (c1, "border_share", "Heatmap mass in the outer 10 % border",
+             f"uniform map: {uniform['border_share']:.0%}"),
             (c2, "corner_share", "Mass in the two top corners", f"uniform map: {uniform['corner_share']:.1%}")):
         mean, low, high = summary[key]
         column.metric(title, f"{mean:.1%}", f"{reference} · 95 % CI {low:.1%}-{high:.1%}", delta_color="off",
@@ -224,8 +226,9 @@ def audit_view(config: Config, row: dict, explainer: Explainer, colormap: str = 
                      caption=f"Mean heatmap, {label} (n={per['n']}): border {per['border_share']:.1%}, "
                              f"corners {per['corner_share']:.1%}")
     with columns[-1]:
-        st.plotly_chart(px.histogram(pd.DataFrame(summary["images"]), x="road", color="label", nbins=30,
-                                     title="ROAD per image").update_layout(height=300, margin=dict(l=0, r=0, t=40, b=0)),
+        histogram = px.histogram(pd.DataFrame(summary["images"]), x="road", color="label", nbins=30,
+                                 title="ROAD per image")
+        st.plotly_chart(histogram.update_layout(height=300, margin=dict(l=0, r=0, t=40, b=0)),
                         width="stretch", config={"displayModeBar": False})
     st.markdown(f"**The {TOP_OUTSIDE} images whose heatmap lies most outside the central region**")
     by_name = {r["name"]: r for r in summary["images"]}

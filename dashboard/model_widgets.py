@@ -17,8 +17,9 @@ from engine.models.card import ModelCard
 from engine.models.preprocess import Preprocessing
 from engine.tasks import get_task
 
-__all__ = ["overlay_controls", "cam_view", "prediction_panel", "review_form", "history", "card_metrics",
-           "roc_chart", "reliability_chart", "reliability_overlay", "prep_text", "card_details", "headline", "card_summary", "seg_card_metrics"]
+__all__ = ["overlay_controls", "cam_view", "prediction_panel", "review_form", "history", "card_metrics", "roc_chart",
+           "reliability_chart", "reliability_overlay", "prep_text", "card_details", "headline", "card_summary",
+           "seg_card_metrics"]
 
 
 def overlay_controls() -> tuple[bool, float, str]:
@@ -166,7 +167,8 @@ def seg_card_metrics(metrics: dict) -> None:
         row = {"Metric": name}
         for split, m in metrics.items():
             v = m[key]
-            row[f"{split} (n={m['n']})"] = (f"{v['mean']:.{digits}f} ({v['ci95'][0]:.{digits}f}-{v['ci95'][1]:.{digits}f})"
+            row[f"{split} (n={m['n']})"] = (f"{v['mean']:.{digits}f} "
+                                            f"({v['ci95'][0]:.{digits}f}-{v['ci95'][1]:.{digits}f})"
                                             f"  [median {v['median']:.{digits}f}, p90 {v['p90']:.{digits}f}]")
         rows.append(row)
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")

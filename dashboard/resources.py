@@ -84,6 +84,6 @@ def release_models() -> None:
 
 @st.cache_data(max_entries=8, show_spinner="Evaluating both models on the held-out split...")
 def comparison(names: tuple[str, ...]) -> dict:
-    """Both models' metrics on the first one's test split and their paired difference. Installed weights never change under a name
-    (a job writes a new name), so the names are a safe key."""
+    """Both models' metrics on the first one's test split and their paired difference. Installed weights never
+    change under a name (a job writes a new name), so the names are a safe key."""
     return compare_models(_base_config(), list(names))

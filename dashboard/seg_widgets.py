@@ -28,7 +28,8 @@ def view_controls(has_truth: bool) -> dict:
     style = c1.segmented_control("Mask", ["contour", "filled"], default="contour", key="seg.style") or "contour"
     opacity = c2.slider("Opacity", 0.0, 1.0, 0.35, 0.05, disabled=style != "filled", key="seg.opacity")
     colour = c3.selectbox("Colour", list(COLOURS), key="seg.colour")
-    ellipse = c4.toggle("Fitted ellipse", value=True, key="seg.ellipse", help="The ellipse the circumference is measured on")
+    ellipse = c4.toggle("Fitted ellipse", value=True, key="seg.ellipse",
+                        help="The ellipse the circumference is measured on")
     truth = c5.toggle("Ground truth", value=has_truth, disabled=not has_truth, key="seg.truth",
                       help="The dataset's own mask, outlined in magenta (dataset cases only)")
     return {"style": style, "opacity": opacity, "colour": colour, "ellipse": ellipse, "truth": truth and has_truth}
@@ -114,7 +115,8 @@ def uncertainty_view(segmenter: Segmenter, gray) -> None:
 
 
 _HISTORY = {"id": "#", "created_at": "When (UTC)", "model_name": "Model", "model_version": "Version",
-            "weights": "Weights", "circumference": "HC", "area": "Area", "unit": "Unit", "spacing_source": "Pixel size from",
+            "weights": "Weights", "circumference": "HC", "area": "Area", "unit": "Unit",
+            "spacing_source": "Pixel size from",
             "dice": "Dice", "hd95": "HD95", "latency_ms": "ms", "actor": "By"}
 
 

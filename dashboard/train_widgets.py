@@ -133,9 +133,9 @@ def _progress(job: Job) -> None:
     done = (p["epoch"] + p["step"] / p["steps"]) / spec["epochs"]
     eta = f" - about {_duration(p['eta_s'])} left at most (early stopping may end it sooner)" \
         if job.status is JobStatus.RUNNING else ""
+    phase = p.get("phase") not in ("training", "validated") and job.status is JobStatus.RUNNING
     st.progress(min(done, 1.0), text=f"Epoch {p['epoch'] + 1}/{spec['epochs']}, step {p['step']}/{p['steps']}{eta}"
-                + (f" - {p['phase']}" if job.status is JobStatus.RUNNING and p.get("phase") not in ("training", "validated")
-                   else ""))
+                + (f" - {p['phase']}" if phase else ""))
     c = st.columns(5)
     c[0].metric("Throughput", f"{p.get('images_per_s', 0):.1f} img/s")
     c[1].metric("Best epoch", p["best_epoch"] + 1 if "best_epoch" in p else "-")

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.errors import TooLarge
+
 __all__ = ["Limits", "Config"]
 
 
@@ -23,6 +25,12 @@ class Limits:
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
+
+    def check_upload(self, size: int) -> None:
+        """Raise TooLarge when one file (or zip) of `size` bytes is over the upload limit."""
+        if size > self.max_upload_bytes:
+            raise TooLarge(f"file is {size / 2**20:,.1f} MiB; the limit is {self.max_upload_mb:,} MiB "
+                           "(RADLENS_MAX_UPLOAD_MB)")
 
     @property
     def max_zip_total_bytes(self) -> int:

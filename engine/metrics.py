@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-__all__ = ["mean_ci", "split_report", "binary_report", "bootstrap_ci", "auc_ci", "sens_at_spec", "ece", "reliability", "fit_temperature",
-           "threshold_for_specificity"]
+__all__ = ["mean_ci", "split_report", "binary_report", "bootstrap_ci", "auc_ci", "sens_at_spec", "ece", "reliability",
+           "fit_temperature", "threshold_for_specificity"]
 
 
 def bootstrap_ci(y: np.ndarray, p: np.ndarray, statistic, n_boot: int = 2000, seed: int = 0) -> dict[str, list[float]]:

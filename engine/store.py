@@ -237,7 +237,8 @@ class Store:
             db.conn.execute("PRAGMA journal_mode = WAL")
         applied = []
         with self.write() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at TEXT)")
+            db.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                       "(version INTEGER PRIMARY KEY, name TEXT, applied_at TEXT)")
             done = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
             for version, name, apply in MIGRATIONS:
                 if version not in done:

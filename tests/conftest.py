@@ -15,6 +15,23 @@ from engine.context import Context, User
 from engine.store import open_store
 
 os.environ.setdefault("TQDM_DISABLE", "1")
+
+# The slow tier: `make test` runs everything, `make test-fast` (-m "not slow") the rest in under 3 minutes.
+# A test is slow when it trains, runs a background job or a browser, renders whole pages, or evaluates a
+# model on a whole dataset split. Whole modules first, then single tests (by name prefix).
+SLOW_MODULES = {"test_jobs", "test_browser", "test_pages", "test_lifecycle", "test_train", "test_store"}
+SLOW_TESTS = (
+    "test_shipped_card_numbers_reproduce", "test_calibration_lowers", "test_classify_command",
+    "test_the_boundary_offset", "test_segmentation_training", "test_cli_segment", "test_audit_",
+    "test_a_failing_audit", "test_cli_audit", "test_gradcam_is_more_faithful",
+    "test_every_method_gives_an_input_sized_map_in_0_1_and_releases_its_hooks[scorecam]",  # ~50 s on 2 cores
+)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.module.__name__.split(".")[-1] in SLOW_MODULES or item.name.startswith(SLOW_TESTS):
+            item.add_marker(pytest.mark.slow)
 DATA_DIR = Path(os.environ["RADLENS_DATA_DIR"]) if os.environ.get("RADLENS_DATA_DIR") else None
 needs_data = pytest.mark.skipif(
     DATA_DIR is None or not DATA_DIR.is_dir(), reason="RADLENS_DATA_DIR (../shared/data) is not present"

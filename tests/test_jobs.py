@@ -51,7 +51,8 @@ def _ended(job):
 
 
 def _epochs(config, job_id):
-    return [json.loads(line) for line in (config.home / "jobs" / str(job_id) / "metrics.jsonl").read_text().splitlines()]
+    lines = (config.home / "jobs" / str(job_id) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
 
 
 def test_job_runs_in_the_background_queues_the_next_and_installs_a_candidate(config, store, ctx, tiny):
@@ -235,7 +236,7 @@ def test_torchrun_two_cpu_processes_write_the_same_checkpoint_shape(tmp_path):
                     "--output", str(tmp_path / "ddp")], cwd=ROOT, env=env, check=True, timeout=300)
     subprocess.run([sys.executable, *common, "--output", str(tmp_path / "single")], cwd=ROOT, env=env, check=True,
                    timeout=300)
-    ddp, single = load_file(str(tmp_path / "ddp" / "t.safetensors")), load_file(str(tmp_path / "single" / "t.safetensors"))
+    ddp, single = (load_file(str(tmp_path / run / "t.safetensors")) for run in ("ddp", "single"))
     assert {k: v.shape for k, v in ddp.items()} == {k: v.shape for k, v in single.items()}
     card = json.loads((tmp_path / "ddp" / "t.json").read_text())
     assert card["training"]["processes"] == 2 and card["training"]["command"].startswith("torchrun --nproc-per-node=2")

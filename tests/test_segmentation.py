@@ -266,7 +266,8 @@ def test_dicom_seg_export_re_reads_and_matches_the_mask(ctx, config, store, segm
     source = pydicom.dcmread(config.home / image["path"])
     assert ds.Modality == "SEG" and ds.SegmentationType == "BINARY"
     assert np.array_equal(ds.pixel_array.astype(bool), done.result.mask)
-    assert ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    referenced = ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+    assert referenced.ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert ds.StudyInstanceUID == source.StudyInstanceUID
     seg = hd.seg.segread(io.BytesIO(data))
     assert seg.get_segment_description(1).segment_label == "Fetal head"

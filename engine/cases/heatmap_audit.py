@@ -170,7 +170,8 @@ def run_audit(ctx: Context, audit_id: int) -> dict:
         db["heatmap_audits"].insert({
             "job_id": audit_id, "weights_sha256": loaded.sha256, "layer": request["layer"] or explainer.default_layer,
             "summary": json.dumps(summary), "heatmaps": buffer.getvalue()}, replace=True)
-    finish_job(ctx.store, audit_id, job.actor or ctx.actor, {"n": summary["n"], "border_share": summary["border_share"][0]})
+    finish_job(ctx.store, audit_id, job.actor or ctx.actor,
+               {"n": summary["n"], "border_share": summary["border_share"][0]})
     return summary
 
 
@@ -190,7 +191,8 @@ def list_audits(store: Store) -> list[dict]:
     """Every audit, newest first, with its headline numbers; one whose process died reads 'interrupted'."""
     jobs = list_jobs(store, "audit")
     with store.read() as db:
-        results = {r["job_id"]: r for r in db.query("SELECT job_id, layer, weights_sha256, summary FROM heatmap_audits")}
+        results = {r["job_id"]: r
+                   for r in db.query("SELECT job_id, layer, weights_sha256, summary FROM heatmap_audits")}
     rows = []
     for job in jobs:
         row = _audit_row(job, results.get(job.id))
@@ -206,7 +208,8 @@ def list_audits(store: Store) -> list[dict]:
 def get_audit(store: Store, audit_id: int) -> dict:
     job = get_job(store, audit_id)
     if job.kind != "audit":
-        raise JobError(f"job {audit_id} is a {job.kind} job, not an explanation audit; pick one from the list of audits")
+        raise JobError(f"job {audit_id} is a {job.kind} job, not an explanation audit; "
+                       "pick one from the list of audits")
     with store.read() as db:
         result = next(iter(db.query("SELECT * FROM heatmap_audits WHERE job_id = ?", [audit_id])), None)
     return _audit_row(job, result)

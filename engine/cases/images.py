@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 
 from engine.config import Config
@@ -11,10 +13,60 @@ from engine.io.study import Study
 from engine.models.preprocess import model_view
 from engine.store import Store
 
-__all__ = ["get_case", "get_image", "load_image", "gray_image", "recent_cases"]
+
+class ImageRow(TypedDict):
+    """One `images` row: a stored, de-identified file and the allow-listed fields read from it."""
+
+    id: int
+    case_id: int
+    sha256: str  # of the stored (de-identified) file
+    path: str  # relative to RADLENS_HOME
+    source_format: str  # dicom, png or jpeg
+    modality: str
+    body_part: str
+    view_position: str
+    laterality: str
+    rows: int
+    cols: int
+    frames: int
+    photometric: str
+    bits_allocated: int
+    bits_stored: int
+    spacing_row_mm: float | None
+    spacing_col_mm: float | None
+    spacing_source: str
+    manufacturer_model: str
+    study_description: str
+    series_description: str
+    study_date: str  # shifted
+    transfer_syntax: str
+    burned_in_risk: int
+    created_at: str
 
 
-def get_case(store: Store, case_id: int) -> dict:
+class CaseRow(TypedDict):
+    """One `cases` row (a study, or a single PNG/JPEG image) with its image rows."""
+
+    id: int
+    study_key: str  # pseudonymous
+    source: str  # upload, cli, demo
+    modality: str
+    body_part: str
+    view_position: str
+    laterality: str
+    study_description: str
+    series_description: str
+    study_date: str
+    received_at: str
+    image_count: int
+    burned_in_risk: int
+    images: list[ImageRow]
+
+
+__all__ = ["CaseRow", "ImageRow", "get_case", "get_image", "load_image", "gray_image", "recent_cases"]
+
+
+def get_case(store: Store, case_id: int) -> CaseRow:
     """A case row with its images (a list of image rows). Raises UnknownCase."""
     with store.read() as db:
         rows = list(db.query("SELECT * FROM cases WHERE id = ?", [case_id]))
@@ -24,7 +76,7 @@ def get_case(store: Store, case_id: int) -> dict:
     return {**rows[0], "images": images}
 
 
-def load_image(config: Config, image: dict) -> Study:
+def load_image(config: Config, image: ImageRow) -> Study:
     """Decode an image row's stored file (the de-identified copy; the original is never kept)."""
     path = config.home / image["path"]
     if not path.is_file():
@@ -40,13 +92,13 @@ def recent_cases(store: Store, limit: int = 200) -> dict[int, str]:
         return {r[0]: " ".join(f"#{r[0]} {r[1]} {r[2] or ''} {r[3] or ''}".split()) for r in db.execute(sql, [limit])}
 
 
-def get_image(store: Store, image_id: int) -> dict:
+def get_image(store: Store, image_id: int) -> ImageRow:
     row = store.row("images", image_id)
     if row is None:
         raise UnknownCase(f"image {image_id} does not exist")
     return row
 
 
-def gray_image(config: Config, image: dict) -> np.ndarray:
+def gray_image(config: Config, image: ImageRow) -> np.ndarray:
     """The stored image's display rendering (first frame, its own window) as 8-bit gray: the model's input."""
     return model_view(load_image(config, image))

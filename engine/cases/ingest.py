@@ -23,7 +23,6 @@ from engine.context import Context
 from engine.errors import (
     DiskFull,
     EngineError,
-    TooLarge,
     UnreadableStudy,
     is_disk_full,
     short_reason,
@@ -158,8 +157,7 @@ def _walk(paths: Iterable[Path]) -> Iterator[Path]:
 
 def _expand(name: str, data: bytes, config: Config) -> Iterator[tuple[str, bytes | None, EngineError | None]]:
     try:
-        if len(data) > config.limits.max_upload_bytes:
-            raise TooLarge(f"file is {len(data) / 2**20:,.1f} MiB; the limit is {config.limits.max_upload_mb:,} MiB")
+        config.limits.check_upload(len(data))
         if is_zip(data):
             for member in iter_zip(data, config.limits):
                 yield f"{name}/{member.name}", member.data, member.error
@@ -192,7 +190,8 @@ def _write(prepared: Prepared, ctx: Context, source: str) -> tuple[int, int, boo
         except OSError as error:
             if not is_disk_full(error):
                 raise
-            raise DiskFull(f"the disk holding {ctx.config.home} is full; free space and upload this file again") from None
+            raise DiskFull(f"the disk holding {ctx.config.home} is full; free space and upload this file "
+                           "again") from None
         try:
             case_id = _upsert_case(db, prepared, source)
             image_id = db["images"].insert(

@@ -31,7 +31,7 @@ from engine.models.checkpoint import load_model
 from engine.models.preprocess import model_view
 from engine.store import Store, utc_now
 
-__all__ = ["CaseSegmentation", "load_segmenter", "case_spacing", "segment_case_image", "export_seg", "mask_png", "read_mask_png",
+__all__ = ["CaseSegmentation", "load_segmenter", "case_spacing", "segment_case_image", "export_seg", "mask_png",
            "seg_dicom", "segmentation_history"]
 
 _TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
@@ -136,10 +136,6 @@ def mask_png(mask: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def read_mask_png(data: bytes) -> np.ndarray:
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE) > 127
-
-
 def seg_dicom(config: Config, image: dict, mask: np.ndarray, model_name: str, model_version: str) -> bytes:
     """A DICOM Segmentation (binary, one segment) referencing the stored, de-identified source image."""
     import highdicom as hd
@@ -158,7 +154,8 @@ def seg_dicom(config: Config, image: dict, mask: np.ndarray, model_name: str, mo
         if keyword not in source:
             setattr(source, keyword, "")
     if int(source.get("NumberOfFrames", 1) or 1) != 1 or mask.shape != (source.Rows, source.Columns):
-        raise ExportError("DICOM SEG export handles single-frame images whose size matches the mask; export the PNG mask instead")
+        raise ExportError("DICOM SEG export handles single-frame images whose size matches the mask; "
+                          "export the PNG mask instead")
     description = hd.seg.SegmentDescription(
         segment_number=1, segment_label="Fetal head",
         segmented_property_category=codes.SCT.AnatomicalStructure, segmented_property_type=codes.SCT.Head,

@@ -178,7 +178,8 @@ def compute_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, method: str
         cam.batch_size = batch_size
         cam.progress = progress
         cam.inference_model = inference_model
-        return cam(input_tensor=x, targets=[ClassifierOutputTarget(target) if isinstance(target, int) else target] * len(x))
+        chosen = ClassifierOutputTarget(target) if isinstance(target, int) else target
+        return cam(input_tensor=x, targets=[chosen] * len(x))
 
 
 @contextmanager

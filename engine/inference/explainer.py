@@ -73,7 +73,8 @@ class Explainer:
         if target not in self.labels:
             raise InvalidOption(f"Unknown class {target!r}. The model's labels: {', '.join(self.labels)}")
         if layer not in self.layers:
-            raise InvalidOption(f"{layer!r} is not a convolutional layer of this model; choose one the layer list offers")
+            raise InvalidOption(f"{layer!r} is not a convolutional layer of this model; "
+                                "choose one the layer list offers")
         k = self.labels.index(target)
         out = []
         for i, method in enumerate(methods):

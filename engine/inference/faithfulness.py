@@ -81,8 +81,8 @@ def _system(known: np.ndarray, pixels: np.ndarray, unknown: np.ndarray) -> tuple
         cols.append(variable[neighbour[~has_value]])
         values.append(np.full((~has_value).sum(), weight))
     diag = np.arange(len(unknown))
-    matrix = csc_matrix((np.concatenate(values + [-diagonal]), (np.concatenate(rows + [diag]), np.concatenate(cols + [diag]))),
-                        shape=(len(unknown), len(unknown)))
+    entries = (np.concatenate(values + [-diagonal]), (np.concatenate(rows + [diag]), np.concatenate(cols + [diag])))
+    matrix = csc_matrix(entries, shape=(len(unknown), len(unknown)))
     return matrix, rhs
 
 

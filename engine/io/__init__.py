@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from engine.config import Limits
-from engine.errors import TooLarge, UnsupportedFormat
+from engine.errors import UnsupportedFormat
 from engine.io.dicom import read_dicom
 from engine.io.display import presets, render
 from engine.io.raster import read_raster
@@ -22,10 +22,9 @@ READERS: dict[str, Callable[[bytes, Limits], Study]] = {
 
 
 def read_study(data: bytes, limits: Limits | None = None) -> Study:
-    """Decode one DICOM, PNG or JPEG file (zips are expanded by engine.ingest)."""
+    """Decode one DICOM, PNG or JPEG file (zips are expanded by engine.cases.ingest)."""
     limits = limits or Limits()
-    if len(data) > limits.max_upload_bytes:
-        raise TooLarge(f"file is {len(data) / 2**20:,.1f} MiB; the limit is {limits.max_upload_mb:,} MiB (RADLENS_MAX_UPLOAD_MB)")
+    limits.check_upload(len(data))
     fmt = detect_format(data)
     if fmt not in READERS:
         raise UnsupportedFormat(f"a {fmt.upper()} archive holds files; upload it as a batch, not as one image")

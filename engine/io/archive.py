@@ -39,7 +39,8 @@ def iter_zip(data: bytes, limits: Limits) -> Iterator[Member]:
         raise UnsafeArchive(f"zip holds {len(infos):,} files; the limit is {limits.max_zip_members:,}")
     declared = sum(i.file_size for i in infos)
     if declared > limits.max_zip_total_bytes:
-        raise UnsafeArchive(f"zip would expand to {declared / 2**20:,.0f} MiB; the limit is {limits.max_zip_total_mb:,} MiB")
+        raise UnsafeArchive(f"zip would expand to {declared / 2**20:,.0f} MiB; "
+                            f"the limit is {limits.max_zip_total_mb:,} MiB")
     budget = limits.max_zip_total_bytes
     for info in infos:
         name = info.filename

@@ -44,7 +44,8 @@ def fields_of(study: Study, deidentified: Dataset | None) -> dict[str, Any]:
         else f"{study.source_format.upper()} image",
         "series_description": _text(ds, "SeriesDescription"),
         "study_date": _iso_date(_text(ds, "StudyDate")),
-        "transfer_syntax": UID(ds.file_meta.TransferSyntaxUID).name if "TransferSyntaxUID" in getattr(ds, "file_meta", {}) else "",
+        "transfer_syntax": UID(ds.file_meta.TransferSyntaxUID).name
+        if "TransferSyntaxUID" in getattr(ds, "file_meta", {}) else "",
         "burned_in_risk": int(study.burned_in_risk),
     }
     assert set(fields) == set(STORED_FIELDS)

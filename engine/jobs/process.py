@@ -1,4 +1,5 @@
-"""Background processes (the job queue's training runs and heatmap audits): started detached from the caller, watched by pid."""
+"""Background processes (the job queue's training runs and heatmap audits): started detached from the caller,
+watched by pid."""
 
 from __future__ import annotations
 

@@ -23,7 +23,8 @@ from torch import nn
 
 from engine.errors import UnknownModel, WeightsUnavailable
 
-__all__ = ["OutTensor", "ModelSpec", "architectures", "register_model", "create_model", "list_models", "get_spec", "cam_layer", "imagenet_path"]
+__all__ = ["OutTensor", "ModelSpec", "architectures", "register_model", "create_model", "list_models", "get_spec",
+           "cam_layer", "imagenet_path"]
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,8 @@ def quality(model: nn.Module, data: MaskSet, prep: Preprocessing, device: torch.
     return summary, rows
 
 
-POSTPROCESSING = ("foreground probability resized to the image (bilinear), > 0.5, largest connected component, holes filled; head circumference = perimeter (Ramanujan) "
+POSTPROCESSING = ("foreground probability resized to the image (bilinear), > 0.5, largest connected component, "
+                  "holes filled; head circumference = perimeter (Ramanujan) "
                   "of the moment-fitted ellipse moved inwards by the boundary offset, x pixel size")
 
 

@@ -4,8 +4,8 @@ temperature and threshold, a segmentation model's boundary offset):
 
 The same function checks a shipped card (tests/test_diagnosis.py, tests/test_segmentation.py). `--write`
 stores the recomputed metrics back into the card (weights unchanged), for cards written before a metric
-was added; for a task that refits on rewrite (segmentation) it also refits the measurement rule on the training masks and
-rewrites the post-processing description, for cards written before the current post-processing.
+was added; for a task that refits on rewrite (segmentation) it also refits the measurement rule on the
+training masks and rewrites the post-processing description, for cards written before the current one.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ __all__ = ["get_args_parser", "main"]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Re-evaluate a RadLens weights file on its dataset")
+    p = argparse.ArgumentParser(prog="python -m engine.train.evaluate",
+                                description="Re-evaluate a RadLens weights file on its dataset")
     p.add_argument("weights", type=Path)
     p.add_argument("--data-path", type=Path, help="folder of a --dataset folder model")
     p.add_argument("--write", action="store_true", help="store the recomputed metrics in the card")

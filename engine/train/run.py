@@ -261,7 +261,8 @@ def _card(run: _Run, job_id: int | None) -> tuple[ModelCard, dict]:
         "loss": task.loss_text if cfg.balance == "weights" else task.loss_text.split(" with ")[0],
         "augmentation": task.augmentation_text if cfg.augment else "none",
         "seed": cfg.seed, "batch_size": cfg.batch_size, "pretrained": cfg.pretrained,
-        "fine_tuned_from": {"name": base.name, "version": base.version, "weights_sha256": base.sha256} if base else None,
+        "fine_tuned_from": {"name": base.name, "version": base.version, "weights_sha256": base.sha256}
+        if base else None,
         "processes": run.world, "job": job_id,
         "weights_dtype": "float16" if cfg.half else "float32",
         "hardware": _hardware(run.device, run.world), "wall_time_s": round(time.time() - run.started, 1),
