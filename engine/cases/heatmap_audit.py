@@ -31,6 +31,7 @@ from engine.inference.explainer import Explainer
 from engine.jobs.queue import (
     Job,
     claim_job,
+    dispatch,
     fail_job,
     finish_job,
     get_job,
@@ -150,7 +151,15 @@ def start_audit(ctx: Context, model_name: str, method: str, dataset: str, split:
 
 
 def run_audit(ctx: Context, audit_id: int) -> dict:
-    """Execute an audit job in this process, recording progress, the result or the failure."""
+    """Execute an audit job in this process, recording progress, the result or the failure; then start the
+    next queued job of its lane."""
+    try:
+        return _run(ctx, audit_id)
+    finally:
+        dispatch(ctx)
+
+
+def _run(ctx: Context, audit_id: int) -> dict:
     job = claim_job(ctx.store, audit_id, os.getpid())
     request = job.config
     try:

@@ -1,7 +1,7 @@
 """Installed weights: the shipped ones under weights/ and the user's under RADLENS_HOME/models/.
 
 A model is installed when `<name>.safetensors` sits in one of those folders; its card is read from the
-file itself. The active model per task is a store setting; without one, the shipped model is active.
+file itself. The active model per task is a store setting; without one, the task's shipped model is active.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ __all__ = ["InstalledModel", "SHIPPED_DIR", "installed_models", "find_model", "a
            "rollback", "rollback_target", "activation_log"]
 
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "weights"
-DEFAULT = {"classification": "cxr-pneumonia-resnet18", "segmentation": "hc18-unet"}
 
 
 @dataclass(frozen=True)
@@ -69,12 +68,10 @@ def active_model(ctx: Context, task: str = "classification") -> InstalledModel:
             return find_model(ctx.config, chosen)
         except UnknownModel:
             pass  # the chosen file was removed: fall back to the default
-    available = installed_models(ctx.config, task)
-    for model in available:
-        if model.name == DEFAULT.get(task):
-            return model
+    available = installed_models(ctx.config, task)  # shipped first: the task's shipped model is the default
     if not available:
-        raise UnknownModel(f"No {task} model is installed (looked in {SHIPPED_DIR} and {ctx.config.home / 'models'})")
+        raise UnknownModel(f"No {task} model is installed (looked in {SHIPPED_DIR} and "
+                           f"{ctx.config.home / 'models'})")
     return available[0]
 
 
