@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> None:
             show_cam_on_image(rgb, cv2.resize(heat, shown.shape[::-1]), use_rgb=True)
             st.mark("overlay")
             p = float(probs[1])
-            record_prediction(store, classifier, image, Prediction(
+            record_prediction(ctx, classifier, image, Prediction(
                 classifier.loaded.labels[target], p, {}, {"pneumonia": p}, 0.5, 0.0, "none", 0.0, 0.0, 0.0,
-                heat), "bench")
+                heat))
             st.mark("log")
 
         figures = {}
