@@ -24,5 +24,5 @@ with st.sidebar:
 navigation = st.navigation(
     [st.Page(str(p.path), title=p.title, icon=p.icon, url_path=p.url_path) for p in PAGES]
 )
-st.caption(f":material/info: **{DISCLAIMER}**")
+st.caption(":material/info: **" + DISCLAIMER + "**")
 navigation.run()

@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import state
+from dashboard.text import md
 from engine.cases.heatmap_audit import (
     TOP_OUTSIDE,
     audit_heatmaps,
@@ -84,10 +85,12 @@ def overlay_grid(gray, heatmaps: list[Heatmap], baseline: Heatmap, opacity: floa
                 st.image(overlay(gray, keep_top(h.cam, top), opacity, colormap, GRID_SIDE), width="stretch")
                 better = h.faithfulness.road > baseline.faithfulness.road
                 badge = ":green-badge[above random]" if better else ":orange-badge[not above random]"
-                st.markdown(f"**{h.title}** · {_runtime(h)}  \nROAD {h.faithfulness.road:+.2f} {badge} "
-                            f"(random {baseline.faithfulness.road:+.2f})")
-    st.caption(f"Evidence for **{heatmaps[0].target}** at layer `{heatmaps[0].layer}`. Warm = more evidence; "
-               "each map is scaled to its own maximum, so compare where the maps point, not how hot they are.")
+                st.markdown(md("**{title}** · {runtime}  \nROAD {road:+.2f} " + badge + " (random {random:+.2f})",
+                               title=h.title, runtime=_runtime(h), road=h.faithfulness.road,
+                               random=baseline.faithfulness.road))
+    st.caption(md("Evidence for **{target}** at layer {layer}. Warm = more evidence; each map is scaled to its "
+                  "own maximum, so compare where the maps point, not how hot they are.", target=heatmaps[0].target,
+                  layer=heatmaps[0].layer))
 
 
 def faithfulness_table(heatmaps: list[Heatmap], baseline: Heatmap) -> None:
@@ -183,9 +186,10 @@ def audit_runs(store) -> None:
 
 
 def audit_intro(model_name: str) -> None:
-    st.caption(f"Run one method over a whole dataset split with **{model_name}**: how much of the heatmap falls "
-               "on the image border and the top corners (where markers and burned-in text sit), and how faithful "
-               "the maps are. Runs in the background; every run is kept for comparing model versions.")
+    st.caption(md("Run one method over a whole dataset split with **{name}**: how much of the heatmap falls on the "
+                  "image border and the top corners (where markers and burned-in text sit), and how faithful the "
+                  "maps are. Runs in the background; every run is kept for comparing model versions.",
+                  name=model_name))
 
 
 def audit_picker(store) -> dict | None:
@@ -214,9 +218,10 @@ def audit_view(config: Config, row: dict, explainer: Explainer, colormap: str = 
                       delta_arrow="off")
     mean, low, high = summary["road"]
     c3.metric("Mean ROAD", f"{mean:+.2f}", f"95 % CI {low:+.2f} to {high:+.2f}", delta_color="off", delta_arrow="off")
-    st.markdown(f"**{summary['n']} images** of {row['dataset']} {row['split']} · {METHODS[row['method']].title} at "
-                f"`{row['layer']}` · model {row['model_name']} v{row['model_version']} · explained class = the "
-                f"model's output (accuracy {summary['accuracy']:.1%})")
+    st.markdown(md("**{n} images** of {dataset} {split} · {method} at {layer} · model {model} v{version} · "
+                   "explained class = the model's output (accuracy {accuracy:.1%})", n=summary["n"],
+                   dataset=row["dataset"], split=row["split"], method=METHODS[row["method"]].title, layer=row["layer"],
+                   model=row["model_name"], version=row["model_version"], accuracy=summary["accuracy"]))
     heatmaps = {label: cam for label, cam in audit_heatmaps(row).items() if summary["per_class"][label]["n"]}
     size = next(iter(heatmaps.values())).shape[0] if heatmaps else 0
     columns = st.columns([1] * len(heatmaps) + [2])
@@ -230,7 +235,7 @@ def audit_view(config: Config, row: dict, explainer: Explainer, colormap: str = 
                                  title="ROAD per image")
         st.plotly_chart(histogram.update_layout(height=300, margin=dict(l=0, r=0, t=40, b=0)),
                         width="stretch", config={"displayModeBar": False})
-    st.markdown(f"**The {TOP_OUTSIDE} images whose heatmap lies most outside the central region**")
+    st.markdown(md("**The {n} images whose heatmap lies most outside the central region**", n=TOP_OUTSIDE))
     by_name = {r["name"]: r for r in summary["images"]}
     chosen = None
     for start in range(0, TOP_OUTSIDE, 4):

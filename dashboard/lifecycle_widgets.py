@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import model_widgets, resources
+from dashboard.text import md
 from engine.models.catalog import InstalledModel, activation_log
 from engine.store import Store
 
@@ -60,9 +61,9 @@ def compare(models: list[InstalledModel], active: dict[str, str], chosen: Instal
     reports = result["reports"]
     st.caption("Each model with its own threshold / calibration (or boundary offset), on version A's dataset's "
                "test split; 95 % bootstrap CIs.")
-    st.markdown(f"**B - A, paired over the same {next(iter(reports.values()))['n']} images:** " + "; ".join(
-        f"{name} {d:+.4f} (95 % CI {lo:+.4f} to {hi:+.4f}, "
-        f"{'excludes 0' if lo > 0 or hi < 0 else 'includes 0: no difference established'})"
+    st.markdown(md("**B - A, paired over the same {n} images:** ", n=next(iter(reports.values()))["n"]) + "; ".join(
+        md("{name} {d:+.4f} (95 % CI {lo:+.4f} to {hi:+.4f}, " + ("excludes 0" if lo > 0 or hi < 0 else
+           "includes 0: no difference established") + ")", name=name, d=d, lo=lo, hi=hi)
         for name, (d, lo, hi) in result["difference"].items()))
     COMPARISON_VIEWS[chosen.task](reports)
 

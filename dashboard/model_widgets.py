@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard.registry import page_path
+from dashboard.text import md, plain
 from dashboard.widgets import image_view
 from engine.cases.diagnosis import VERDICTS
 from engine.draw import COLORMAPS, DISPLAY_MAX_SIDE, overlay
@@ -34,27 +35,30 @@ def cam_view(gray, prediction: Prediction, show: bool, opacity: float, colormap:
     image = overlay(gray, prediction.cam, opacity, colormap, DISPLAY_MAX_SIDE) if show else gray
     image_view(Rendered(image, (), None), height=640)
     if show:
-        st.caption(f"Grad-CAM ({prediction.cam_method}) of **{prediction.label}**: warm colours mark the regions "
-                   "that raised that class's score most. It shows where the model looked, not a lesion outline. "
-                   f"Shown at up to {DISPLAY_MAX_SIDE} px; the Viewer has the full resolution.")
+        st.caption(md("Grad-CAM ({method}) of **{label}**: warm colours mark the regions that raised that "
+                      "class's score most. It shows where the model looked, not a lesion outline. Shown at up to "
+                      "{side} px; the Viewer has the full resolution.", method=prediction.cam_method,
+                      label=prediction.label, side=DISPLAY_MAX_SIDE))
 
 
 def prediction_panel(prediction: Prediction, model_name: str, model_version: str, positive: str) -> None:
     if prediction.out_of_distribution:
-        st.warning(f"{OOD_WARNING} (OOD score {prediction.ood_score:.1f} > threshold "
-                   f"{prediction.ood_threshold:.1f})", icon=":material/warning:")
+        st.warning(md(OOD_WARNING + " (OOD score {score:.1f} > threshold {threshold:.1f})",
+                      score=prediction.ood_score, threshold=prediction.ood_threshold), icon=":material/warning:")
     flagged = prediction.label == positive
     caveat = " (unreliable for this image)" if prediction.out_of_distribution else ""
-    st.metric(f"Calibrated probability of {positive}{caveat}", percent(prediction.probability))
+    st.metric(md("Calibrated probability of {positive}" + caveat, positive=positive),
+              percent(prediction.probability))
     side = ":orange-badge[Above" if flagged else ":green-badge[Below"
-    st.markdown(f"{side} the operating threshold {prediction.threshold:.1%}: **{prediction.label}**]")
+    st.markdown(md(side + " the operating threshold {threshold:.1%}: **{label}**]", threshold=prediction.threshold,
+                   label=prediction.label))
     spread = ("± {:.1%} (spread over test-time augmentation)" if prediction.uncertainty_method.startswith("tta")
               else "{:.2f} bits (predictive entropy; 0 = certain, 1 = coin toss)").format(prediction.uncertainty)
-    st.markdown(f"**Uncertainty:** {spread}  \n"
-                f"**OOD score:** {prediction.ood_score:.1f} (threshold {prediction.ood_threshold:.1f})")
+    st.markdown(md("**Uncertainty:** {spread}  \n**OOD score:** {score:.1f} (threshold {threshold:.1f})",
+                   spread=spread, score=prediction.ood_score, threshold=prediction.ood_threshold))
     probability_bars(prediction)
-    st.caption(f"Model **{model_name}** v{model_version} - {prediction.latency_ms:.0f} ms "
-               "(preprocess + forward + Grad-CAM)")
+    st.caption(md("Model **{name}** v{version} - {ms:.0f} ms (preprocess + forward + Grad-CAM)",
+                  name=model_name, version=model_version, ms=prediction.latency_ms))
     st.page_link(page_path("models"), label="Model card", icon=":material/description:",
                  query_params={"model": model_name})
 
@@ -217,17 +221,19 @@ def card_details(card: ModelCard) -> None:
     training = card.training
     c2.markdown("**Training**")
     c2.code(training["command"], language="bash")
-    c2.markdown(f"{training['hardware']}; {training['wall_time_s'] / 60:.1f} min; {training['epochs_run']} epochs "
-                f"(best {training['best_epoch'] + 1}); {training['optimizer']}; {training['loss']}; "
-                f"augmentation: {training['augmentation']}; weights {training['weights_dtype']}")
+    c2.text(f"{training['hardware']}; {training['wall_time_s'] / 60:.1f} min; {training['epochs_run']} epochs "
+            f"(best {training['best_epoch'] + 1}); {training['optimizer']}; {training['loss']}; "
+            f"augmentation: {training['augmentation']}; weights {training['weights_dtype']}")
     if training.get("fine_tuned_from"):
         base = training["fine_tuned_from"]
-        c2.markdown(f"Fine-tuned from **{base['name']}** v{base['version']} (`{base['weights_sha256'][:12]}`)")
+        c2.markdown(md("Fine-tuned from **{name}** v{version} ({sha})", name=base["name"], version=base["version"],
+                       sha=base["weights_sha256"][:12]))
     reviews = card.data.get("reviews")
     if reviews:
-        st.markdown(f"**Clinician reviews used for training** ({len(reviews['used'])}): review ids "
-                    f"{', '.join(map(str, reviews['used']))}; cases {', '.join(map(str, reviews['cases']))}; "
-                    f"{'added to' if reviews['with_base_train'] else 'instead of'} the dataset's training split.")
+        st.markdown(md("**Clinician reviews used for training** ({n}): review ids {ids}; cases {cases}; {how} the "
+                       "dataset's training split.", n=len(reviews["used"]), ids=", ".join(map(str, reviews["used"])),
+                       cases=", ".join(map(str, reviews["cases"])),
+                       how="added to" if reviews["with_base_train"] else "instead of"))
         if reviews["left_out"]:
-            st.caption("Left out: " + "; ".join(f"review {k}: {v}" for k, v in reviews["left_out"].items()))
-    st.markdown("**Known limitations**\n" + "\n".join(f"- {item}" for item in card.limitations))
+            st.text("Left out: " + "; ".join(f"review {k}: {v}" for k, v in reviews["left_out"].items()))
+    st.markdown("**Known limitations**\n" + "\n".join("- " + plain(item) for item in card.limitations))

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pandas as pd
 import streamlit as st
 
+from dashboard.text import md
 from dashboard.widgets import image_view
 from engine.cases.segmentation import CaseSegmentation, mask_png
 from engine.draw import COLORMAPS, COLOURS, draw_segmentation, overlay
@@ -59,9 +60,10 @@ def measurements(done: CaseSegmentation, model_name: str, model_version: str) ->
         st.warning("Pixel size unknown: measurements are in pixels. Enter the pixel size below to get mm.",
                    icon=":material/straighten:")
     e = m.ellipse
-    st.markdown(f"Pixel size: **{done.spacing.describe()}**  \n"
-                f"Ellipse axes {2 * e.a:.0f} x {2 * e.b:.0f} px at {e.angle_deg:.0f}°; box {m.bbox}  \n"
-                f"Model **{model_name}** v{model_version} · {done.result.latency_ms:.0f} ms")
+    st.markdown(md("Pixel size: **{spacing}**  \nEllipse axes {a:.0f} x {b:.0f} px at {angle:.0f}°; box {box}  \n"
+                   "Model **{name}** v{version} · {ms:.0f} ms", spacing=done.spacing.describe(), a=2 * e.a,
+                   b=2 * e.b, angle=e.angle_deg, box=m.bbox, name=model_name, version=model_version,
+                   ms=done.result.latency_ms))
 
 
 def agreement_panel(done: CaseSegmentation) -> None:
@@ -69,14 +71,15 @@ def agreement_panel(done: CaseSegmentation) -> None:
         return
     s, match, m = done.scores, done.match, done.result.measurement
     unit = "mm" if done.spacing.known else "px"
-    st.markdown(f"**Against the ground truth** ({match.dataset} {match.split} split, `{match.image}`)")
+    st.markdown(md("**Against the ground truth** ({dataset} {split} split, {image})", dataset=match.dataset,
+                   split=match.split, image=match.image))
     c1, c2, c3 = st.columns(3)
     c1.metric("Dice", f"{s['dice']:.3f}")
     c2.metric("IoU", f"{s['iou']:.3f}")
     c3.metric("HD95", f"{s['hd95']:.1f} {unit}", help="95th-percentile distance between the two outlines")
     if m and m.unit == "mm":
-        st.caption(f"Dataset's circumference {match.reference_hc_mm:.1f} mm; "
-                   f"error {m.circumference - match.reference_hc_mm:+.1f} mm.")
+        st.caption(md("Dataset's circumference {hc:.1f} mm; error {error:+.1f} mm.", hc=match.reference_hc_mm,
+                      error=m.circumference - match.reference_hc_mm))
 
 
 def exports(image: dict, done: CaseSegmentation, seg: Callable[[], bytes]) -> None:
@@ -100,8 +103,8 @@ def region_explanation(segmenter: Segmenter, gray) -> None:
     opacity = c3.slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="seg.cam.opacity")
     cam = segmenter.explain(gray, method)
     image_view(Rendered(overlay(gray, cam, opacity, colormap), (), None), height=420)
-    st.caption(f"{REGION_METHODS[method]} for the predicted head region: warm colours mark the features that "
-               "raised the model's head score inside the mask most.")
+    st.caption(md("{method} for the predicted head region: warm colours mark the features that raised the "
+                  "model's head score inside the mask most.", method=REGION_METHODS[method]))
 
 
 def uncertainty_view(segmenter: Segmenter, gray) -> None:
@@ -109,9 +112,10 @@ def uncertainty_view(segmenter: Segmenter, gray) -> None:
     d = segmenter.disagreement(gray)
     image_view(Rendered(overlay(gray, d / max(float(d.max()), 1e-6), 0.85, "inferno"), (), None), height=420)
     share = float((d > 0.25).mean())
-    st.caption(f"|p(image) − p(mirror image)| per pixel, colour scaled to the largest difference, **{d.max():.2f}** "
-               f"(1 would be opposite answers); {share:.1%} of pixels differ by more than 0.25. A thin band along "
-               "the edge is normal; wide or patchy bright areas mark where the outline is least certain.")
+    st.caption(md("\\|p(image) − p(mirror image)\\| per pixel, colour scaled to the largest difference, **{top:.2f}** "
+                  "(1 would be opposite answers); {share:.1%} of pixels differ by more than 0.25. A thin band along "
+                  "the edge is normal; wide or patchy bright areas mark where the outline is least certain.",
+                  top=float(d.max()), share=share))
 
 
 _HISTORY = {"id": "#", "created_at": "When (UTC)", "model_name": "Model", "model_version": "Version",

@@ -11,6 +11,7 @@ from plotly.subplots import make_subplots
 
 from dashboard.model_widgets import headline
 from dashboard.registry import page_path
+from dashboard.text import md, plain
 from engine.config import Config
 from engine.context import Context
 from engine.data.catalog import datasets
@@ -169,10 +170,10 @@ def _render(ctx: Context, job_id: int, was_active: bool) -> None:
     train, reviews = job.config["train"], len(job.review_ids)
     extras = (", fine-tuned from the active model" if job.config.get("fine_tune") else "") + \
         (f", with {reviews} reviewed case(s)" if reviews else "")
-    st.markdown(f"**Job {job_id}** {_BADGES[job.status]}")
+    st.markdown(md("**Job {id}** ", id=job_id) + _BADGES[job.status])
     st.text(f"{train['model']} on {train['dataset']}, {job.device}{extras}")
     if job.error and job.status is not JobStatus.FINISHED:
-        (st.error if job.status is JobStatus.FAILED else st.warning)(job.error, icon=":material/error:")
+        (st.error if job.status is JobStatus.FAILED else st.warning)(plain(job.error), icon=":material/error:")
     _progress(job)
     metrics = pd.DataFrame(job_metrics(ctx.store, job_id), columns=["epoch", "step", "name", "value", "created_at"])
     if len(metrics):

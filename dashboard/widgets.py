@@ -12,6 +12,7 @@ import streamlit as st
 
 from dashboard import state
 from dashboard.registry import page_path
+from dashboard.text import md, plain
 from engine.cases.images import recent_cases
 from engine.cases.ingest import IngestResult
 from engine.errors import EngineError
@@ -29,7 +30,7 @@ def engine_errors() -> Iterator[None]:
     try:
         yield
     except EngineError as error:
-        st.error(str(error), icon=":material/error:")
+        st.error(plain(error), icon=":material/error:")
         st.stop()
 
 
@@ -114,7 +115,8 @@ def worklist_table(rows: list[dict], columns, key: str = "worklist") -> None:
 def progress_bar(total: int, text: str = "Starting...") -> Callable[[int, str], None]:
     """A progress bar and the callback that advances it: (items done, what is being done). Renders only."""
     bar = st.progress(0.0, text=text)
-    return lambda done, name: bar.progress(min(done / max(total, 1), 1.0), text=f"{done} of {total}: {name}")
+    return lambda done, name: bar.progress(min(done / max(total, 1), 1.0),
+                                          text=md("{done} of {total}: {name}", done=done, total=total, name=name))
 
 
 def results_summary(results: list[IngestResult]) -> None:
@@ -164,15 +166,15 @@ def image_view(rendered: Rendered, height: int = 720) -> None:
 
 def step_badges(steps: Sequence[str]) -> None:
     """The display steps actually applied, as badges in order."""
-    st.markdown(" ".join(f":blue-badge[{_escape(s)}]" for s in steps))
+    st.markdown(" ".join(f":blue-badge[{plain(s)}]" for s in steps))
 
 
 def image_facts(image: dict, study: Study, spacing: Spacing) -> None:
-    st.markdown(
-        f"**{image['modality'] or '-'}** {image['body_part'] or ''} {image['view_position'] or ''}  \n"
-        f"{image['cols']} x {image['rows']} px, {image['frames']} frame(s), {image['bits_stored']}-bit "
-        f"{image['photometric']}  \nPixel spacing: {spacing.describe()}"
-    )
+    st.markdown(md("**{modality}** {body_part} {view}  \n{cols} x {rows} px, {frames} frame(s), {bits}-bit "
+                   "{photometric}  \nPixel spacing: {spacing}", modality=image["modality"] or "-",
+                   body_part=image["body_part"] or "", view=image["view_position"] or "", cols=image["cols"],
+                   rows=image["rows"], frames=image["frames"], bits=image["bits_stored"],
+                   photometric=image["photometric"], spacing=spacing.describe()))
     if study.burned_in_risk:
         st.warning("This image may contain burned-in text (names, dates, markers) that de-identification "
                    "of the header cannot remove.", icon=":material/warning:")
@@ -195,6 +197,3 @@ def _short(value) -> str:
     text = value.hex() if isinstance(value, bytes) else str(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
-
-def _escape(text: str) -> str:
-    return text.replace("[", "(").replace("]", ")")

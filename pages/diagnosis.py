@@ -3,6 +3,7 @@
 import streamlit as st
 
 from dashboard import model_widgets, resources, state, widgets
+from dashboard.text import md
 from engine.cases.diagnosis import (
     add_review,
     case_history,
@@ -42,6 +43,6 @@ with widgets.engine_errors():
         bar = st.progress(0.0)
         done, failed = diagnose_cases(ctx, classifier, pending,
                                       lambda n, total, what: bar.progress(n / total, text=f"{n} of {total}: {what}"))
-        st.success(f"Classified {len(done)} case(s); {len(failed)} failed.")
+        st.success(md("Classified {done} case(s); {failed} failed.", done=len(done), failed=len(failed)))
         for case, reason in failed.items():
-            st.error(f"Case #{case}: {reason}")
+            st.error(md("Case #{case}: {reason}", case=case, reason=reason))

@@ -5,6 +5,7 @@ import streamlit as st
 
 from dashboard import explain_widgets as ew
 from dashboard import resources, widgets
+from dashboard.text import plain
 from engine.cases.explanations import explain_image
 from engine.cases.heatmap_audit import start_audit
 from engine.cases.images import get_case, gray_image
@@ -34,13 +35,13 @@ def audit_view(model_name: str) -> None:
     request = ew.audit_form()
     if request:
         audit_id = start_audit(ctx, model_name, **request)
-        st.success(f"Audit {audit_id} started in the background.", icon=":material/hourglass_top:")
+        st.success(md("Audit {id} started in the background.", id=audit_id), icon=":material/hourglass_top:")
     ew.audit_runs(ctx.store)
     row = ew.audit_picker(ctx.store)
     if row and (path := ew.audit_view(ctx.config, row, resources.explainer(row["model_name"]))):
         result = next(iter(ingest_paths([path], ctx)))  # a duplicate returns the existing case
         if not result.ok:
-            st.error(result.error)
+            st.error(plain(result.error))
             return
         widgets.open_case(result.case_id, "explainability")
 

@@ -3,6 +3,7 @@ resume it; a finished job's model goes to the Models page for comparison and pro
 
 import streamlit as st
 
+from dashboard.text import md
 from dashboard import resources, state, train_widgets, widgets
 from engine.jobs.queue import cancel_job, dispatch, get_job, list_jobs, resume_job
 from engine.jobs.training import submit_training
@@ -19,7 +20,7 @@ with widgets.engine_errors():
         if request:
             job_id = submit_training(ctx, request)
             st.session_state[state.TRAIN_JOB] = job_id
-            st.toast(f"Job {job_id} queued", icon=":material/play_arrow:")
+            st.toast(md("Job {id} queued", id=job_id), icon=":material/play_arrow:")
     jobs = {j.id: j for j in list_jobs(ctx.store, "train")}
     if not jobs:
         st.info("No training job yet. Fill in the form above: the defaults retrain the active model's recipe.")

@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from dashboard.text import md
 from dashboard import resources, widgets
 from engine.cases.worklist import (
     COLUMNS,
@@ -30,5 +31,6 @@ result = query_worklist(ctx.store, WorklistQuery(
     tuple(modalities), tuple(body_parts), dates[0] if dates else None, dates[-1] if dates else None,
     status, text, sort, int(page)))
 
-st.caption(f"{result.total:,} case(s) - page {result.page} of {result.pages}. Select a row to open it.")
+st.caption(md("{total:,} case(s) - page {page} of {pages}. Select a row to open it.", total=result.total,
+              page=result.page, pages=result.pages))
 widgets.worklist_table(result.rows, COLUMNS)

@@ -250,3 +250,40 @@ def test_training_job_started_in_the_browser_draws_live_curves(server, tmp_path)
             for job in list_jobs(ctx.store):
                 if job.active:
                     cancel_job(ctx, job.id)
+
+
+def test_hostile_values_render_as_plain_text_in_a_real_browser(tmp_path):
+    """dashboard.text.md against Streamlit's real Markdown renderer: no link, image, icon, coloured text or
+    HTML comes out of a value, and the reader sees the value's characters."""
+    from tests.test_markup import HOSTILE
+
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    script = tmp_path / "hostile.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport streamlit as st\n"
+                      "from dashboard.text import md\n"
+                      f"st.markdown(md('Label: **{{v}}** at {{p:.1%}}', v={HOSTILE!r}, p=0.3634))\n")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    page.goto(f"http://127.0.0.1:{port}")
+                    break
+                except Exception:  # noqa: BLE001 - the server is still starting
+                    time.sleep(0.5)
+            box = page.locator('[data-testid="stMarkdownContainer"]').filter(has_text="Label:").first
+            box.wait_for(timeout=60_000)
+            html, text = box.inner_html(), box.inner_text()
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert "<a " not in html and "<img" not in html and 'role="img"' not in html and "<b>" not in html
+    assert "color" not in html.split("<strong>", 1)[1]  # :red[...] stayed text
+    assert text.replace("\u2060", "") == f"Label: {HOSTILE} at 36.3%"
