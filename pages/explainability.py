@@ -5,7 +5,7 @@ import streamlit as st
 
 from dashboard import explain_widgets as ew
 from dashboard import resources, widgets
-from dashboard.text import plain
+from dashboard.text import md, plain
 from engine.cases.explanations import explain_image
 from engine.cases.heatmap_audit import start_audit
 from engine.cases.images import get_case, gray_image

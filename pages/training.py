@@ -3,8 +3,8 @@ resume it; a finished job's model goes to the Models page for comparison and pro
 
 import streamlit as st
 
-from dashboard.text import md
 from dashboard import resources, state, train_widgets, widgets
+from dashboard.text import md
 from engine.jobs.queue import cancel_job, dispatch, get_job, list_jobs, resume_job
 from engine.jobs.training import submit_training
 

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from dashboard.text import md
 from dashboard import resources, widgets
+from dashboard.text import md
 from engine.cases.worklist import (
     COLUMNS,
     SORTS,
