@@ -27,9 +27,10 @@ $(DEV_STAMP): $(RUNTIME_STAMP)
 	$(PY) -m pip install -q -r requirements-dev.txt
 	rm -f $(VENV)/.dev-*; touch $@
 
+# Serves on 127.0.0.1:8501 with local accounts; the first start prints a one-time link for the first admin.
 run: $(RUNTIME_STAMP)
 	$(PY) -m engine init
-	$(PY) -m streamlit run dashboard/app.py --server.port 8501
+	$(PY) -m dashboard.serve
 
 # Debian chromium for the real-browser tests: installed when missing and we are root; otherwise
 # those tests skip and say why.

@@ -14,6 +14,7 @@ import streamlit as st
 
 from dashboard import state
 from dashboard.text import md
+from dashboard.widgets import Exporter
 from engine.cases.heatmap_audit import (
     TOP_OUTSIDE,
     audit_heatmaps,
@@ -61,7 +62,7 @@ def display_controls() -> tuple[float, str, int]:
 
 
 def comparison(gray, heatmaps: list[Heatmap], methods: list[str], opacity: float, colormap: str, top: int,
-               stem: str) -> None:
+               stem: str, export: Exporter) -> None:
     """The chosen methods' overlays, their faithfulness next to the random baseline's, curves, exports."""
     baseline = next(h for h in heatmaps if h.method == BASELINE)
     shown = [h for h in heatmaps if h.method in methods]
@@ -69,7 +70,7 @@ def comparison(gray, heatmaps: list[Heatmap], methods: list[str], opacity: float
     st.subheader("Faithfulness")
     faithfulness_table(shown, baseline)
     deletion_curves(shown, baseline)
-    exports(gray, shown, opacity, colormap, top, stem)
+    exports(gray, shown, opacity, colormap, top, stem, export)
 
 
 def _runtime(h: Heatmap) -> str:
@@ -132,16 +133,18 @@ def deletion_curves(heatmaps: list[Heatmap], baseline: Heatmap) -> None:
     st.plotly_chart(figure, width="stretch", config={"displaylogo": False})
 
 
-def exports(gray, heatmaps: list[Heatmap], opacity: float, colormap: str, top: int, stem: str) -> None:
+def exports(gray, heatmaps: list[Heatmap], opacity: float, colormap: str, top: int, stem: str,
+            export: Exporter) -> None:
     """A comparison sheet and one overlay PNG per method, full resolution, built only when clicked."""
     st.markdown("**Export** (full resolution, with the opacity, colormap and top % above)")
     columns = st.columns([2, 1, 1, 1, 1, 1])
     columns[0].download_button(
-        "Comparison sheet", lambda: png_bytes(comparison_sheet(gray, {h.title: keep_top(h.cam, top) for h in heatmaps},
-                                                               opacity, colormap)),
+        "Comparison sheet", export("comparison.png", lambda: png_bytes(comparison_sheet(
+            gray, {h.title: keep_top(h.cam, top) for h in heatmaps}, opacity, colormap))),
         f"{stem}-comparison.png", "image/png", on_click="ignore", icon=":material/grid_view:")
     for column, h in zip(columns[1:] + st.columns([2, 1, 1, 1, 1, 1])[1:], heatmaps):
-        column.download_button(h.title, lambda h=h: png_bytes(overlay(gray, keep_top(h.cam, top), opacity, colormap)),
+        column.download_button(h.title, export(f"{h.method}.png", lambda h=h: png_bytes(
+                                   overlay(gray, keep_top(h.cam, top), opacity, colormap))),
                                f"{stem}-{h.method}.png", "image/png", on_click="ignore", icon=":material/download:")
 
 

@@ -7,7 +7,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard.registry import page_path
+from dashboard import links
 from dashboard.text import md, plain
 from dashboard.widgets import image_view
 from engine.cases.diagnosis import VERDICTS
@@ -59,7 +59,7 @@ def prediction_panel(prediction: Prediction, model_name: str, model_version: str
     probability_bars(prediction)
     st.caption(md("Model **{name}** v{version} - {ms:.0f} ms (preprocess + forward + Grad-CAM)",
                   name=model_name, version=model_version, ms=prediction.latency_ms))
-    st.page_link(page_path("models"), label="Model card", icon=":material/description:",
+    links.page_link("models", label="Model card", icon=":material/description:",
                  query_params={"model": model_name})
 
 
@@ -234,6 +234,8 @@ def card_details(card: ModelCard) -> None:
                        "dataset's training split.", n=len(reviews["used"]), ids=", ".join(map(str, reviews["used"])),
                        cases=", ".join(map(str, reviews["cases"])),
                        how="added to" if reviews["with_base_train"] else "instead of"))
+        if reviews.get("reviewers"):
+            st.text("Reviewed by: " + ", ".join(f"{who} ({n})" for who, n in reviews["reviewers"].items()))
         if reviews["left_out"]:
             st.text("Left out: " + "; ".join(f"review {k}: {v}" for k, v in reviews["left_out"].items()))
     st.markdown("**Known limitations**\n" + "\n".join("- " + plain(item) for item in card.limitations))

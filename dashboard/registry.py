@@ -16,6 +16,7 @@ class PageSpec:
     title: str
     icon: str
     url_path: str
+    permission: str  # the page is listed (and runs) only for roles holding it; the engine checks each action
 
     @property
     def path(self) -> Path:
@@ -23,14 +24,15 @@ class PageSpec:
 
 
 PAGES = (
-    PageSpec("pages/worklist.py", "Worklist", ":material/list_alt:", "worklist"),
-    PageSpec("pages/upload.py", "Upload", ":material/upload_file:", "upload"),
-    PageSpec("pages/viewer.py", "Viewer", ":material/radiology:", "viewer"),
-    PageSpec("pages/diagnosis.py", "Diagnosis", ":material/diagnosis:", "diagnosis"),
-    PageSpec("pages/segmentation.py", "Segmentation", ":material/donut_large:", "segmentation"),
-    PageSpec("pages/explainability.py", "Explainability", ":material/blur_on:", "explainability"),
-    PageSpec("pages/training.py", "Training", ":material/monitoring:", "training"),
-    PageSpec("pages/models.py", "Models", ":material/model_training:", "models"),
+    PageSpec("pages/worklist.py", "Worklist", ":material/list_alt:", "worklist", "case.read"),
+    PageSpec("pages/upload.py", "Upload", ":material/upload_file:", "upload", "case.upload"),
+    PageSpec("pages/viewer.py", "Viewer", ":material/radiology:", "viewer", "case.read"),
+    PageSpec("pages/diagnosis.py", "Diagnosis", ":material/diagnosis:", "diagnosis", "case.analyse"),
+    PageSpec("pages/segmentation.py", "Segmentation", ":material/donut_large:", "segmentation", "case.analyse"),
+    PageSpec("pages/explainability.py", "Explainability", ":material/blur_on:", "explainability", "explain.audit"),
+    PageSpec("pages/training.py", "Training", ":material/monitoring:", "training", "job.submit"),
+    PageSpec("pages/models.py", "Models", ":material/model_training:", "models", "model.compare"),
+    PageSpec("pages/admin.py", "Admin", ":material/admin_panel_settings:", "admin", "user.manage"),
 )
 
 

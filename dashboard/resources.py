@@ -10,7 +10,9 @@ from engine.cases.diagnosis import load_classifier
 from engine.cases.images import load_image
 from engine.cases.segmentation import load_segmenter
 from engine.config import Config
-from engine.context import Context
+from engine.context import Context, User
+from engine.errors import SessionExpired
+from engine.identity.sessions import check_session
 from engine.inference.classify import Classifier
 from engine.inference.explainer import Explainer
 from engine.inference.segment import Segmenter
@@ -18,6 +20,8 @@ from engine.io.study import Study
 from engine.models.catalog import active_model
 from engine.store import Store
 from engine.tasks.evaluation import compare_models
+
+NOBODY = User("nobody", "nobody", "none")  # holds no permission
 
 
 @st.cache_resource
@@ -27,13 +31,26 @@ def _base_config() -> Config:
 
 @st.cache_resource
 def _base_context() -> Context:
-    return Context.open(_base_config())
+    return Context.open(_base_config(), "server")
+
+
+def base_context() -> Context:
+    """The server's context, acting as nobody in particular: only the login gate uses it as is."""
+    return _base_context()
 
 
 def context() -> Context:
-    """This request's context: the environment's configuration and store, acting as the signed-in user."""
+    """This request's context, acting as the user the login gate let in (no permission at all otherwise).
+    A fragment that reruns on its own checks the session is still live, so an expired one stops at once."""
     base = _base_context()
-    return base.as_user(st.session_state.get(state.USER) or base.actor)
+    user = st.session_state.get(state.USER) or NOBODY
+    if base.config.auth.mode != "none" and user != NOBODY:
+        try:
+            check_session(base, st.session_state.get(state.SESSION), touch=False)
+        except SessionExpired:
+            st.session_state.pop(state.USER, None)
+            st.rerun()
+    return base.as_user(user)
 
 
 def store() -> Store:
@@ -82,8 +99,14 @@ def release_models() -> None:
         cached.clear()
 
 
+def comparison(ctx: Context, names: tuple[str, ...]) -> dict:
+    """Both models on the first one's test split (needs `model.compare`, checked by the engine every time)."""
+    ctx.require("model.compare")
+    return _comparison(names)
+
+
 @st.cache_data(max_entries=8, show_spinner="Evaluating both models on the held-out split...")
-def comparison(names: tuple[str, ...]) -> dict:
+def _comparison(names: tuple[str, ...]) -> dict:
     """Both models' metrics on the first one's test split and their paired difference. Installed weights never
     change under a name (a job writes a new name), so the names are a safe key."""
     return compare_models(_base_config(), list(names))

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.text import md
-from dashboard.widgets import image_view
+from dashboard.widgets import Exporter, image_view
 from engine.cases.segmentation import CaseSegmentation, mask_png
 from engine.draw import COLORMAPS, COLOURS, draw_segmentation, overlay
 from engine.inference.segment import Segmenter
@@ -82,12 +82,12 @@ def agreement_panel(done: CaseSegmentation) -> None:
                       error=m.circumference - match.reference_hc_mm))
 
 
-def exports(image: dict, done: CaseSegmentation, seg: Callable[[], bytes]) -> None:
+def exports(image: dict, done: CaseSegmentation, seg: Callable[[], bytes], export: Exporter) -> None:
     """The mask as PNG, and `seg()` (built and logged only when clicked) as a DICOM SEG download."""
     stem = f"case{done.case_id}-image{done.image_id}"
     c1, c2 = st.columns(2)
-    c1.download_button("Mask PNG", mask_png(done.result.mask), f"{stem}-mask.png", "image/png", on_click="ignore",
-                       icon=":material/download:")
+    c1.download_button("Mask PNG", export("mask.png", lambda: mask_png(done.result.mask)), f"{stem}-mask.png",
+                       "image/png", on_click="ignore", icon=":material/download:")
     is_dicom = image["source_format"] == "dicom" and done.result.measurement is not None
     c2.download_button("DICOM SEG", seg if is_dicom else b"", f"{stem}-seg.dcm", "application/dicom",
                        on_click="ignore", icon=":material/download:", disabled=not is_dicom,

@@ -1,6 +1,5 @@
 """Session-state keys, in one place so pages never spell them twice."""
 
-USER = "radlens.user"  # display name recorded in the audit log
 CURRENT_CASE = "radlens.current_case"  # case id the viewer opens
 UPLOAD_RESULTS = "radlens.upload_results"  # the last batch's IngestResult list
 WINDOW_PRESET = "radlens.window_preset"
@@ -11,3 +10,8 @@ EXPLAIN_METHODS = "radlens.explain.methods"  # the methods the Explainability gr
 AUDIT_RUNNING = "radlens.audit.running"  # an audit was running at the last refresh
 SEGMENTATION = "radlens.segmentation"  # {(image id, weights sha, pixel size): CaseSegmentation}, as DIAGNOSIS
 TRAIN_JOB = "radlens.train.job"  # the job the Training page shows
+SESSION = "radlens.session"  # the sign-in session's token (only its hash is in the store)
+SIGN_IN_NOTE = "radlens.sign_in_note"  # why the user is looking at the sign-in form (expired, signed out)
+VIEWED = "radlens.viewed"  # cases whose view is already in the audit trail this sitting
+CONFIRM = "radlens.models.confirm"  # the promotion / roll back awaiting confirmation
+USER = "radlens.user"  # the User the login gate let in on this run

@@ -9,8 +9,8 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from dashboard import links
 from dashboard.model_widgets import headline
-from dashboard.registry import page_path
 from dashboard.text import md, plain
 from engine.config import Config
 from engine.context import Context
@@ -158,7 +158,7 @@ def job_actions(job: Job) -> str | None:
                                               key=f"resume.{job.id}", type="primary"):
         return "resume"
     if job.status is JobStatus.FINISHED:
-        st.page_link(page_path("models"), label=f"Compare {job.model_name} with the active model and promote it",
+        links.page_link("models", label=f"Compare {job.model_name} with the active model and promote it",
                      icon=":material/compare_arrows:", query_params={"model": job.model_name})
     return None
 

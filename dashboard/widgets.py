@@ -10,11 +10,11 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from dashboard import state
-from dashboard.registry import page_path
+from dashboard import links, state
 from dashboard.text import md, plain
-from engine.cases.images import recent_cases
+from engine.cases.images import recent_cases, record_export, view_case
 from engine.cases.ingest import IngestResult
+from engine.context import Context
 from engine.errors import EngineError
 from engine.io import presets
 from engine.io.study import Rendered, Spacing, Study, Window
@@ -45,9 +45,26 @@ def once_per_opening(state_key: str, key: tuple, compute: Callable[[], T], keep:
     return results[key]
 
 
+def viewed_case(ctx: Context, case_id: int) -> dict:
+    """The case, read through the engine (needs `case.read`); its first view in this sitting is logged."""
+    viewed = st.session_state.setdefault(state.VIEWED, set())
+    case = view_case(ctx, case_id, record=case_id not in viewed)
+    viewed.add(case_id)
+    return case
+
+
+Exporter = Callable[[str, Callable[[], bytes]], Callable[[], bytes]]
+
+
+def exporter(ctx: Context, case_id: int) -> Exporter:
+    """For download buttons: exporter(kind, build) is the callable a button calls when clicked, which checks
+    `case.export` in the engine and logs the download."""
+    return lambda kind, build: (lambda: record_export(ctx, case_id, kind, build))
+
+
 def open_case(case_id: int, page: str = "viewer") -> None:
     st.session_state[state.CURRENT_CASE] = int(case_id)
-    st.switch_page(page_path(page))
+    links.switch_page(page)
 
 
 def case_picker(store) -> int:
@@ -58,7 +75,7 @@ def case_picker(store) -> int:
     recent = recent_cases(store)
     if not recent:
         st.info("No cases yet. Upload a study first.")
-        st.page_link(page_path("upload"), label="Go to Upload", icon=":material/upload_file:")
+        links.page_link("upload", label="Go to Upload", icon=":material/upload_file:")
         st.stop()
     current = st.session_state.setdefault(state.CURRENT_CASE, next(iter(recent)))
     return st.selectbox("Case", list(recent) if current in recent else [current, *recent], key=state.CURRENT_CASE,

@@ -16,6 +16,7 @@ from engine.cases.ingest import IngestResult, ingest_paths, prepare
 from engine.config import Config
 from engine.context import Context
 from engine.errors import EngineError
+from engine.identity import commands as identity_commands
 from engine.io import render
 from engine.io.study import Window
 
@@ -23,6 +24,8 @@ from engine.io.study import Window
 def _init(args, ctx: Context) -> int:
     seeded = [] if args.no_demo else seed_demo(ctx)
     print(f"database ready at {ctx.config.db_path}; demo studies added: {sum(r.status == 'ok' for r in seeded)}")
+    if hint := identity_commands.setup_hint(ctx):
+        print(hint)
     return 0
 
 
@@ -190,11 +193,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     audit.add_argument("--limit", type=int, help="N images spread evenly over the split")
     audit.add_argument("--run", type=int, help="execute an audit the dashboard queued (its id)")
     audit.add_argument("--json", action="store_true", help="print the summary as JSON")
+    identity_commands.add_parsers(sub)
     return parser
 
 
 COMMANDS = {"init": _init, "ingest": _ingest, "render": _render, "classify": _classify, "segment": _segment,
-            "audit": _audit}
+            "audit": _audit, **identity_commands.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

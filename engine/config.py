@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import getpass
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.errors import TooLarge
+from engine.errors import ConfigError, TooLarge
 
-__all__ = ["Limits", "Config"]
+__all__ = ["Limits", "AuthSettings", "Config", "AUTH_MODES", "is_loopback"]
+
+AUTH_MODES = ("local", "oidc", "none")
 
 
 @dataclass(frozen=True)
@@ -37,14 +41,89 @@ class Limits:
         return self.max_zip_total_mb * 1024 * 1024
 
 
+def is_loopback(address: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, 'localhost')."""
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Who may reach the server and how they sign in (docs/security.md)."""
+
+    mode: str = "local"  # local accounts | oidc (st.login) | none (loopback only, actions unauthenticated)
+    address: str = "127.0.0.1"  # where `make run` listens; anything but loopback must be asked for
+    port: int = 8501
+    idle_minutes: float = 30.0  # a session with no interaction for this long ends
+    max_hours: float = 12.0  # and any session ends this long after sign-in
+    min_password: int = 12
+    max_failures: int = 5  # failed sign-ins in a row before the account locks
+    lock_minutes: float = 15.0
+    oidc_provider: str = "radlens"  # the [auth.<name>] section of .streamlit/secrets.toml
+    oidc_role_claim: str = "groups"  # the ID-token claim the role is read from
+    # claim value -> role; a user whose claim holds none of these values cannot sign in
+    oidc_roles: tuple[tuple[str, str], ...] = (("radlens-admin", "admin"), ("radlens-clinician", "clinician"),
+                                               ("radlens-researcher", "researcher"))
+
+    def check(self) -> None:
+        """Refuse settings that would expose the server: `none` anywhere but loopback."""
+        if self.mode not in AUTH_MODES:
+            raise ConfigError(f"RADLENS_AUTH={self.mode!r}: use one of {', '.join(AUTH_MODES)}")
+        if self.mode == "none" and not is_loopback(self.address):
+            raise ConfigError(f"RADLENS_AUTH=none only works while the server listens on 127.0.0.1; "
+                              f"it is set to listen on {self.address}. Use local accounts or OIDC there")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> AuthSettings:
+        def number(name: str, default: float) -> float:
+            try:
+                return float(env.get(name, default))
+            except ValueError:
+                raise ConfigError(f"{name} must be a number, not {env[name]!r}") from None
+
+        roles = cls.oidc_roles
+        if env.get("RADLENS_OIDC_ROLES"):  # "admins=admin,radiology=clinician"
+            try:
+                roles = tuple(tuple(pair.split("=", 1)) for pair in env["RADLENS_OIDC_ROLES"].split(","))
+                assert all(len(pair) == 2 for pair in roles)
+            except AssertionError:
+                raise ConfigError("RADLENS_OIDC_ROLES must look like 'group=role,group=role'") from None
+        settings = cls(
+            mode=env.get("RADLENS_AUTH", cls.mode).strip().lower(),
+            address=env.get("RADLENS_ADDRESS", cls.address),
+            port=int(number("RADLENS_PORT", cls.port)),
+            idle_minutes=number("RADLENS_SESSION_IDLE_MIN", cls.idle_minutes),
+            max_hours=number("RADLENS_SESSION_MAX_HOURS", cls.max_hours),
+            oidc_provider=env.get("RADLENS_OIDC_PROVIDER", cls.oidc_provider),
+            oidc_role_claim=env.get("RADLENS_OIDC_ROLE_CLAIM", cls.oidc_role_claim),
+            oidc_roles=roles,
+        )
+        if settings.mode not in AUTH_MODES:
+            raise ConfigError(f"RADLENS_AUTH={settings.mode!r}: use one of {', '.join(AUTH_MODES)}")
+        return settings
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
 @dataclass(frozen=True)
 class Config:
     """Where state lives and who is acting. Build with Config.from_env() at the edges only."""
 
     home: Path  # all state: radlens.db, files/, logs/, jobs/
     data_dir: Path | None  # read-only datasets (../shared/data); None when not present
-    user: str = "demo-user"  # display name recorded in the audit log until authentication exists
+    # who a process without a signed-in user acts as: the CLI (cli:<login>) or a job (its submitter's id)
+    user: str = field(default_factory=lambda: f"cli:{_login_name()}")
     limits: Limits = field(default_factory=Limits)
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
     @property
     def db_path(self) -> Path:
@@ -70,6 +149,7 @@ class Config:
         return cls(
             home=Path(env.get("RADLENS_HOME", ".radlens")).resolve(),
             data_dir=Path(data).resolve() if data and Path(data).is_dir() else None,
-            user=env.get("RADLENS_USER", cls.user),
+            user=env.get("RADLENS_USER") or f"cli:{_login_name()}",
             limits=limits,
+            auth=AuthSettings.from_env(env),
         )

@@ -23,6 +23,13 @@ __all__ = [
     "ExportError",
     "EmptyMask",
     "PermissionDenied",
+    "LoginFailed",
+    "AccountLocked",
+    "SessionExpired",
+    "WeakPassword",
+    "UnknownUser",
+    "ConfigError",
+    "KeyUnavailable",
     "WeightsUnavailable",
     "BadCheckpoint",
     "ModelMismatch",
@@ -118,6 +125,34 @@ class EmptyMask(EngineError):
 
 class PermissionDenied(EngineError):
     """The acting user's role does not allow this action."""
+
+
+class LoginFailed(EngineError):
+    """Wrong user name or password (never says which), or a sign-in attempt came too soon after a failure."""
+
+
+class AccountLocked(LoginFailed):
+    """Too many failed sign-ins in a row: the account is locked for a while."""
+
+
+class SessionExpired(EngineError):
+    """The sign-in session ended (idle too long, too old, signed out or revoked): sign in again."""
+
+
+class WeakPassword(EngineError):
+    """A new password does not meet the policy (length, not the user name)."""
+
+
+class UnknownUser(EngineError):
+    """No account with that user name exists."""
+
+
+class ConfigError(EngineError):
+    """A setting (environment variable or secrets file) has a value RadLens cannot use."""
+
+
+class KeyUnavailable(EngineError):
+    """A secret key is malformed or its file cannot be read."""
 
 
 class WeightsUnavailable(EngineError):

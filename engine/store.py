@@ -17,7 +17,9 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from engine.audit import GENESIS, ChainReport, seal, verify_chain
 from engine.config import Config
+from engine.keys import private_dir, secret_key
 
 __all__ = ["Store", "utc_now", "MIGRATIONS"]
 
@@ -183,6 +185,37 @@ def _m006_one_job_machinery(db: Database) -> None:
     db.execute("ALTER TABLE jobs DROP COLUMN model_id")
 
 
+def _m007_identity(db: Database) -> None:
+    """Accounts, sign-in sessions, and an audit trail that says who (id, display name, role) and is sealed as a
+    hash chain. Rows from before are sealed in order by Store.migrate (it holds the key)."""
+    db["users"].create(
+        {
+            "id": int, "username": str, "display_name": str, "role": str, "password_hash": str, "disabled": int,
+            "failed_logins": int, "last_failed_at": str, "locked_until": str, "must_change": int,
+            "created_at": str, "created_by": str, "password_changed_at": str, "last_login_at": str,
+        },
+        pk="id", not_null={"username", "role", "created_at"},
+    )
+    db["users"].create_index(["username"], unique=True)
+    db["sessions"].create(
+        {
+            "id": str, "user_id": str, "display_name": str, "role": str, "auth": str, "started_at": str,
+            "last_seen": str, "expires_at": str, "ended_at": str, "end_reason": str,
+        },
+        pk="id", not_null={"user_id", "role", "started_at"},
+    )
+    db["sessions"].create_index(["ended_at"])
+    for column in ("actor_name", "role", "prev_hash", "hash"):
+        db["audit_log"].add_column(column, str)
+    db["audit_log"].create_index(["actor"])
+    db["audit_log"].create_index(["action"])
+    db["reviews"].add_column("actor", str)
+    db.execute("DROP TRIGGER audit_log_no_update")
+    # A row may be written once more only to seal it (pre-chain rows); a sealed row never changes.
+    db.execute("CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log WHEN OLD.hash IS NOT NULL "
+               "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END")
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (1, "initial schema", _m001_initial),
     (2, "prediction provenance", _m002_prediction_provenance),
@@ -190,14 +223,24 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (4, "segmentations", _m004_segmentations),
     (5, "training jobs", _m005_training_jobs),
     (6, "one job machinery", _m006_one_job_machinery),
+    (7, "identity and a sealed audit trail", _m007_identity),
 )
+_AUDIT_HEAD = "audit_head"
 
 
 class Store:
     """Handle on the database file. Cheap to create; holds no open connection."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, audit_key: bytes | None = None):
         self.path = Path(path)
+        self._audit_key = audit_key
+
+    @property
+    def audit_key(self) -> bytes:
+        """The key sealing the audit chain: outside the database (engine.keys), beside it under RADLENS_HOME."""
+        if self._audit_key is None:
+            self._audit_key = secret_key(self.path.parent, "audit")
+        return self._audit_key
 
     def _connect(self) -> Database:
         conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
@@ -232,7 +275,7 @@ class Store:
 
     def migrate(self) -> list[int]:
         """Apply pending migrations; returns the versions applied (none on a second call)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         with self.read() as db:
             db.conn.execute("PRAGMA journal_mode = WAL")
         applied = []
@@ -246,7 +289,36 @@ class Store:
                     db["schema_migrations"].insert({"version": version, "name": name, "applied_at": utc_now()})
                     applied.append(version)
             db.execute("INSERT OR IGNORE INTO settings (key, value) VALUES ('uid_salt', ?)", [secrets.token_hex(32)])
+            self._seal_unsealed(db)
+        for suffix in ("", "-wal", "-shm"):  # the database is for this user's eyes only
+            if Path(f"{self.path}{suffix}").exists():
+                Path(f"{self.path}{suffix}").chmod(0o600)
         return applied
+
+    def _seal_unsealed(self, db: Database) -> None:
+        """Seal rows written before the chain existed, in id order, continuing from the head."""
+        rows = list(db.query("SELECT * FROM audit_log WHERE hash IS NULL ORDER BY id"))
+        if not rows:
+            return
+        prev = self._head(db)
+        prev_hash = prev["hash"] if prev else GENESIS
+        for row in rows:
+            row.update(role=row.get("role") or "unrecorded", actor_name=row.get("actor_name") or row["actor"])
+            digest = seal(self.audit_key, prev_hash, row)
+            db.execute("UPDATE audit_log SET prev_hash = ?, hash = ?, role = ?, actor_name = ? WHERE id = ?",
+                       [prev_hash, digest, row["role"], row["actor_name"], row["id"]])
+            prev_hash = digest
+        self._set_head(db, rows[-1]["id"], prev_hash)
+
+    @staticmethod
+    def _head(db: Database) -> dict | None:
+        row = db.execute("SELECT value FROM settings WHERE key = ?", [_AUDIT_HEAD]).fetchone()
+        return json.loads(row[0]) if row else None
+
+    @staticmethod
+    def _set_head(db: Database, row_id: int, digest: str) -> None:
+        db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)",
+                   [_AUDIT_HEAD, json.dumps({"id": row_id, "hash": digest})])
 
     def row(self, table: str, row_id: int) -> dict | None:
         """One row of `table` by primary key, or None."""
@@ -259,19 +331,29 @@ class Store:
             row = db.execute("SELECT value FROM settings WHERE key = ?", [key]).fetchone()
         return row[0] if row else None
 
-    @staticmethod
-    def audit(db: Database, actor: str, action: str, target_type: str = "", target_id: Any = "",
-              detail: dict | None = None) -> None:
-        """Append one audit row inside the caller's write transaction."""
-        db["audit_log"].insert({
-            "at": utc_now(), "actor": actor, "action": action, "target_type": target_type,
-            "target_id": str(target_id), "detail": json.dumps(detail or {}, sort_keys=True),
-        })
+    def audit(self, db: Database, actor: str, action: str, target_type: str = "", target_id: Any = "",
+              detail: dict | None = None, *, role: str = "system", actor_name: str = "") -> None:
+        """Append one sealed audit row inside the caller's write transaction (BEGIN IMMEDIATE holds the write
+        lock, so no other writer can take the same id or chain from the same head)."""
+        last = db.execute("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1").fetchone()
+        row = {"id": (last[0] + 1) if last else 1, "at": utc_now(), "actor": actor, "actor_name": actor_name or actor,
+               "role": role, "action": action, "target_type": target_type, "target_id": str(target_id),
+               "detail": json.dumps(detail or {}, sort_keys=True)}
+        row["prev_hash"] = last[1] if last else GENESIS
+        row["hash"] = seal(self.audit_key, row["prev_hash"], row)
+        db["audit_log"].insert(row)
+        self._set_head(db, row["id"], row["hash"])
 
     def log_action(self, actor: str, action: str, target_type: str = "", target_id: Any = "",
-                   detail: dict | None = None) -> None:
+                   detail: dict | None = None, *, role: str = "system") -> None:
         with self.write() as db:
-            self.audit(db, actor, action, target_type, target_id, detail)
+            self.audit(db, actor, action, target_type, target_id, detail, role=role)
+
+    def verify_audit(self) -> ChainReport:
+        """Recompute the whole chain (streamed in id order) against the seals and the head."""
+        with self.read() as db:
+            rows = db.query("SELECT * FROM audit_log ORDER BY id")
+            return verify_chain(self.audit_key, rows, self._head(db))
 
     def audit_rows(self, limit: int = 100) -> list[dict]:
         with self.read() as db:

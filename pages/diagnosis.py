@@ -11,7 +11,6 @@ from engine.cases.diagnosis import (
     diagnose_image,
     unreviewed_cases,
 )
-from engine.cases.images import get_case
 
 ctx = resources.context()
 st.title("Diagnosis")
@@ -19,7 +18,7 @@ case_id = widgets.case_picker(ctx.store)
 
 with widgets.engine_errors():
     classifier = resources.active_classifier(ctx)
-    image = widgets.image_picker(get_case(ctx.store, case_id))
+    image = widgets.image_picker(widgets.viewed_case(ctx, case_id))
     tta = 8 if st.toggle("Test-time augmentation uncertainty (9 forwards instead of 1)", key="diagnosis.tta") else 0
     result = widgets.once_per_opening(state.DIAGNOSIS, (image["id"], classifier.loaded.sha256, tta),
                                       lambda: diagnose_image(ctx, classifier, image, tta))
@@ -31,7 +30,10 @@ with widgets.engine_errors():
     with right:
         card = classifier.loaded.card
         model_widgets.prediction_panel(result.prediction, card.name, card.version, card.positive_label)
-        submitted = model_widgets.review_form(classifier.loaded.labels, key=f"review.{case_id}")
+        submitted = ctx.user.may("case.review") and \
+            model_widgets.review_form(classifier.loaded.labels, key=f"review.{case_id}")
+        if not ctx.user.may("case.review"):
+            st.caption("Reviews are recorded by clinicians: your role can read results but not review them.")
         if submitted:
             add_review(ctx, case_id, *submitted, prediction_id=result.prediction_id)
             st.success("Review saved.", icon=":material/check:")

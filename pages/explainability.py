@@ -8,7 +8,7 @@ from dashboard import resources, widgets
 from dashboard.text import md, plain
 from engine.cases.explanations import explain_image
 from engine.cases.heatmap_audit import start_audit
-from engine.cases.images import get_case, gray_image
+from engine.cases.images import gray_image
 from engine.cases.ingest import ingest_paths
 
 ctx = resources.context()
@@ -16,7 +16,7 @@ ctx = resources.context()
 
 def case_view(explainer) -> None:
     case_id = widgets.case_picker(ctx.store)
-    image = widgets.image_picker(get_case(ctx.store, case_id))
+    image = widgets.image_picker(widgets.viewed_case(ctx, case_id))
     gray = gray_image(ctx.config, image)
     methods, target, layer = ew.method_controls(explainer, explainer.predicted(explainer.input(gray)))
     opacity, colormap, top = ew.display_controls()
@@ -27,7 +27,8 @@ def case_view(explainer) -> None:
     heatmaps = explain_image(ctx, explainer, image, gray, methods, target, layer,
                              lambda done, what: bar.progress(done, text=what))
     bar.empty()
-    ew.comparison(gray, heatmaps, methods, opacity, colormap, top, f"case{case_id}-image{image['id']}")
+    ew.comparison(gray, heatmaps, methods, opacity, colormap, top, f"case{case_id}-image{image['id']}",
+                  widgets.exporter(ctx, case_id))
 
 
 def audit_view(model_name: str) -> None:

@@ -4,7 +4,7 @@ on the same held-out split, and who changed what when."""
 import pandas as pd
 import streamlit as st
 
-from dashboard import lifecycle_widgets, model_widgets, resources, widgets
+from dashboard import lifecycle_widgets, model_widgets, resources, state, widgets
 from engine.models.catalog import (
     active_model,
     installed_models,
@@ -16,15 +16,19 @@ from engine.models.registry import architectures
 
 ctx = resources.context()
 st.title("Models")
+ACTIONS = {
+    "model.promote": lambda model, reason: promote(ctx, model.name, reason),
+    "model.rollback": lambda model, reason: rollback(ctx, model.task, reason),
+}
 
 with widgets.engine_errors():
     models = installed_models(ctx.config)
     active = {task: active_model(ctx, task).name for task in sorted({m.task for m in models})}
     st.subheader("Installed versions")
-    if task := lifecycle_widgets.rollback_buttons(active, {t: rollback_target(ctx, t) for t in active}):
-        rollback(ctx, task)
-        resources.release_models()
-        st.rerun()
+    may_promote = ctx.user.may("model.promote")
+    targets = {t: rollback_target(ctx, t) for t in active}
+    if task := lifecycle_widgets.rollback_buttons(active, targets, may_promote):
+        st.session_state[state.CONFIRM] = ("model.rollback", targets[task].name)
     st.dataframe(pd.DataFrame([{
         "Name": m.name, "Version": m.card.version, "Task": m.task, "Architecture": m.card.arch,
         "Test split": model_widgets.headline(m.card), "Active": active.get(m.task) == m.name,
@@ -35,8 +39,11 @@ with widgets.engine_errors():
     name = st.selectbox("Model card", names, index=names.index(wanted) if wanted in names else 0)
     model = next(m for m in models if m.name == name)
     card = model.card
-    if lifecycle_widgets.promote_button(model, active[model.task]):
-        promote(ctx, model.name)
+    if may_promote and lifecycle_widgets.promote_button(model, active[model.task]):
+        st.session_state[state.CONFIRM] = ("model.promote", model.name)
+    if confirmed := lifecycle_widgets.pending_activation(models, active):
+        ACTIONS[confirmed[0]](*confirmed[1:])
+        st.session_state.pop(state.CONFIRM, None)
         resources.release_models()
         st.rerun()
     st.text(f"{name} version {card.version} - {card.task}, {card.arch}, labels {', '.join(card.labels)}\n"

@@ -4,7 +4,6 @@ agreement with the ground truth for dataset cases, exports, and the region's exp
 import streamlit as st
 
 from dashboard import resources, seg_widgets, state, widgets
-from engine.cases.images import get_case
 from engine.cases.segmentation import (
     export_seg,
     segment_case_image,
@@ -17,7 +16,7 @@ case_id = widgets.case_picker(ctx.store)
 
 with widgets.engine_errors():
     segmenter = resources.active_segmenter(ctx)
-    image = widgets.image_picker(get_case(ctx.store, case_id))
+    image = widgets.image_picker(widgets.viewed_case(ctx, case_id))
     pixel_mm = st.session_state.get(f"seg.pixel.{image['id']}") or None
     done = widgets.once_per_opening(state.SEGMENTATION, (image["id"], segmenter.loaded.sha256, pixel_mm),
                                     lambda: segment_case_image(ctx, segmenter, image, pixel_mm))
@@ -31,7 +30,9 @@ with widgets.engine_errors():
         seg_widgets.agreement_panel(done)
         st.number_input("Pixel size (mm), overrides the file's", min_value=0.0, max_value=10.0, step=0.01,
                         format="%.4f", key=f"seg.pixel.{image['id']}", help="0 = use the file's own pixel size")
-        seg_widgets.exports(image, done, lambda: export_seg(ctx, image, done, segmenter))
+        if ctx.user.may("case.export"):
+            seg_widgets.exports(image, done, lambda: export_seg(ctx, image, done, segmenter),
+                                widgets.exporter(ctx, case_id))
 
     with st.expander("Uncertainty (image vs mirror image)", icon=":material/contrast:"):
         if st.toggle("Compute the uncertainty map", key="seg.uncertainty"):

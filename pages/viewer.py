@@ -2,9 +2,7 @@
 
 import streamlit as st
 
-from dashboard import resources, widgets
-from dashboard.registry import page_path
-from engine.cases.images import get_case
+from dashboard import links, resources, widgets
 from engine.io import render
 
 ctx = resources.context()
@@ -12,7 +10,7 @@ st.title("Study viewer")
 case_id = widgets.case_picker(ctx.store)
 
 with widgets.engine_errors():
-    image = widgets.image_picker(get_case(ctx.store, case_id))
+    image = widgets.image_picker(widgets.viewed_case(ctx, case_id))
     study = resources.study(image["path"], image["id"])
     left, right = st.columns([3, 1])
     with right:
@@ -24,9 +22,9 @@ with widgets.engine_errors():
         widgets.step_badges(rendered.steps)
     with right:
         widgets.image_facts(image, study, study.spacing)
-        st.page_link(page_path("diagnosis"), label="Diagnose this case", icon=":material/diagnosis:",
+        links.page_link("diagnosis", label="Diagnose this case", icon=":material/diagnosis:",
                      query_params={"case": case_id})
-        st.page_link(page_path("segmentation"), label="Segment this case", icon=":material/donut_large:",
+        links.page_link("segmentation", label="Segment this case", icon=":material/donut_large:",
                      query_params={"case": case_id})
     st.subheader("De-identified header")
     widgets.tag_table(study)

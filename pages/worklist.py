@@ -10,7 +10,7 @@ from engine.cases.worklist import (
     STATUSES,
     WorklistQuery,
     facet_values,
-    query_worklist,
+    list_worklist,
 )
 
 ctx = resources.context()
@@ -27,7 +27,7 @@ sort = c6.selectbox("Sort", list(SORTS))
 page = c7.number_input("Page", min_value=1, value=1, step=1)
 
 dates = [d.isoformat() for d in received] if isinstance(received, (list, tuple)) else [received.isoformat()]
-result = query_worklist(ctx.store, WorklistQuery(
+result = list_worklist(ctx, WorklistQuery(
     tuple(modalities), tuple(body_parts), dates[0] if dates else None, dates[-1] if dates else None,
     status, text, sort, int(page)))
 

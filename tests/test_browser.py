@@ -36,7 +36,8 @@ def _free_port() -> int:
 @pytest.fixture
 def server(tmp_path):
     port = _free_port()
-    env = {**os.environ, "RADLENS_HOME": str(tmp_path / "home")}
+    # these tests are about the pages: sign-in is off (allowed on loopback only); test_auth_browser covers it
+    env = {**os.environ, "RADLENS_HOME": str(tmp_path / "home"), "RADLENS_AUTH": "none"}
     subprocess.run([sys.executable, "-m", "engine", "init", "--no-demo"], cwd=ROOT, env=env, check=True)
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),

@@ -142,7 +142,7 @@ def test_the_shipped_model_is_installed_and_active_by_default(ctx, config, store
     assert active_model(ctx).name == "cxr-pneumonia-resnet18"
     assert load_classifier(ctx).loaded.sha256 == load_model(SHIPPED).sha256
     with pytest.raises(EngineError, match="No installed model named"):
-        set_active(ctx, "nope")
+        set_active(ctx, "nope", "checking an unknown name")
 
 
 def test_classify_command_prints_json_per_image_and_writes_overlays(tmp_path):

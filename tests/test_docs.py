@@ -65,3 +65,15 @@ def test_architecture_doc_answers_where_to_change_things():
         assert row, question
         for path in re.findall(r"`((?:engine|dashboard|pages)/[\w/]+\.py)`", row):
             assert (ROOT / path).is_file(), f"{question}: {path} does not exist"
+
+
+def test_security_doc_prints_the_permission_matrix_the_engine_enforces():
+    from engine.context import ACCOUNT_ROLES, PERMISSIONS, ROLES
+
+    text = (ROOT / "docs" / "security.md").read_text()
+    rows = re.findall(r"^\| `([a-z]+\.[a-z]+)` \| (.+?) \| (.*) \|$", text, re.MULTILINE)
+    assert [name for name, _, _ in rows] == list(PERMISSIONS)
+    for name, allows, cells in rows:
+        marks = [c.strip() for c in cells.split("|")]
+        assert allows == PERMISSIONS[name]
+        assert {r for r, m in zip(ACCOUNT_ROLES, marks) if m == "yes"} == {r for r in ACCOUNT_ROLES if name in ROLES[r]}

@@ -14,9 +14,10 @@ LAYERS = (
     ("engine",),  # the package's own __init__ (a docstring)
     ("engine.errors",),
     ("engine.config",),
+    ("engine.keys", "engine.audit"),
     ("engine.store", "engine.io", "engine.metrics"),
     ("engine.context",),
-    ("engine.models",),
+    ("engine.models", "engine.identity"),
     ("engine.inference",),
     ("engine.draw", "engine.data"),
     ("engine.tasks",),

@@ -101,6 +101,7 @@ def test_reviewed_cases_become_training_data_and_held_out_films_are_left_out(ctx
                          Preprocessing(size=64), with_base_train=True)
     assert record["used"] == [fixed, agree] and record["cases"] == [corrected, agreed]
     assert record["labels"] == {fixed: "pneumonia", agree: done[0].prediction.label}
+    assert record["reviewers"] == {"dr a": 1, "dr b": 1}  # who labelled what the model learns from
     assert set(record["left_out"]) == {str(superseded), str(disagree), str(test_film)}
     assert "superseded" in record["left_out"][str(superseded)]
     assert "without a corrected label" in record["left_out"][str(disagree)]
@@ -116,6 +117,7 @@ def test_reviewed_cases_become_training_data_and_held_out_films_are_left_out(ctx
         "--threads", "2", "--output", str(tmp_path / "run"), "--name", "from-reviews",
         "--review-ids", f"{superseded},{fixed},{agree},{disagree},{test_film}"])
     assert card.data["reviews"]["used"] == [fixed, agree]
+    assert card.data["reviews"]["reviewers"] == {"dr a": 1, "dr b": 1}
     assert sum(card.data["counts"]["train"].values()) == base_train + 2
     assert "plus 2 clinician-reviewed case(s)" in card.data["description"]
 

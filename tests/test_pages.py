@@ -7,8 +7,13 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from dashboard import state
+from dashboard.registry import PAGES
 from dashboard.widgets import DISCLAIMER
 from engine.cases.ingest import ingest_files
+from engine.config import Config
+from engine.context import ACCOUNT_ROLES, ROLES, Context, User
+from engine.identity.sessions import start_session
 from tests.conftest import dicom_bytes, make_model_file, needs_data, write_cxr_subset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,8 +30,25 @@ def app_home(config, store, ctx, monkeypatch):
     st.cache_resource.clear()
 
 
-def _run(page: str | None = None, **session) -> AppTest:
+# Each page is opened by a role that may see it (the first of clinician, researcher, admin holding its permission).
+ROLE_FOR = {p.script: next(r for r in ACCOUNT_ROLES if p.permission in ROLES[r]) for p in PAGES}
+
+
+def _signed_in(role: str) -> str:
+    """A live session token for a `role` account (what the login form leaves in the tab's state)."""
+    ctx = Context.open(Config.from_env())
+    return start_session(ctx, User(f"local:{role}-tester", f"{role} tester", role), "local")
+
+
+def _app(role: str | None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120)
+    if role:
+        at.session_state[state.SESSION] = _signed_in(role)
+    return at
+
+
+def _run(page: str | None = None, role: str | None = None, **session) -> AppTest:
+    at = _app(role or ROLE_FOR.get(page, "clinician"))
     for key, value in session.items():
         at.session_state[key] = value
     at.run()
@@ -139,7 +161,7 @@ def test_explainability_audit_tab_shows_a_stored_audit(ctx, app_home):
     from engine.cases.heatmap_audit import run_audit, start_audit
     run_audit(ctx, start_audit(ctx, "cxr-pneumonia-resnet18", "gradcam", "cxr_pneumonia", "test", limit=6,
                                background=False))
-    at = AppTest.from_file(APP, default_timeout=120)
+    at = _app("researcher")
     at.run()
     at.switch_page(str(ROOT / "pages/explainability.py"))
     at.query_params["tab"] = "Dataset audit"
@@ -223,14 +245,24 @@ def test_training_page_starts_a_job_from_the_form_and_cancels_it(app_home, tmp_p
 
 def test_models_page_promotes_and_rolls_back_with_history(app_home):
     make_model_file(app_home.home / "models" / "candidate.safetensors")
-    at = _run("pages/models.py")
+    at = _run("pages/models.py", role="admin")
     _widget(at.selectbox, "Model card").set_value("candidate").run()
     _widget(at.button, "Promote candidate to active classification model").click().run()
+    assert any("Confirm: Promote candidate" in m.value for m in at.markdown)  # nothing changed yet
+    _widget(at.button, "Confirm: promote candidate").click().run()  # without a reason: refused
+    assert any("say why" in e.value for e in at.error)
+    _widget(at.text_area, "Reason (kept in the audit trail with your name)").set_value(
+        "candidate wins on the held-out split")
+    _widget(at.button, "Confirm: promote candidate").click().run()
     assert not at.exception, [e.message for e in at.exception]
     assert any("Active classification model: candidate" == m.value for m in at.text)  # plain text: a card's name
     history = at.dataframe[-2].value
     assert list(history["Action"]) == ["model.promote"] and history.iloc[0]["Replaced"] == "cxr-pneumonia-resnet18"
+    assert (history.iloc[0]["Who"], history.iloc[0]["Role"]) == ("local:admin-tester", "admin")
+    assert history.iloc[0]["Reason"] == "candidate wins on the held-out split"
     _widget(at.button, "Roll back to cxr-pneumonia-resnet18").click().run()
+    _widget(at.text_area, "Reason (kept in the audit trail with your name)").set_value("back to the shipped one")
+    _widget(at.button, "Confirm: roll back to cxr-pneumonia-resnet18").click().run()
     assert any("Active classification model: cxr-pneumonia-resnet18" == m.value for m in at.text)
     assert list(at.dataframe[-2].value["Action"]) == ["model.rollback", "model.promote"]
 
@@ -247,3 +279,63 @@ def test_models_page_compares_two_versions_on_the_test_split(app_home):
     assert float(auc["cxr-pneumonia-resnet18 (n=156)"].split()[0]) > float(auc["candidate (n=156)"].split()[0])
     assert any("B - A, paired over the same 156 images:** AUC -" in shown(m.value) and "excludes 0" in m.value
                for m in at.markdown)
+
+
+def test_nothing_renders_before_sign_in_not_even_a_case_from_the_url(app_home):
+    at = _app(None)
+    at.query_params["case"] = "1"
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert [t.value for t in at.title] == ["Sign in to RadLens"]
+    assert [w.label for w in at.text_input] == ["User name", "Password"]
+    assert not at.dataframe and not at.get("plotly_chart") and not at.get("imgs")
+    shown = " ".join(str(e.value) for kind in ("markdown", "caption", "text", "info") for e in at.get(kind))
+    assert "RG1" not in shown and "CHEST" not in shown and "case 1" not in shown.lower()
+    assert any(DISCLAIMER in c.value for c in at.caption)
+
+
+def test_the_sign_in_form_lets_a_clinician_in_and_the_pages_follow_the_role(app_home):
+    from engine.identity.accounts import add_account
+
+    admin = Context.open(Config.from_env())
+    add_account(admin, "alice", "correct horse battery staple", "clinician", "Dr Alice")
+    at = _app(None)
+    at.run()
+    _widget(at.text_input, "User name").set_value("alice")
+    _widget(at.text_input, "Password").set_value("not her password")
+    _widget(at.button, "Sign in").click().run()
+    assert [e.value for e in at.error] == ["wrong user name or password"]
+    at.run()  # the growing wait: an immediate second try is refused without checking
+    _widget(at.text_input, "Password").set_value("correct horse battery staple")
+    _widget(at.button, "Sign in").click().run()
+    assert any("wait 1 s" in e.value for e in at.error)
+    import time
+    time.sleep(1.1)
+    _widget(at.button, "Sign in").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.title[0].value == "Worklist"
+    assert any("Signed in as **Dr Alice** (clinician)" in c.value for c in at.sidebar.caption)
+    actions = [r["action"] for r in admin.store.audit_rows(10)]
+    assert actions[0] == "login" and actions.count("login.failed") == 1
+
+
+def test_a_researcher_reads_results_but_cannot_review(app_home):
+    at = _run("pages/diagnosis.py", role="researcher", **{"radlens.current_case": 1})
+    assert not [w for w in at.button if w.label == "Save review"]
+    assert any("Reviews are recorded by clinicians" in c.value for c in at.caption)
+
+
+def test_admin_page_adds_a_user_and_shows_the_audit_trail_intact(app_home):
+    at = _run("pages/admin.py")
+    assert "audit trail intact" in at.success[0].value
+    _widget(at.text_input, "User name").set_value("bob")
+    _widget(at.text_input, "Display name").set_value("Dr Bob")
+    _widget(at.selectbox, "Role").set_value("researcher")
+    _widget(at.text_input, "Initial password (hand it over in person; they can change it)").set_value(
+        "a long enough passphrase")
+    _widget(at.button, "Add user").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    accounts = at.dataframe[0].value
+    assert list(accounts["User name"]) == ["bob"] and accounts.iloc[0]["Role"] == "researcher"
+    trail = at.dataframe[-1].value
+    assert trail.iloc[0]["Action"] == "user.add" and trail.iloc[0]["Who"] == "local:admin-tester"

@@ -59,7 +59,7 @@ def record_prediction(ctx: Context, classifier: Classifier, image: dict, predict
     }
     with ctx.store.write() as db:
         prediction_id = db["predictions"].insert(row).last_pk
-        Store.audit(db, ctx.actor, "predict", "case", image["case_id"],
+        ctx.audit(db, "predict", "case", image["case_id"],
                     {"prediction_id": prediction_id, "model": loaded.name, "version": loaded.version,
                      "label": prediction.label})
     return prediction_id
@@ -103,7 +103,6 @@ def add_review(ctx: Context, case_id: int, verdict: str, label: str = "", commen
                prediction_id: int | None = None) -> int:
     """A clinician's review of a case (agree / disagree / corrected label) with its audit row."""
     ctx.require("case.review")
-    actor = ctx.actor
     if verdict not in VERDICTS:
         raise InvalidReview(f"Unknown verdict {verdict!r}. Use one of: {', '.join(VERDICTS)}")
     if verdict == "corrected" and not label:
@@ -112,11 +111,12 @@ def add_review(ctx: Context, case_id: int, verdict: str, label: str = "", commen
         if not db.execute("SELECT 1 FROM cases WHERE id = ?", [case_id]).fetchone():
             raise UnknownCase(f"case {case_id} does not exist; pick one from the worklist")
         review_id = db["reviews"].insert({
-            "case_id": case_id, "prediction_id": prediction_id, "reviewer": actor, "verdict": verdict,
+            "case_id": case_id, "prediction_id": prediction_id, "reviewer": ctx.user.name or ctx.actor,
+            "actor": ctx.actor, "verdict": verdict,
             "label": label, "comment": comment.strip(), "created_at": utc_now(),
         }).last_pk
-        Store.audit(db, actor, "review", "case", case_id,
-                    {"review_id": review_id, "verdict": verdict, "label": label, "prediction_id": prediction_id})
+        ctx.audit(db, "review", "case", case_id,
+                  {"review_id": review_id, "verdict": verdict, "label": label, "prediction_id": prediction_id})
     return review_id
 
 

@@ -18,7 +18,7 @@ from engine.inference.explainer import (
     encode_map,
 )
 from engine.inference.faithfulness import Faithfulness
-from engine.store import Store, utc_now
+from engine.store import utc_now
 
 __all__ = ["explain_image"]
 
@@ -55,7 +55,7 @@ def explain_image(ctx: Context, explainer: Explainer, image: dict, gray: np.ndar
                 "cam": encode_map(h.cam), "runtime_ms": h.runtime_ms,
                 "faithfulness": json.dumps(h.faithfulness.as_dict()), "created_at": utc_now(),
             } for h in fresh.values()), ignore=True)  # a concurrent session may have stored the same key
-            Store.audit(db, ctx.actor, "explain", "case", image["case_id"],
+            ctx.audit(db, "explain", "case", image["case_id"],
                         {"image_id": image["id"], "methods": list(fresh), "target": target, "layer": layer,
                          "model": loaded.name, "version": loaded.version})
     return [fresh[m] if m in fresh else _from_row(rows[m]) for m in methods]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypedDict
 
 import numpy as np
 
 from engine.config import Config
+from engine.context import Context
 from engine.errors import UnknownCase
 from engine.io import read_study
 from engine.io.study import Study
@@ -63,7 +65,8 @@ class CaseRow(TypedDict):
     images: list[ImageRow]
 
 
-__all__ = ["CaseRow", "ImageRow", "get_case", "get_image", "load_image", "gray_image", "recent_cases"]
+__all__ = ["CaseRow", "ImageRow", "get_case", "view_case", "record_export", "get_image", "load_image", "gray_image",
+           "recent_cases"]
 
 
 def get_case(store: Store, case_id: int) -> CaseRow:
@@ -74,6 +77,23 @@ def get_case(store: Store, case_id: int) -> CaseRow:
             raise UnknownCase(f"case {case_id} does not exist; pick one from the worklist")
         images = list(db.query("SELECT * FROM images WHERE case_id = ? ORDER BY id", [case_id]))
     return {**rows[0], "images": images}
+
+
+def view_case(ctx: Context, case_id: int, record: bool = True) -> CaseRow:
+    """get_case for a person: needs `case.read`, and the first view in a sitting is an audit row."""
+    ctx.require("case.read")
+    case = get_case(ctx.store, case_id)
+    if record:
+        ctx.log("case.view", "case", case_id)
+    return case
+
+
+def record_export(ctx: Context, case_id: int, kind: str, build: Callable[[], bytes]) -> bytes:
+    """A download of something derived from a case (a mask PNG, an overlay): needs `case.export`; logged."""
+    ctx.require("case.export")
+    data = build()
+    ctx.log("export", "case", case_id, {"kind": kind, "bytes": len(data)})
+    return data
 
 
 def load_image(config: Config, image: ImageRow) -> Study:

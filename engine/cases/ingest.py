@@ -181,7 +181,7 @@ def _write(prepared: Prepared, ctx: Context, source: str) -> tuple[int, int, boo
     with ctx.store.write() as db:
         row = db.execute("SELECT case_id, id FROM images WHERE sha256 = ?", [prepared.sha256]).fetchone()
         if row:
-            ctx.store.audit(db, ctx.actor, "upload.duplicate", "image", row[1], {"case_id": row[0], "source": source})
+            ctx.audit(db, "upload.duplicate", "image", row[1], {"case_id": row[0], "source": source})
             return row[0], row[1], True
         relative = Path("files") / uuid.uuid4().hex[:2] / f"{uuid.uuid4().hex}.{prepared.extension}"
         target = ctx.config.home / relative
@@ -198,7 +198,7 @@ def _write(prepared: Prepared, ctx: Context, source: str) -> tuple[int, int, boo
                 {**prepared.fields, "case_id": case_id, "sha256": prepared.sha256, "path": str(relative),
                  "created_at": utc_now()}
             ).last_pk
-            ctx.store.audit(db, ctx.actor, "upload", "image", image_id,
+            ctx.audit(db, "upload", "image", image_id,
                         {"case_id": case_id, "source": source, "format": prepared.fields["source_format"]})
         except BaseException:
             target.unlink(missing_ok=True)
@@ -242,4 +242,4 @@ def _log_batch(ctx: Context, results: list[IngestResult], source: str) -> None:
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "duplicate", "error")}
     log.info("ingest source=%s ok=%d duplicate=%d error=%d kinds=%s", source, *counts.values(), ",".join(errors))
     if counts["error"]:
-        ctx.store.log_action(ctx.actor, "upload.failed", "batch", "", {"count": counts["error"], "kinds": errors})
+        ctx.log("upload.failed", "batch", "", {"count": counts["error"], "kinds": errors})

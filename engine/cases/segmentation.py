@@ -105,7 +105,7 @@ def _record(ctx: Context, segmenter: Segmenter, image: dict, result: Segmentatio
     }
     with ctx.store.write() as db:
         segmentation_id = db["segmentations"].insert(row).last_pk
-        Store.audit(db, actor, "segment", "case", image["case_id"],
+        ctx.audit(db, "segment", "case", image["case_id"],
                     {"segmentation_id": segmentation_id, "model": loaded.name, "version": loaded.version,
                      "circumference": row["circumference"], "unit": row["unit"]})
     return segmentation_id
@@ -115,7 +115,7 @@ def export_seg(ctx: Context, image: dict, done: CaseSegmentation, segmenter: Seg
     """A case's segmentation as a DICOM SEG object; the export is audited ('export.seg')."""
     ctx.require("case.export")
     data = seg_dicom(ctx.config, image, done.result.mask, segmenter.loaded.name, segmenter.loaded.version)
-    ctx.store.log_action(ctx.actor, "export.seg", "case", done.case_id, {"segmentation_id": done.segmentation_id})
+    ctx.log("export.seg", "case", done.case_id, {"segmentation_id": done.segmentation_id})
     return data
 
 

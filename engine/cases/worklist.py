@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.context import Context
 from engine.store import Store
 
-__all__ = ["Column", "COLUMNS", "WorklistQuery", "WorklistPage", "query_worklist", "facet_values", "SORTS", "STATUSES"]
+__all__ = ["Column", "COLUMNS", "WorklistQuery", "WorklistPage", "query_worklist", "list_worklist", "facet_values",
+           "SORTS", "STATUSES"]
 
 SORTS = {
     "Newest first": "c.received_at DESC, c.id DESC",
@@ -132,6 +134,12 @@ def query_worklist(store: Store, q: WorklistQuery) -> WorklistPage:
         ids = [r["id"] for r in rows]
         latest = {r.pop("id"): r for r in db.query(_LATEST.format(ids=",".join("?" * len(ids))), ids)}
     return WorklistPage([{**r, **latest[r["id"]]} for r in rows], total, page, pages)
+
+
+def list_worklist(ctx: Context, q: WorklistQuery) -> WorklistPage:
+    """query_worklist for a person: needs `case.read`."""
+    ctx.require("case.read")
+    return query_worklist(ctx.store, q)
 
 
 def facet_values(store: Store, column: str) -> list[str]:

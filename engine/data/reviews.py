@@ -34,7 +34,7 @@ SELECT r.id AS review_id, r.case_id, r.verdict, r.label AS corrected,
                 (SELECT p.label FROM predictions p WHERE p.case_id = r.case_id AND p.created_at <= r.created_at
                  ORDER BY p.id DESC LIMIT 1)) AS predicted,
        (SELECT max(id) FROM reviews s WHERE s.case_id = r.case_id) AS latest_id,
-       i.id AS image_id, i.path
+       i.id AS image_id, i.path, coalesce(r.actor, r.reviewer) AS reviewer
 FROM reviews r JOIN images i ON i.id = (SELECT min(id) FROM images j WHERE j.case_id = r.case_id)
 ORDER BY r.id
 """
@@ -47,6 +47,7 @@ class ReviewedImage:
     image_id: int
     path: str  # the de-identified file, relative to RADLENS_HOME
     label: str
+    reviewer: str  # the authenticated id of who reviewed it (local:alice, sub@issuer)
 
 
 def reviewed_images(store: Store, labels: list[str], ids: Iterable[int] | None = None
@@ -65,7 +66,8 @@ def reviewed_images(store: Store, labels: list[str], ids: Iterable[int] | None =
         elif label not in labels:
             reason = f"label {label!r} is not one of {', '.join(labels)}"
         else:
-            usable.append(ReviewedImage(r["review_id"], r["case_id"], r["image_id"], r["path"], label))
+            usable.append(ReviewedImage(r["review_id"], r["case_id"], r["image_id"], r["path"], label,
+                                        r["reviewer"] or ""))
             continue
         left_out[r["review_id"]] = reason
     if wanted is not None:
@@ -110,4 +112,5 @@ def add_reviews(splits: Splits, ctx: Context, ids: Iterable[int], prep: Preproce
                                     base.names + review_set.names) if with_base_train else review_set
     return {"used": [r.review_id for r in used], "cases": [r.case_id for r in used],
             "labels": {r.review_id: r.label for r in used},
+            "reviewers": {name: sum(r.reviewer == name for r in used) for name in sorted({r.reviewer for r in used})},
             "left_out": {str(k): v for k, v in sorted(left_out.items())}, "with_base_train": with_base_train}

@@ -154,7 +154,7 @@ def submit(ctx: Context, kind: str, *, device: str = "cpu", task: str = "", revi
         if "config" in extra:
             extra["config"] = json.dumps(extra["config"])
         db["jobs"].update(job_id, {"output": str(job_folder(ctx.config, job_id)), **extra})
-        Store.audit(db, ctx.actor, "job.start", "job", job_id, {"kind": kind, **(detail or {})})
+        ctx.audit(db, "job.start", "job", job_id, {"kind": kind, **(detail or {})})
     if start and not here:
         dispatch(ctx)
     return job_id
@@ -222,7 +222,7 @@ def cancel_job(ctx: Context, job_id: int) -> None:
                            "can be cancelled")
         db["jobs"].update(job_id, {"status": JobStatus.CANCELLED.value, "finished_at": utc_now(),
                                    "updated_at": utc_now(), "error": f"cancelled by {ctx.actor}"})
-        Store.audit(db, ctx.actor, "job.cancel", "job", job_id, {"was": job["status"]})
+        ctx.audit(db, "job.cancel", "job", job_id, {"was": job["status"]})
     if job["status"] == JobStatus.RUNNING and alive(job["pid"]):
         try:
             os.killpg(job["pid"], signal.SIGTERM)
@@ -242,7 +242,7 @@ def resume_job(ctx: Context, job_id: int) -> None:
             raise JobError(f"job {job_id} is {status}; only {', '.join(RESUMABLE)} jobs can be resumed")
         db.execute("UPDATE jobs SET status = 'queued', resumes = coalesce(resumes, 0) + 1, pid = NULL, error = NULL, "
                    "finished_at = NULL, updated_at = ? WHERE id = ?", [utc_now(), job_id])
-        Store.audit(db, ctx.actor, "job.resume", "job", job_id, {"was": status})
+        ctx.audit(db, "job.resume", "job", job_id, {"was": status})
     dispatch(ctx)
 
 
@@ -270,7 +270,7 @@ def finish_job(store: Store, job_id: int, actor: str, detail: dict, **values) ->
         db.execute(f"UPDATE jobs SET status = 'finished', finished_at = ?, updated_at = ?, error = NULL"
                    f"{', ' + sets if sets else ''} WHERE id = ? AND status = 'running'",
                    [utc_now(), utc_now(), *values.values(), job_id])
-        Store.audit(db, actor, "job.finish", "job", job_id, detail)
+        store.audit(db, actor, "job.finish", "job", job_id, detail)
 
 
 def fail_job(store: Store, job_id: int, message: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from engine.config import Config
 from engine.context import Context
-from engine.errors import BadCheckpoint, UnknownModel
+from engine.errors import BadCheckpoint, InvalidOption, UnknownModel
 from engine.models.card import ModelCard
 from engine.models.checkpoint import read_card
 from engine.store import Store
@@ -75,21 +75,28 @@ def active_model(ctx: Context, task: str = "classification") -> InstalledModel:
     return available[0]
 
 
-def set_active(ctx: Context, name: str, action: str = "model.promote") -> InstalledModel:
-    """Make `name` the active model of its task; the audit row records the one it replaced (for roll back)."""
+MAX_REASON = 500
+
+
+def set_active(ctx: Context, name: str, reason: str, action: str = "model.promote") -> InstalledModel:
+    """Make `name` the active model of its task; the audit row records who, why, and the model it replaced
+    (for roll back). A reason is required: it is what a later reader of the audit trail needs most."""
     ctx.require("model.promote")
+    reason = " ".join((reason or "").split())
+    if len(reason) < 10:
+        raise InvalidOption("say why (at least 10 characters): the reason is kept in the audit trail with your name")
     model = find_model(ctx.config, name)
     previous = active_model(ctx, model.task)
     with ctx.store.write() as db:
         db["settings"].upsert({"key": f"active_model.{model.task}", "value": model.name}, pk="key")
-        Store.audit(db, ctx.actor, action, "model", model.name,
-                    {"task": model.task, "version": model.card.version, "previous": previous.name,
-                     "previous_version": previous.card.version})
+        ctx.audit(db, action, "model", model.name,
+                  {"task": model.task, "version": model.card.version, "previous": previous.name,
+                   "previous_version": previous.card.version, "reason": reason[:MAX_REASON]})
     return model
 
 
-def promote(ctx: Context, name: str) -> InstalledModel:
-    return set_active(ctx, name, "model.promote")
+def promote(ctx: Context, name: str, reason: str) -> InstalledModel:
+    return set_active(ctx, name, reason, "model.promote")
 
 
 def rollback_target(ctx: Context, task: str) -> InstalledModel | None:
@@ -104,20 +111,22 @@ def rollback_target(ctx: Context, task: str) -> InstalledModel | None:
         return None
 
 
-def rollback(ctx: Context, task: str) -> InstalledModel:
+def rollback(ctx: Context, task: str, reason: str) -> InstalledModel:
     """Re-activate the model that was active before the current one of `task` (audited)."""
     target = rollback_target(ctx, task)
     if target is None:
         raise UnknownModel(f"there is no earlier {task} model to roll back to")
-    return set_active(ctx, target.name, "model.rollback")
+    return set_active(ctx, target.name, reason, "model.rollback")
 
 
 def activation_log(store: Store, limit: int = 50) -> list[dict]:
     """Who promoted or rolled back which model, and when, newest first."""
     with store.read() as db:
-        rows = list(db.query("SELECT at, actor, action, target_id AS model, detail FROM audit_log WHERE action IN "
-                             "('model.promote', 'model.rollback', 'model.activate') ORDER BY id DESC LIMIT ?", [limit]))
+        rows = list(db.query("SELECT at, actor, role, action, target_id AS model, detail FROM audit_log "
+                             "WHERE action IN ('model.promote', 'model.rollback', 'model.activate') "
+                             "ORDER BY id DESC LIMIT ?", [limit]))
     for row in rows:
         detail = json.loads(row.pop("detail") or "{}")
-        row.update(version=detail.get("version"), task=detail.get("task"), replaced=detail.get("previous"))
+        row.update(version=detail.get("version"), task=detail.get("task"), replaced=detail.get("previous"),
+                   reason=detail.get("reason", ""))
     return rows

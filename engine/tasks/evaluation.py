@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.config import Config
+from engine.context import Context
 from engine.data.catalog import DATASETS, load_dataset
 from engine.errors import DatasetError, ModelMismatch
 from engine.models.catalog import find_model
@@ -26,14 +27,22 @@ def evaluate(loaded: LoadedModel, data_dir: Path | None, splits: tuple[str, ...]
     return _metrics(loaded, data.sets)
 
 
+def compare_for(ctx: Context, names: list[str], split: str = "test") -> dict:
+    """compare_models for a person: needs `model.compare`."""
+    ctx.require("model.compare")
+    return compare_models(ctx.config, names, split)
+
+
 def compare_models(config: Config, names: list[str], split: str = "test") -> dict:
-    """Two models on the same held-out split (the first one's dataset), each with its own preprocessing and
-    decision rules (threshold, temperature, boundary offset): {"reports": {name: card metrics},
+    """Two models on the same held-out split (the first one's dataset, else the second's), each with its own
+    preprocessing and decision rules (threshold, temperature, boundary offset): {"reports": {name: card metrics},
     "difference": {metric: [second - first, 95 % CI low, high]}}, the CI a paired bootstrap over images."""
     models = [find_model(config, name) for name in names]
     if len({m.task for m in models}) > 1:
         raise ModelMismatch(f"{' and '.join(names)} are models of different tasks; compare models of one task")
-    dataset = models[0].card.data["dataset"]
+    dataset = next((m.card.data.get("dataset") for m in models if m.card.data.get("dataset") in DATASETS), None)
+    if dataset is None:
+        raise DatasetError(f"neither {' nor '.join(names)} records a named dataset to compare them on")
     if DATASETS[dataset].folder is None:
         raise DatasetError(f"{models[0].name} was trained on a folder of the user's; compare on a named dataset")
     scored = []
