@@ -186,6 +186,12 @@ def test_oidc_sign_in_through_a_real_provider_takes_the_role_from_its_claim(tmp_
             assert page.get_by_role("link", name="Training").count() == 1  # a researcher's page
             page.locator('[data-testid="stDataFrame"]').wait_for()
             page.screenshot(path=OUTPUT / "oidc.png", full_page=True)
+            page.get_by_role("button", name="Sign out").click()  # ends our session and the provider cookie
+            page.get_by_role("button", name="End session").click()  # RP-initiated logout at the provider
+            page.wait_for_url(url + "/**", timeout=30_000)
+            _settle(page)
+            page.get_by_role("button", name="Sign in with your organisation's account").wait_for(timeout=30_000)
+    assert [row["action"] for row in _audit(env, "log")] == ["login", "logout"]
     login = _audit(env, "login")[-1]
     assert (login["actor"], login["role"], login["actor_name"]) == (f"dr-oidc@{issuer}", "researcher", "Dr Oidc")
     assert json.loads(login["detail"]) == {"auth": "oidc"}
