@@ -33,6 +33,7 @@ from engine.errors import (
 from engine.identity.accounts import (
     add_account,
     authenticate,
+    change_password,
     create_first_admin,
     issue_setup_token,
     reset_password,
@@ -237,9 +238,19 @@ def test_a_clinician_cannot_promote_an_admin_can_with_a_reason_and_the_row_says_
 
 
 def test_reset_and_self_service_rules(ctx):
-    add_account(ctx, "alice", PASSWORD, "clinician")
+    alice = ctx.as_user(add_account(ctx, "alice", PASSWORD, "clinician").user)
+    with pytest.raises(LoginFailed):
+        change_password(alice, "alice", "not the old one", "another long passphrase")
+    with ctx.store.write() as db:  # forget the failure's wait, to go on at once
+        db.execute("UPDATE users SET failed_logins = 0, last_failed_at = NULL")
+    change_password(alice, "alice", PASSWORD, "another long passphrase")
+    with pytest.raises(LoginFailed):
+        authenticate(ctx, "alice", PASSWORD)
+    with ctx.store.write() as db:
+        db.execute("UPDATE users SET failed_logins = 0, last_failed_at = NULL")
+    assert authenticate(ctx, "alice", "another long passphrase").username == "alice"
     admin = ctx.as_user(add_account(ctx, "ada", PASSWORD, "admin").user)
-    reset_password(admin, "alice", "a brand new passphrase")
+    reset_password(admin, "alice", "a brand new passphrase")  # also clears any wait or lock
     assert authenticate(ctx, "alice", "a brand new passphrase").username == "alice"
     with pytest.raises(InvalidOption, match="from yourself"):
         set_role(admin, "ada", "clinician")
