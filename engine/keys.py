@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,6 +14,23 @@ from engine.errors import KeyUnavailable
 
 __all__ = ["secret_key", "private_dir"]
 
+
+def _create_once(path: Path, text: str) -> None:
+    """Write `text` to `path` unless it exists, so that concurrent first users all read one complete key:
+    the file is written in full under a private name, then hard-linked into place (atomic; the loser drops
+    its copy)."""
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(temp)
 
 
 def private_dir(folder: Path) -> Path:
@@ -34,15 +52,8 @@ def secret_key(home: Path, name: str, env: Mapping[str, str] | None = None) -> b
             raise KeyUnavailable(f"{variable} must be 64 hex digits (a 256-bit key); it has {len(key) * 2}")
         return key
     path = private_dir(Path(home) / "keys") / f"{name}.key"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-            f.flush()
-            os.fsync(f.fileno())
+    if not path.exists():
+        _create_once(path, secrets.token_hex(32))
     try:
         key = bytes.fromhex(path.read_text().strip())
     except (OSError, ValueError) as exc:

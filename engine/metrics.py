@@ -46,12 +46,18 @@ def sens_at_spec(y: np.ndarray, p: np.ndarray, spec: float = 0.90) -> float:
 
 
 def threshold_for_specificity(y: np.ndarray, p: np.ndarray, spec: float = 0.90) -> float:
-    """The lowest threshold (most sensitive) whose specificity is still >= spec; predict positive at p >= t."""
+    """The most sensitive threshold whose specificity is still >= spec; predict positive at p >= t.
+
+    Any t between the (allowed_fp + 1)-th highest negative score and the next score above it gives the same
+    validation result; t is the midpoint, not one ULP above that negative, so the image that sets it cannot
+    change side when another CPU computes its probability a few ULPs differently."""
     negatives = np.sort(p[y == 0])
     allowed_fp = int(np.floor(len(negatives) * (1.0 - spec) + 1e-9))
-    # Strictly above the (allowed_fp + 1)-th highest negative score.
     k = len(negatives) - allowed_fp - 1
-    return float(np.nextafter(negatives[k], np.inf)) if k >= 0 else 0.0
+    if k < 0:
+        return 0.0
+    above = p[p > negatives[k]]
+    return float((negatives[k] + above.min()) / 2) if above.size else float(np.nextafter(negatives[k], np.inf))
 
 
 def ece(y: np.ndarray, p: np.ndarray, bins: int = 15) -> float:

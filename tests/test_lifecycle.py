@@ -30,12 +30,12 @@ def test_promote_then_roll_back_switches_the_active_model_and_is_audited(ctx, co
     make_model_file(config.home / "models" / "candidate.safetensors")
     assert active_model(ctx).name == "cxr-pneumonia-resnet18"
     with pytest.raises(UnknownModel, match="no earlier"):
-        rollback(ctx, "classification")
+        rollback(ctx, "classification", "no earlier model exists")
 
-    promote(ctx, "candidate")
+    promote(ctx, "candidate", "better sensitivity on the held-out split")
     assert active_model(ctx).name == "candidate"
     assert rollback_target(ctx, "classification").name == "cxr-pneumonia-resnet18"
-    rollback(ctx, "classification")
+    rollback(ctx, "classification", "false positives on portable films")
     assert active_model(ctx).name == "cxr-pneumonia-resnet18"
     assert active_model(ctx, "segmentation").name == "hc18-unet"  # the other task is untouched
 
@@ -44,6 +44,8 @@ def test_promote_then_roll_back_switches_the_active_model_and_is_audited(ctx, co
         ("model.rollback", "cxr-pneumonia-resnet18", "candidate"),
         ("model.promote", "candidate", "cxr-pneumonia-resnet18")]
     assert all(r["actor"] == config.user and r["task"] == "classification" for r in log)
+    assert [r["reason"] for r in log] == ["false positives on portable films",
+                                          "better sensitivity on the held-out split"]
 
 
 @needs_data

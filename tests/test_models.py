@@ -132,6 +132,7 @@ def test_metrics_match_hand_computed_values():
     assert auc_ci(y, p, n_boot=50)[0] == pytest.approx(15 / 16)
     t = threshold_for_specificity(y, p, 0.75)
     assert ((p >= t) & (y == 0)).sum() == 1 and ((p >= t) & (y == 1)).sum() == 4
+    assert t == pytest.approx(0.35)  # midway between the negative it excludes and the next score: no image sits on it
     assert sens_at_spec(y, p, 0.75) == pytest.approx(1.0)
     assert ece(np.array([1, 0]), np.array([0.5, 0.5]), bins=10) == pytest.approx(0.0)
 

@@ -54,8 +54,9 @@ def _describe_classifier(model, arch, splits, prep, device) -> dict:
     return {
         "task": "classification", "positive_label": splits.label_names[1],
         "calibration": {"method": "temperature scaling", "temperature": temperature, "fitted_on": "val"},
-        "operating_point": {"threshold": threshold, "applies_to": "calibrated probability of "
-                            f"{splits.label_names[1]}", "rule": "lowest threshold with validation specificity >= 0.90"},
+        "operating_point": {"threshold": threshold, "applies_to": f"calibrated probability of {splits.label_names[1]}",
+                            "rule": "most sensitive threshold with validation specificity >= 0.90, midway between "
+                                    "the two validation scores around it"},
         "ood": {"method": "Mahalanobis distance of pooled CAM-layer features to the training set",
                 "layer": get_spec(arch).cam_layer, "threshold": ood_threshold,
                 "rule": f"{OOD_QUANTILE:.0%} quantile of the validation images' scores"},
