@@ -11,7 +11,7 @@ endif
 RUNTIME_STAMP := $(VENV)/.runtime-$(shell cat requirements.txt | sha256sum | cut -c1-16)
 DEV_STAMP := $(VENV)/.dev-$(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
 
-.PHONY: run test test-fast lint bench train chromium clean
+.PHONY: run test test-fast lint bench train debian-tools clean delete-all-data
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -32,19 +32,22 @@ run: $(RUNTIME_STAMP)
 	$(PY) -m engine init
 	$(PY) -m dashboard.serve
 
-# Debian chromium for the real-browser tests: installed when missing and we are root; otherwise
-# those tests skip and say why.
-chromium:
-	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing Debian chromium for the browser tests"; \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-			|| echo "chromium could not be installed; browser tests will skip"; \
+# Debian tools the tests use: chromium (real-browser tests) and dicom3tools (dciodvfy, DICOM conformance).
+# Installed when missing and we are root; otherwise those tests skip and say why.
+DEBIAN_TOOLS := chromium:chromium dciodvfy:dicom3tools
+debian-tools:
+	@missing=""; for pair in $(DEBIAN_TOOLS); do \
+		command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian$$missing for the tests"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+			|| echo "could not install$$missing; the tests that need them will skip"; \
 	fi
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 
-test: lint chromium
+test: lint debian-tools
 	home=$$(mktemp -d); TQDM_DISABLE=1 RADLENS_HOME=$$home $(PY) -m pytest -q -p no:cacheprovider; \
 		status=$$?; rm -rf $$home; exit $$status
 
@@ -64,6 +67,7 @@ bench: $(DEV_STAMP)
 	$(PY) -m bench.segment quality
 	$(PY) -m bench.segment latency
 	$(PY) -m bench.train throughput
+	$(PY) -m bench.hostile
 	$(PY) -m bench.train kills
 	$(PY) -m bench.train serving
 	$(PY) -m bench.train time-to-auc
@@ -75,5 +79,12 @@ train: $(RUNTIME_STAMP)
 	$(PY) -m engine.train.run --dataset hc18 --model unet --size 256 --epochs 40 --patience 10 --batch-size 16 \
 		--threads 2 --name hc18-unet --output $(RADLENS_HOME)/runs/hc18-unet
 
+# Removes what can be rebuilt (the virtual environment, caches); never cases, reviews, audit rows or models.
 clean:
-	rm -rf $(VENV) .radlens
+	rm -rf $(VENV) .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Deletes every case, review, audit row, trained model and key under $(RADLENS_HOME): asks first.
+delete-all-data:
+	@printf "This deletes %s: every case, review, audit row, trained model and the keys. Type DELETE to go on: " \
+		"$(RADLENS_HOME)"; read answer; [ "$$answer" = DELETE ] && rm -rf "$(RADLENS_HOME)" && echo "deleted"

@@ -33,7 +33,7 @@ def add_form() -> dict | None:
         st.markdown("**Add a user**")
         c1, c2, c3 = st.columns(3)
         username = c1.text_input("User name", help="lower-case letters, digits, '.', '_' or '-'")
-        display = c2.text_input("Display name")
+        display = c2.text_input("Display name", max_chars=80)
         role = c3.selectbox("Role", ACCOUNT_ROLES)
         password = st.text_input("Initial password (hand it over in person; they can change it)", type="password")
         if st.form_submit_button("Add user", type="primary"):

@@ -70,7 +70,7 @@ def _first_admin_fields(ctx: Context, token: str) -> None:
                "researchers on the Admin page.")
     with st.form("setup"):
         username = st.text_input("User name", autocomplete="username")
-        display = st.text_input("Display name (shown in the audit trail)")
+        display = st.text_input("Display name (shown in the audit trail)", max_chars=80)
         password = st.text_input("Password", type="password", autocomplete="new-password")
         again = st.text_input("Password again", type="password", autocomplete="new-password")
         submitted = st.form_submit_button("Create administrator", type="primary")

@@ -10,7 +10,7 @@ import streamlit as st
 from dashboard import links
 from dashboard.text import md, plain
 from dashboard.widgets import image_view
-from engine.cases.diagnosis import VERDICTS
+from engine.cases.diagnosis import MAX_COMMENT, VERDICTS
 from engine.draw import COLORMAPS, DISPLAY_MAX_SIDE, overlay
 from engine.inference.classify import OOD_WARNING, Prediction
 from engine.io.study import Rendered
@@ -89,7 +89,8 @@ def review_form(labels: list[str], key: str) -> tuple[str, str, str] | None:
         verdict = st.radio("Your reading", VERDICTS, horizontal=True,
                            format_func={"agree": "Agree", "disagree": "Disagree", "corrected": "Corrected label"}.get)
         label = st.selectbox("Correct label (for a corrected label)", ["", *labels])
-        comment = st.text_area("Comment", placeholder="What you saw, why you disagree, follow-up...")
+        comment = st.text_area("Comment", placeholder="What you saw, why you disagree, follow-up...",
+                               max_chars=MAX_COMMENT)
         if st.form_submit_button("Save review", type="primary", icon=":material/rate_review:"):
             return verdict, label, comment
     return None

@@ -42,7 +42,9 @@ def job_form(ctx: Context) -> TrainingRequest | None:
         dataset = c1.selectbox("Dataset", datasets(task.name), help="Read from RADLENS_DATA_DIR; 'folder' is your own")
         archs = [m for m in list_models() if get_spec(m).task == task.name]
         arch = c2.selectbox("Architecture", archs, index=archs.index(active.card.arch))
-        data_path = c3.text_input("Folder (dataset 'folder' only)", placeholder="/data/my-set (manifest.csv)")
+        data_path = c3.text_input("Folder (dataset 'folder' only)", placeholder="my-set (manifest.csv)", max_chars=500,
+                                  help="A folder under RADLENS_HOME/datasets (a name is enough) or under the "
+                                       "datasets folder, RADLENS_DATA_DIR; no other path on the server")
         c1, c2, c3, c4 = st.columns(4)
         size = c1.number_input("Image size (px)", 16, 1024, defaults.size, 16)
         epochs = c2.number_input("Epochs", 1, 500, defaults.epochs)

@@ -14,6 +14,7 @@ from dashboard import links, state
 from dashboard.text import md, plain
 from engine.cases.images import recent_cases, record_export, view_case
 from engine.cases.ingest import IngestResult
+from engine.cases.worklist import case_id_of
 from engine.context import Context
 from engine.errors import EngineError
 from engine.io import presets
@@ -71,7 +72,7 @@ def case_picker(store) -> int:
     """The current case (from ?case=N, the worklist, or the newest), as a selectbox; stops when there is none."""
     if "case" in st.query_params:
         value = st.query_params["case"]
-        st.session_state[state.CURRENT_CASE] = int(value) if value.isdigit() else 0
+        st.session_state[state.CURRENT_CASE] = case_id_of(value) or 0
     recent = recent_cases(store)
     if not recent:
         st.info("No cases yet. Upload a study first.")
@@ -95,8 +96,9 @@ def case_table(frame: pd.DataFrame, key: str, column_config: dict | None = None)
         column_config=column_config or {},
     )
     selected = event.selection.rows if event else []
-    if selected and pd.notna(frame.iloc[selected[0]].get("Case")):
-        open_case(int(frame.iloc[selected[0]]["Case"]))
+    case = frame.iloc[selected[0]].get("Case") if selected else None
+    if case is not None and pd.notna(case) and str(case).isdigit():
+        open_case(int(case))
 
 
 # How each kind of worklist column is shown: (value formatter, Streamlit column type).
@@ -142,11 +144,12 @@ def results_summary(results: list[IngestResult]) -> None:
     failed = len(results) - ok - dup
     message = f"{ok} landed, {dup} already in the store, {failed} failed."
     (st.warning if failed else st.success)(message + (" Failed files are listed with their reason." if failed else ""))
+    # a failed file has no case: a blank cell (Streamlit shows a missing number as a grey "None")
     frame = pd.DataFrame(
-        [{"File": r.file, "Status": r.status, "Case": r.case_id, "Error": r.error} for r in results]
+        [{"File": r.file, "Status": r.status, "Case": str(r.case_id or ""), "Error": r.error} for r in results]
     )
     st.caption("Select a row to open its case.")
-    case_table(frame, "upload_results", {"Case": st.column_config.NumberColumn(format="%d")})
+    case_table(frame, "upload_results", {"Case": st.column_config.TextColumn(width="small")})
 
 
 def window_controls(study: Study, scope: int) -> Window | None:

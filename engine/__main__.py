@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,18 +14,21 @@ from pathlib import Path
 from PIL import Image
 
 from engine.cases.demo import seed_demo
-from engine.cases.ingest import IngestResult, ingest_paths, prepare
+from engine.cases.ingest import IngestResult, decode, ingest_paths, prepare, remove_orphan_files
 from engine.config import Config
 from engine.context import Context
 from engine.errors import EngineError
 from engine.identity import commands as identity_commands
 from engine.io import render
 from engine.io.study import Window
+from engine.keys import secret_key
 
 
 def _init(args, ctx: Context) -> int:
     seeded = [] if args.no_demo else seed_demo(ctx)
     print(f"database ready at {ctx.config.db_path}; demo studies added: {sum(r.status == 'ok' for r in seeded)}")
+    if orphans := remove_orphan_files(ctx):
+        print(f"removed {len(orphans)} stored file(s) no case points at (left by an interrupted upload)")
     if hint := identity_commands.setup_hint(ctx):
         print(hint)
     return 0
@@ -42,17 +47,18 @@ def _ingest(args, ctx: Context) -> int:
 
 
 def _render(args, ctx: Context) -> int:
-    prepared = prepare(Path(args.file).read_bytes(), ctx.store.setting("uid_salt") or "", ctx.config)
+    data = Path(args.file).read_bytes()
+    prepared, study = prepare(data, secret_key(ctx.config.home, "pseudonym"), ctx.config), decode(data, ctx.config)
     window = None
     if args.window:
         center, width = (float(v) for v in args.window.split(","))
         window = Window(center, width)
-    rendered = render(prepared.study, args.frame, window)
+    rendered = render(study, args.frame, window)
     Image.fromarray(rendered.image).save(args.out)
     if args.json:
         print(json.dumps({
             "out": str(args.out), "steps": list(rendered.steps), "shape": list(rendered.image.shape),
-            "frames": prepared.study.n_frames, "spacing": prepared.study.spacing.describe(),
+            "frames": study.n_frames, "spacing": study.spacing.describe(),
             "fields": prepared.fields,
         }, indent=2))
     else:
@@ -201,7 +207,27 @@ COMMANDS = {"init": _init, "ingest": _ingest, "render": _render, "classify": _cl
             "audit": _audit, **identity_commands.COMMANDS}
 
 
+# C0/C1 control characters (ESC starts terminal escape sequences) and bidirectional overrides: a value from
+# a file or a user printed as is could move the cursor, retitle the window or reorder what a reader sees.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+class _PlainTerminal(io.TextIOBase):
+    """A text stream that writes through to `stream` with control characters shown as '?'."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(_CONTROL.sub("?", text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
+    sys.stdout, sys.stderr = _PlainTerminal(sys.stdout), _PlainTerminal(sys.stderr)
     args = get_args_parser().parse_args(argv)
     config = Config.from_env()
     config.log_dir.mkdir(parents=True, exist_ok=True)

@@ -20,11 +20,14 @@ class Limits:
     """Limits on what one upload may cost; exceeding any gives a TooLarge/UnsafeArchive error."""
 
     max_upload_mb: int = 512  # largest single file (or zip) accepted, in MiB
+    max_batch_mb: int = 2_048  # all files of one upload together, in MiB
     max_pixels: int = 100_000_000  # rows x columns x frames of one image (Pillow's bomb check uses it too)
     max_frames: int = 2_000  # frames in one multi-frame DICOM
     max_zip_members: int = 5_000  # files inside one zip
     max_zip_total_mb: int = 4_096  # uncompressed bytes of one zip, all members together, in MiB
     max_zip_ratio: int = 200  # compression ratio above which a member counts as a zip bomb
+    decode_memory_mb: int = 3_072  # address space of the process that decodes one file (engine.io.sandbox)
+    decode_seconds: float = 120.0  # and the time it may take
 
     @property
     def max_upload_bytes(self) -> int:
@@ -143,8 +146,11 @@ class Config:
         data = env.get("RADLENS_DATA_DIR")
         limits = Limits(
             max_upload_mb=int(env.get("RADLENS_MAX_UPLOAD_MB", Limits.max_upload_mb)),
+            max_batch_mb=int(env.get("RADLENS_MAX_BATCH_MB", Limits.max_batch_mb)),
             max_pixels=int(env.get("RADLENS_MAX_PIXELS", Limits.max_pixels)),
             max_frames=int(env.get("RADLENS_MAX_FRAMES", Limits.max_frames)),
+            decode_memory_mb=int(env.get("RADLENS_DECODE_MEMORY_MB", Limits.decode_memory_mb)),
+            decode_seconds=float(env.get("RADLENS_DECODE_SECONDS", Limits.decode_seconds)),
         )
         return cls(
             home=Path(env.get("RADLENS_HOME", ".radlens")).resolve(),

@@ -1,6 +1,7 @@
 """Named errors. Every message is one line a user can act on; the dashboard shows it as is."""
 
 import errno
+import re
 
 __all__ = [
     "EngineError",
@@ -81,10 +82,13 @@ class FrameOutOfRange(EngineError):
     """The requested frame index does not exist in the image."""
 
 
+_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-f]+>")
+
+
 def short_reason(exc: BaseException) -> str:
     """The first line of a third-party exception, for wrapping it into a one-line EngineError."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:160]
+    return _REPR.sub("", text).strip()[:160]  # "<_io.BytesIO object at 0x7f...>" means nothing to a user
 
 
 class UnknownModel(EngineError):

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import secrets
+import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from sqlite_utils import Database
 
 from engine.audit import GENESIS, ChainReport, seal, verify_chain
 from engine.config import Config
+from engine.errors import DiskFull
 from engine.keys import private_dir, secret_key
 
 __all__ = ["Store", "utc_now", "MIGRATIONS"]
@@ -216,6 +218,15 @@ def _m007_identity(db: Database) -> None:
                "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END")
 
 
+def _m008_hardening(db: Database) -> None:
+    # Pseudonyms are now keyed by engine.keys' "pseudonym" key; a salt next to the data it protects let
+    # anyone holding the database test guessed MRNs against it. Studies ingested before keep their cases;
+    # a re-upload of one of them opens a new case.
+    db.execute("DELETE FROM settings WHERE key = 'uid_salt'")
+    # A job's process is its pid and its start time: a pid reused after a crash or reboot is someone else.
+    db["jobs"].add_column("pid_started", float)
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (1, "initial schema", _m001_initial),
     (2, "prediction provenance", _m002_prediction_provenance),
@@ -224,6 +235,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (5, "training jobs", _m005_training_jobs),
     (6, "one job machinery", _m006_one_job_machinery),
     (7, "identity and a sealed audit trail", _m007_identity),
+    (8, "pseudonym key outside the database; jobs known by pid and start time", _m008_hardening),
 )
 _AUDIT_HEAD = "audit_head"
 
@@ -266,18 +278,38 @@ class Store:
             db.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield db
-            except BaseException:
-                db.conn.execute("ROLLBACK")
+                db.conn.execute("COMMIT")
+            except BaseException as error:
+                if db.conn.in_transaction:  # SQLite may have rolled back already (a full disk does)
+                    try:
+                        db.conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # the original error is the one worth reporting
+                if _is_database_full(error):
+                    raise DiskFull(f"the disk holding {self.path.parent} is full (the database could not grow); "
+                                   "free space and try again") from None
                 raise
-            db.conn.execute("COMMIT")
         finally:
             db.close()
+
+    def _use_wal(self) -> None:
+        """Switch to WAL. Processes opening a new database together (torchrun's ranks) race for the exclusive
+        lock the switch needs, and SQLite reports 'locked' at once instead of waiting: retry for a while."""
+        deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                with self.read() as db:
+                    db.conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def migrate(self) -> list[int]:
         """Apply pending migrations; returns the versions applied (none on a second call)."""
         private_dir(self.path.parent)
-        with self.read() as db:
-            db.conn.execute("PRAGMA journal_mode = WAL")
+        self._use_wal()
         applied = []
         with self.write() as db:
             db.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
@@ -288,7 +320,6 @@ class Store:
                     apply(db)
                     db["schema_migrations"].insert({"version": version, "name": name, "applied_at": utc_now()})
                     applied.append(version)
-            db.execute("INSERT OR IGNORE INTO settings (key, value) VALUES ('uid_salt', ?)", [secrets.token_hex(32)])
             self._seal_unsealed(db)
         for suffix in ("", "-wal", "-shm"):  # the database is for this user's eyes only
             if Path(f"{self.path}{suffix}").exists():
@@ -358,8 +389,14 @@ class Store:
     def audit_rows(self, limit: int = 100) -> list[dict]:
         with self.read() as db:
             return list(db.query("SELECT * FROM audit_log ORDER BY id DESC LIMIT ?", [limit]))
+def _is_database_full(error: BaseException) -> bool:
+    return isinstance(error, sqlite3.OperationalError) and "database or disk is full" in str(error)
+
+
 def open_store(config: Config) -> Store:
-    """The store for this config, migrated (idempotent)."""
+    """The store for this config, migrated (idempotent). Whatever this process writes from now on is
+    readable by its user only (files 0600, folders 0700)."""
+    os.umask(0o077)
     store = Store(config.db_path)
     store.migrate()
     return store

@@ -17,7 +17,8 @@ ctx = resources.context()
 st.title("Worklist")
 
 c1, c2, c3, c4 = st.columns([3, 2, 2, 2])
-text = c1.text_input("Search", placeholder="description, body part, modality or case id", key="worklist.search")
+text = c1.text_input("Search", placeholder="description, body part, modality or case id", key="worklist.search",
+                     max_chars=200)
 modalities = c2.multiselect("Modality", facet_values(ctx.store, "modality"))
 body_parts = c3.multiselect("Body part", facet_values(ctx.store, "body_part"))
 status = c4.selectbox("Status", list(STATUSES))

@@ -2,6 +2,7 @@
 written to test-output/browser/."""
 
 import io
+import json
 import os
 import shutil
 import socket
@@ -83,6 +84,17 @@ def _chest_film_page(server: str, tmp_path: Path, path: str, height: int):
             browser.close()
 
 
+def _upload(page, server: str, paths: list[Path], summary: str, screenshot: str) -> None:
+    """Upload `paths` through the form, wait for the batch's summary line, keep a screenshot."""
+    page.goto(server + "/upload")
+    _settle(page)
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(p) for p in paths])
+    page.get_by_role("button", name=f"Ingest {len(paths)} file(s)").click()
+    page.get_by_text(summary).wait_for(timeout=90_000)
+    _settle(page)
+    page.screenshot(path=OUTPUT / screenshot, full_page=True)
+
+
 def test_upload_worklist_viewer(server, tmp_path):
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     OUTPUT.mkdir(parents=True, exist_ok=True)
@@ -92,14 +104,8 @@ def test_upload_worklist_viewer(server, tmp_path):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": 1000})
-        page.goto(server + "/upload")
-        _settle(page)
-        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
-            [str(dicom_path("RG1_UNCR.dcm")), str(png)])
-        page.get_by_role("button", name="Ingest 2 file(s)").click()
-        page.get_by_text("2 landed, 0 already in the store, 0 failed.").wait_for(timeout=90_000)
-        _settle(page)
-        page.screenshot(path=OUTPUT / "upload.png", full_page=True)
+        _upload(page, server, [dicom_path("RG1_UNCR.dcm"), png], "2 landed, 0 already in the store, 0 failed.",
+                "upload.png")
 
         page.goto(server + "/")
         _settle(page)
@@ -116,6 +122,34 @@ def test_upload_worklist_viewer(server, tmp_path):
     assert disclaimers >= 1
     for name in ("upload.png", "worklist.png", "viewer.png"):
         assert (OUTPUT / name).stat().st_size > 10_000
+
+
+def test_a_hostile_batch_fails_file_by_file_and_the_rest_lands(server, tmp_path):
+    """Through the real upload form: a deflate bomb, a JPEG 2000 frame whose header lies about its size, a
+    broken file, and a good film. The three fail with one line each; the film lands; the server stays up."""
+    from tests.hostile import deflate_bomb, lying_frame_header
+
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    files = {"bomb.dcm": deflate_bomb(600 << 20), "lying-j2k.dcm": lying_frame_header(dicom_path("JPEG2000.dcm")
+                                                                                       .read_bytes()),
+             "broken.png": b"\x89PNG\r\n\x1a\n" + bytes(64)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        _upload(page, server, [tmp_path / n for n in files] + [dicom_path("RG1_UNCR.dcm")],
+                "1 landed, 0 already in the store, 3 failed.", "upload-hostile.png")
+        page.goto(server + "/")
+        _settle(page)
+        page.get_by_text("1 case(s)").wait_for()
+        browser.close()
+    from engine.store import Store
+
+    failed = [r for r in Store(tmp_path / "home" / "radlens.db").audit_rows() if r["action"] == "upload.failed"]
+    assert json.loads(failed[0]["detail"]) == {"count": 3, "kinds": ["TooLarge", "UnreadableStudy"]}
+    urllib.request.urlopen(server + "/_stcore/health", timeout=5)  # the server is still up
 
 
 def test_diagnosis_of_a_chest_xray_shows_probability_and_overlay(server, tmp_path):
@@ -227,7 +261,7 @@ def test_training_job_started_in_the_browser_draws_live_curves(server, tmp_path)
 
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     OUTPUT.mkdir(parents=True, exist_ok=True)
-    folder = write_cxr_subset(tmp_path / "data")
+    folder = write_cxr_subset(tmp_path / "home" / "datasets" / "cxr")
     config = Config(home=tmp_path / "home", data_dir=None)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -31,7 +31,7 @@ pytestmark = needs_data
 
 @pytest.fixture
 def tiny(tmp_path):
-    folder = write_cxr_subset(tmp_path / "data")
+    folder = write_cxr_subset(tmp_path / "home" / "datasets" / "cxr")
     return lambda **kw: TrainingRequest(TrainConfig(**{"dataset": "folder", "model": "resnet18", "size": 48,
                                                        "epochs": 3, "batch_size": 8, "data_path": folder, **kw}))
 
@@ -151,7 +151,7 @@ def _args(tmp_path, tiny_folder, *extra):
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    folder = write_cxr_subset(tmp_path / "data")
+    folder = write_cxr_subset(tmp_path / "home" / "datasets" / "cxr")
     monkeypatch.setenv("RADLENS_HOME", str(tmp_path / "home"))
     real = TASKS["classification"]
     calls = {"n": 0}
@@ -177,7 +177,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
 
 
 def test_disk_full_while_checkpointing_fails_cleanly(tmp_path, monkeypatch):
-    folder = write_cxr_subset(tmp_path / "data")
+    folder = write_cxr_subset(tmp_path / "home" / "datasets" / "cxr")
     monkeypatch.setenv("RADLENS_HOME", str(tmp_path / "home"))
     real_write = pathlib.Path.write_bytes
     writes = {"n": 0}
@@ -228,7 +228,7 @@ def test_cuda_out_of_memory_suggests_a_smaller_batch(tmp_path):
 
 
 def test_torchrun_two_cpu_processes_write_the_same_checkpoint_shape(tmp_path):
-    folder = write_cxr_subset(tmp_path / "data")
+    folder = write_cxr_subset(tmp_path / "home" / "datasets" / "cxr")
     env = {**os.environ, "RADLENS_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
     common = ["-m", "engine.train.run", "--dataset", "folder", "--data-path", str(folder), "--size", "48",
               "--batch-size", "4", "--epochs", "1", "--device", "cpu", "--threads", "1", "--name", "t"]

@@ -74,7 +74,7 @@ def _ingest(ctx, path):
 
 @needs_data
 def test_reviewed_cases_become_training_data_and_held_out_films_are_left_out(ctx, config, store, tmp_path, monkeypatch):
-    folder = write_cxr_subset(tmp_path / "data", {"train": 4, "val": 3, "test": 3})
+    folder = write_cxr_subset(tmp_path / "home" / "datasets" / "cxr", {"train": 4, "val": 3, "test": 3})
     with open(DATA_DIR / "cxr_pneumonia" / "manifest.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     train = [r for r in rows if r["demo_split"] == "train"]

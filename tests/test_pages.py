@@ -221,7 +221,7 @@ def test_training_page_starts_a_job_from_the_form_and_cancels_it(app_home, tmp_p
     from engine.jobs.queue import get_job
     from engine.store import open_store
 
-    folder = write_cxr_subset(tmp_path / "data")
+    folder = write_cxr_subset(tmp_path / "home" / "datasets" / "cxr")
     at = _run("pages/training.py")
     assert at.title[0].value == "Training" and "No training job yet" in at.info[0].value
     _widget(at.selectbox, "Dataset").set_value("folder")

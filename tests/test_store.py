@@ -1,12 +1,16 @@
 """Store: idempotent migrations, append-only audit log, WAL, concurrent writers from several processes."""
 
 import json
-import multiprocessing
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from engine.store import MIGRATIONS, Store
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_migrations_are_idempotent(store):
@@ -35,7 +39,7 @@ def test_an_old_database_keeps_its_audits_as_jobs(tmp_path):
             "method": "gradcam", "layer": "layer4", "dataset": "cxr_pneumonia", "split": "test", "limit_n": 4,
             "status": "finished", "done": 4, "total": 4, "summary": json.dumps({"n": 4, "border_share": [0.1, 0, 0.2]}),
             "heatmaps": b"", "actor": "ana", "created_at": "2026-11-30T10:00:00", "finished_at": "2026-11-30T10:01:00"})
-    assert old.migrate() == [6, 7]
+    assert old.migrate() == [6, 7, 8]
     [listed] = list_audits(old)
     assert listed["status"] == "finished" and listed["border_share"] == 0.1 and listed["done"] == listed["total"] == 4
     row = get_audit(old, listed["id"])
@@ -44,10 +48,13 @@ def test_an_old_database_keeps_its_audits_as_jobs(tmp_path):
         assert "model_id" not in db["jobs"].columns_dict
 
 
-def test_salt_survives_remigration(store):
-    salt = store.setting("uid_salt")
-    store.migrate()
-    assert store.setting("uid_salt") == salt and len(salt) == 64
+def test_an_old_salt_is_removed_from_the_database(store):
+    with store.write() as db:  # what migrations 1-7 kept next to the data
+        db.execute("INSERT INTO settings (key, value) VALUES ('uid_salt', ?)", ["ab" * 32])
+        db.execute("DELETE FROM schema_migrations WHERE version = 8")
+        db.execute("ALTER TABLE jobs DROP COLUMN pid_started")
+    assert store.migrate() == [8]
+    assert store.setting("uid_salt") is None
 
 
 @pytest.mark.parametrize("statement", ["UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log"])
@@ -67,20 +74,22 @@ def test_a_failed_transaction_leaves_nothing(store):
     assert store.audit_rows() == []
 
 
-def _writer(path: str, worker: int, n: int) -> None:
-    store = Store(path)
-    for i in range(n):
-        store.log_action(f"worker{worker}", "write", "test", i)
+_WRITER = """
+import sys
+from engine.store import Store
+store = Store(sys.argv[1])
+for i in range(int(sys.argv[3])):
+    store.log_action(f"worker{sys.argv[2]}", "write", "test", i)
+"""
 
 
 def test_four_processes_writing_at_once_lose_nothing(store):
-    ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_writer, args=(str(store.path), w, 500)) for w in range(4)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(timeout=300)
-    assert [w.exitcode for w in workers] == [0, 0, 0, 0]  # a 'database is locked' would exit non-zero
+    # Plain interpreters, not multiprocessing: a spawned child re-runs the parent's __main__, which after an
+    # AppTest run in the same session is a dashboard page.
+    workers = [subprocess.Popen([sys.executable, "-c", _WRITER, str(store.path), str(w), "500"], cwd=ROOT,
+                                stderr=subprocess.PIPE, text=True) for w in range(4)]
+    errors = [w.communicate(timeout=300)[1] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0, 0, 0], errors  # 'database is locked' would exit non-zero
     with store.read() as db:
         rows = db.execute("SELECT actor, count(*), count(DISTINCT target_id) FROM audit_log GROUP BY actor").fetchall()
     assert sorted(rows) == [(f"worker{w}", 500, 500) for w in range(4)]

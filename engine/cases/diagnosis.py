@@ -17,7 +17,7 @@ from engine.models.checkpoint import load_model
 from engine.store import Store, utc_now
 
 __all__ = ["load_classifier", "CaseResult", "VERDICTS", "diagnose_image", "diagnose_cases", "record_prediction",
-           "add_review", "case_history", "unreviewed_cases"]
+           "add_review", "case_history", "unreviewed_cases", "MAX_COMMENT"]
 
 VERDICTS = ("agree", "disagree", "corrected")
 
@@ -99,6 +99,9 @@ def diagnose_cases(ctx: Context, classifier: Classifier, case_ids: Iterable[int]
     return done, failed
 
 
+MAX_COMMENT = 4_000
+
+
 def add_review(ctx: Context, case_id: int, verdict: str, label: str = "", comment: str = "",
                prediction_id: int | None = None) -> int:
     """A clinician's review of a case (agree / disagree / corrected label) with its audit row."""
@@ -107,6 +110,9 @@ def add_review(ctx: Context, case_id: int, verdict: str, label: str = "", commen
         raise InvalidReview(f"Unknown verdict {verdict!r}. Use one of: {', '.join(VERDICTS)}")
     if verdict == "corrected" and not label:
         raise InvalidReview("A corrected review needs the correct label: choose it, or record agree / disagree")
+    if len(comment) > MAX_COMMENT or len(label) > 64:
+        raise InvalidReview(f"A comment holds at most {MAX_COMMENT:,} characters (this one has {len(comment):,}); "
+                            "shorten it")
     with ctx.store.write() as db:
         if not db.execute("SELECT 1 FROM cases WHERE id = ?", [case_id]).fetchone():
             raise UnknownCase(f"case {case_id} does not exist; pick one from the worklist")

@@ -10,6 +10,7 @@ import hashlib
 import io
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -18,11 +19,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.config import Config
+from engine.config import Config, Limits
 from engine.context import Context
 from engine.errors import (
     DiskFull,
     EngineError,
+    TooLarge,
     UnreadableStudy,
     is_disk_full,
     short_reason,
@@ -31,12 +33,15 @@ from engine.io import read_study
 from engine.io.archive import iter_zip
 from engine.io.deid import deidentify
 from engine.io.fields import fields_of
-from engine.io.jpeg import strip_jpeg_metadata
+from engine.io.jpeg import strip_encapsulated_jpeg_metadata, strip_jpeg_metadata
+from engine.io.sandbox import sandbox_for
 from engine.io.sniff import is_zip
 from engine.io.study import Study
+from engine.keys import secret_key
 from engine.store import utc_now
 
-__all__ = ["IngestResult", "Prepared", "prepare", "ingest_files", "ingest_paths"]
+__all__ = ["IngestResult", "Prepared", "prepare", "prepare_here", "decode", "ingest_files", "ingest_paths",
+           "remove_orphan_files"]
 
 log = logging.getLogger("radlens.ingest")
 
@@ -58,9 +63,9 @@ class IngestResult:
 
 @dataclass(frozen=True, eq=False)
 class Prepared:
-    """A decoded, de-identified study ready to be written."""
+    """A decoded, de-identified study ready to be written (what crosses back from the sandbox: the file to
+    store and its fields, not the decoded pixels)."""
 
-    study: Study
     stored_bytes: bytes
     extension: str
     fields: dict
@@ -68,22 +73,38 @@ class Prepared:
     sha256: str
 
 
-def prepare(data: bytes, salt: str, config: Config) -> Prepared:
-    """Decode + validate + de-identify in memory. Raises an EngineError; writes nothing."""
-    study = read_study(data, config.limits)
+def _sandbox(limits: Limits):
+    return sandbox_for(limits.decode_memory_mb * 2**20, limits.decode_seconds, preload=(__name__,))
+
+
+def prepare(data: bytes, key: bytes, config: Config) -> Prepared:
+    """Decode + validate + de-identify, in the decoder sandbox (a child process with a memory cap and a
+    time limit). Raises an EngineError; writes nothing."""
+    return _sandbox(config.limits).call(prepare_here, data, key, config.limits)
+
+
+def decode(data: bytes, config: Config) -> Study:
+    """read_study in the decoder sandbox: the decoded pixels of an untrusted file, for display."""
+    return _sandbox(config.limits).call(read_study, data, config.limits)
+
+
+def prepare_here(data: bytes, key: bytes, limits: Limits) -> Prepared:
+    """prepare() in this process: only for code already running inside the sandbox, and for tests."""
+    study = read_study(data, limits)
     if study.dataset is not None:
-        stored, fields, key_uid = _deidentified_dicom(study, salt)
+        stored, fields, key_uid = _deidentified_dicom(study, key)
         extension = "dcm"
     else:
         stored, extension = _raster_bytes(data, study)
         fields, key_uid = fields_of(study, None), ""
     sha = hashlib.sha256(stored).hexdigest()
-    return Prepared(study, stored, extension, fields, f"study:{key_uid}" if key_uid else f"image:{sha}", sha)
+    return Prepared(stored, extension, fields, f"study:{key_uid}" if key_uid else f"image:{sha}", sha)
 
 
-def _deidentified_dicom(study: Study, salt: str) -> tuple[bytes, dict, str]:
+def _deidentified_dicom(study: Study, key: bytes) -> tuple[bytes, dict, str]:
     try:
-        deid = deidentify(study.dataset, salt)
+        deid = deidentify(study.dataset, key)
+        strip_encapsulated_jpeg_metadata(deid)
         buffer = io.BytesIO()
         deid.save_as(buffer, enforce_file_format=True)
         return buffer.getvalue(), fields_of(study, deid), str(deid.get("StudyInstanceUID", ""))
@@ -122,12 +143,21 @@ def ingest_files(
     """Ingest (name, bytes) pairs; zips are expanded. One result per file; failures never stop the batch.
     `progress(done, name)` is called after each file; the batch is logged once."""
     ctx.require("case.upload")
-    salt = ctx.store.setting("uid_salt") or ""
+    key = secret_key(ctx.config.home, "pseudonym")
     results: list[IngestResult] = []
+    batch_bytes, limit = 0, ctx.config.limits.max_batch_mb * 2**20
     for name, data in items:
+        batch_bytes += len(data)
+        if batch_bytes > limit:
+            results.append(IngestResult(name, "error", error=_message(TooLarge(
+                f"this batch is over {ctx.config.limits.max_batch_mb:,} MiB at this file (RADLENS_MAX_BATCH_MB); "
+                "upload it in another batch"))))
+            if progress:
+                progress(len(results), name)
+            continue
         for member_name, member, error in _expand(name, data, ctx.config):
             result = (IngestResult(member_name, "error", error=_message(error)) if error
-                      else _ingest_one(member_name, member, salt, ctx, source))
+                      else _ingest_one(member_name, member, key, ctx, source))
             results.append(result)
             if progress:
                 progress(len(results), member_name)
@@ -168,9 +198,9 @@ def _expand(name: str, data: bytes, config: Config) -> Iterator[tuple[str, bytes
     yield name, data, None
 
 
-def _ingest_one(name: str, data: bytes, salt: str, ctx: Context, source: str) -> IngestResult:
+def _ingest_one(name: str, data: bytes, key: bytes, ctx: Context, source: str) -> IngestResult:
     try:
-        prepared = prepare(data, salt, ctx.config)
+        prepared = prepare(data, key, ctx.config)
         case_id, image_id, duplicate = _write(prepared, ctx, source)
     except EngineError as error:
         return IngestResult(name, "error", error=_message(error))
@@ -178,32 +208,54 @@ def _ingest_one(name: str, data: bytes, salt: str, ctx: Context, source: str) ->
 
 
 def _write(prepared: Prepared, ctx: Context, source: str) -> tuple[int, int, bool]:
-    with ctx.store.write() as db:
-        row = db.execute("SELECT case_id, id FROM images WHERE sha256 = ?", [prepared.sha256]).fetchone()
-        if row:
-            ctx.audit(db, "upload.duplicate", "image", row[1], {"case_id": row[0], "source": source})
-            return row[0], row[1], True
-        relative = Path("files") / uuid.uuid4().hex[:2] / f"{uuid.uuid4().hex}.{prepared.extension}"
-        target = ctx.config.home / relative
-        try:
-            _write_atomic(target, prepared.stored_bytes)
-        except OSError as error:
-            if not is_disk_full(error):
-                raise
-            raise DiskFull(f"the disk holding {ctx.config.home} is full; free space and upload this file "
-                           "again") from None
-        try:
+    """The file and its rows land together: a file whose rows did not commit (an error, a failed COMMIT) is
+    removed; one left by a crash in between is swept by remove_orphan_files."""
+    target: Path | None = None
+    try:
+        with ctx.store.write() as db:
+            row = db.execute("SELECT case_id, id FROM images WHERE sha256 = ?", [prepared.sha256]).fetchone()
+            if row:
+                ctx.audit(db, "upload.duplicate", "image", row[1], {"case_id": row[0], "source": source})
+                return row[0], row[1], True
+            relative = Path("files") / uuid.uuid4().hex[:2] / f"{uuid.uuid4().hex}.{prepared.extension}"
+            target = ctx.config.home / relative
+            try:
+                _write_atomic(target, prepared.stored_bytes)
+            except OSError as error:
+                if not is_disk_full(error):
+                    raise
+                raise DiskFull(f"the disk holding {ctx.config.home} is full; free space and upload this file "
+                               "again") from None
             case_id = _upsert_case(db, prepared, source)
             image_id = db["images"].insert(
                 {**prepared.fields, "case_id": case_id, "sha256": prepared.sha256, "path": str(relative),
                  "created_at": utc_now()}
             ).last_pk
             ctx.audit(db, "upload", "image", image_id,
-                        {"case_id": case_id, "source": source, "format": prepared.fields["source_format"]})
-        except BaseException:
+                      {"case_id": case_id, "source": source, "format": prepared.fields["source_format"]})
+    except BaseException:
+        if target is not None:
             target.unlink(missing_ok=True)
-            raise
+        raise
     return case_id, image_id, False
+
+
+def remove_orphan_files(ctx: Context, older_than_s: float = 3600.0) -> list[Path]:
+    """Stored files no image row points at (a crash between the file write and the commit) and
+    temporary files left mid-write, older than `older_than_s` (so an upload in flight is never touched)."""
+    folder = ctx.config.home / "files"
+    if not folder.is_dir():
+        return []
+    with ctx.store.read() as db:
+        known = {row[0] for row in db.execute("SELECT path FROM images")}
+    cutoff = time.time() - older_than_s
+    removed = []
+    for path in folder.rglob("*"):
+        relative = str(path.relative_to(ctx.config.home))
+        if path.is_file() and relative not in known and path.stat().st_mtime < cutoff:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def _upsert_case(db, prepared: Prepared, source: str) -> int:
@@ -228,6 +280,11 @@ def _write_atomic(target: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
+        folder = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)  # the rename itself survives a power loss
+        finally:
+            os.close(folder)
     finally:
         tmp.unlink(missing_ok=True)
 

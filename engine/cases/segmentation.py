@@ -168,6 +168,8 @@ def seg_dicom(config: Config, image: dict, mask: np.ndarray, model_name: str, mo
         series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
         manufacturer="RadLens", manufacturer_model_name=model_name, software_versions=model_version,
         device_serial_number="none", content_description="Research use only", omit_empty_frames=False)
+    if "PatientOrientation" not in seg and "FrameOfReferenceUID" not in seg:
+        seg.PatientOrientation = None  # type 2C: required (empty is valid) when no patient geometry is known
     buffer = io.BytesIO()
     seg.save_as(buffer)
     return buffer.getvalue()

@@ -8,7 +8,7 @@ from engine.context import Context
 from engine.store import Store
 
 __all__ = ["Column", "COLUMNS", "WorklistQuery", "WorklistPage", "query_worklist", "list_worklist", "facet_values",
-           "SORTS", "STATUSES"]
+           "SORTS", "STATUSES", "search_text", "case_id_of"]
 
 SORTS = {
     "Newest first": "c.received_at DESC, c.id DESC",
@@ -98,6 +98,20 @@ class WorklistPage:
     pages: int = 1
 
 
+MAX_SEARCH = 200
+
+
+def search_text(text: str) -> str:
+    """Search text as typed, without control characters (a NUL breaks FTS5 queries) and capped in length."""
+    return "".join(c for c in (text or "")[:MAX_SEARCH] if c.isprintable()).strip()
+
+
+def case_id_of(text: str) -> int | None:
+    """A case number typed or passed as ?case=: ASCII digits that fit SQLite's integer; else None."""
+    text = (text or "").strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+
+
 def _where(q: WorklistQuery) -> tuple[str, list]:
     clauses, params = [], []
     for column, values in (("c.modality", q.modalities), ("c.body_part", q.body_parts)):
@@ -112,10 +126,10 @@ def _where(q: WorklistQuery) -> tuple[str, list]:
         params.append(q.received_to)
     if STATUSES[q.status]:
         clauses.append(STATUSES[q.status])
-    text = q.text.strip()
-    if text.isdigit():
+    text = search_text(q.text)
+    if case_id_of(text) is not None:
         clauses.append("c.id = ?")
-        params.append(int(text))
+        params.append(case_id_of(text))
     elif text:
         clauses.append("c.id IN (SELECT rowid FROM cases_fts WHERE cases_fts MATCH ?)")
         params.append(" ".join('"' + w.replace('"', '""') + '"*' for w in text.split()))

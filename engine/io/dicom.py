@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 
 import numpy as np
 import pydicom
 import pydicom.config
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 from pydicom.pixels.utils import get_expected_length
@@ -23,6 +25,7 @@ from engine.errors import (
     UnsupportedTransferSyntax,
     short_reason,
 )
+from engine.io.bounds import check_frame_headers, check_inflated_size
 from engine.io.study import UNKNOWN_SPACING, Spacing, Study, Window
 
 # Malformed-but-readable values are common in the wild; problems that matter surface as errors below.
@@ -47,8 +50,10 @@ _VOI_KEYWORDS = (
 _US_CM = 3  # PhysicalUnitsXDirection code for centimetres (PS3.3 C.8.5.5.1.15)
 
 
-def parse_dicom(data: bytes) -> Dataset:
-    """Parse a DICOM header and pixel data element (not yet decoded). Raises UnreadableStudy."""
+def parse_dicom(data: bytes, limits: Limits | None = None) -> Dataset:
+    """Parse a DICOM header and pixel data element (not yet decoded). Raises UnreadableStudy, or TooLarge
+    for a deflated dataset that would inflate past the upload limit."""
+    check_inflated_size(data, (limits or Limits()).max_upload_bytes)
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=data[128:132] != b"DICM")
     except Exception as exc:  # pydicom raises many types for a malformed stream
@@ -61,7 +66,7 @@ def parse_dicom(data: bytes) -> Dataset:
 
 def read_dicom(data: bytes, limits: Limits) -> Study:
     """Decode a DICOM Part 10 (or preamble-less) file into a Study."""
-    ds = parse_dicom(data)
+    ds = parse_dicom(data, limits)
     try:
         return _decode(ds, limits)
     except (EngineError, KeyboardInterrupt, SystemExit):
@@ -132,7 +137,9 @@ def _check_header(ds: Dataset, limits: Limits) -> None:
         raise UnsupportedTransferSyntax(f"transfer syntax '{tsyntax.name or tsyntax}' is not supported") from None
     if not decoder.is_available:
         raise UnsupportedTransferSyntax(f"no decoder installed for '{tsyntax.name}'")
-    if not tsyntax.is_encapsulated:
+    if tsyntax.is_encapsulated:
+        check_frame_headers(ds, rows, cols, frames)
+    else:
         expected = get_expected_length(ds, unit="bytes")
         if len(ds.PixelData) < expected:
             raise TruncatedPixelData(
@@ -155,11 +162,13 @@ def _modality_lut(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str]:
 
 
 def voi_dataset(ds: Dataset) -> Dataset:
-    """A small dataset holding only what the VOI stage reads (cheap to copy and modify)."""
+    """A small dataset holding only what the VOI stage reads, as copies: changing it (the photometric
+    interpretation and bit depth after colour conversion) must never change the source header."""
     voi = Dataset()
     for keyword in _VOI_KEYWORDS:
         if keyword in ds:
-            voi[keyword] = ds[keyword]
+            elem = ds[keyword]
+            voi[elem.tag] = DataElement(elem.tag, elem.VR, copy.deepcopy(elem.value))
     return voi
 
 

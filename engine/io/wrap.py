@@ -31,6 +31,7 @@ def ultrasound_dicom(gray: np.ndarray, pixel_mm: float, description: str, patien
     ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.ReferringPhysicianName = "", "", "", ""
     ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "1", 1, 1
     ds.Modality, ds.BodyPartExamined = "US", "HEAD"
+    ds.ImageType, ds.PatientOrientation = ["DERIVED", "SECONDARY"], None  # a converted image; no known orientation
     ds.StudyDescription = ds.SeriesDescription = description
     ds.Manufacturer = "RadLens (wrapped image)"
     ds.Rows, ds.Columns = gray.shape

@@ -7,9 +7,11 @@ import os
 import subprocess
 from pathlib import Path
 
+import psutil
+
 from engine.config import Config
 
-__all__ = ["start_process", "alive"]
+__all__ = ["start_process", "alive", "start_time"]
 
 _ROOT = Path(__file__).resolve().parents[2]  # the repository root, so `-m engine...` imports
 
@@ -25,9 +27,21 @@ def start_process(config: Config, argv: list[str], log: Path, user: str | None =
                                 start_new_session=True, env=env, cwd=_ROOT).pid
 
 
-def alive(pid: int | None) -> bool:
-    """Whether pid runs. A finished child of this process is reaped first (else it lingers as a zombie)."""
+def start_time(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), None when there is no such process."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def alive(pid: int | None, started: float | None = None) -> bool:
+    """Whether pid runs and, when `started` is known, is the process that started then: a pid reused by an
+    unrelated process after a reboot or a crash is not the job. A finished child of this process is reaped
+    first (else it lingers as a zombie)."""
     if not pid:
+        return False
+    if started is not None and (now := start_time(pid)) is not None and abs(now - started) > 1.0:
         return False
     try:
         if os.waitpid(pid, os.WNOHANG)[0] == pid:

@@ -25,7 +25,7 @@ from typing import TypedDict
 from engine.config import Config
 from engine.context import Context
 from engine.errors import JobError
-from engine.jobs.process import alive, start_process
+from engine.jobs.process import alive, start_process, start_time
 from engine.store import Store, utc_now
 
 __all__ = ["JobStatus", "ACTIVE", "RESUMABLE", "JobProgress", "JobKind", "KINDS", "Job", "submit",
@@ -123,7 +123,7 @@ class Job:
     @classmethod
     def from_row(cls, row: dict) -> Job:
         status, error = JobStatus(row["status"]), row["error"] or ""
-        if status is JobStatus.RUNNING and not alive(row["pid"]):
+        if status is JobStatus.RUNNING and not alive(row["pid"], row.get("pid_started")):
             status, error = JobStatus.INTERRUPTED, _DIED
         return cls(row["id"], row["kind"], status, row["device"] or "", row["task"] or "", row["actor"] or "",
                    json.loads(row["config"] or "{}"), json.loads(row["progress"] or "{}"), error, row["pid"],
@@ -146,7 +146,8 @@ def submit(ctx: Context, kind: str, *, device: str = "cpu", task: str = "", revi
     with ctx.store.write() as db:
         job_id = db["jobs"].insert({
             "kind": kind, "status": (JobStatus.RUNNING if here else JobStatus.QUEUED).value,
-            "pid": os.getpid() if here else None, "started_at": utc_now() if here else None,
+            "pid": os.getpid() if here else None, "pid_started": start_time(os.getpid()) if here else None,
+            "started_at": utc_now() if here else None,
             "device": device, "task": task, "actor": ctx.actor,
             "config": json.dumps(config or {}), "review_ids": json.dumps(review_ids or []), "progress": "{}",
             "created_at": utc_now(), "updated_at": utc_now(), "resumes": 0}).last_pk
@@ -161,8 +162,8 @@ def submit(ctx: Context, kind: str, *, device: str = "cpu", task: str = "", revi
 
 
 def _mark_dead(db) -> None:
-    for row in list(db.query("SELECT id, pid FROM jobs WHERE status = 'running'")):
-        if not alive(row["pid"]):
+    for row in list(db.query("SELECT id, pid, pid_started FROM jobs WHERE status = 'running'")):
+        if not alive(row["pid"], row["pid_started"]):
             db["jobs"].update(row["id"], {"status": JobStatus.INTERRUPTED.value, "error": _DIED,
                                           "updated_at": utc_now()})
 
@@ -190,7 +191,8 @@ def dispatch(ctx: Context) -> list[int]:
                 db["jobs"].update(job.id, {"status": JobStatus.FAILED.value, "error": f"could not start: {error}",
                                            "finished_at": utc_now()})
                 continue
-            db["jobs"].update(job.id, {"status": JobStatus.RUNNING.value, "pid": pid, "updated_at": utc_now(),
+            db["jobs"].update(job.id, {"status": JobStatus.RUNNING.value, "pid": pid, "pid_started": start_time(pid),
+                                       "updated_at": utc_now(),
                                        "started_at": job.started_at or utc_now(), "error": None})
             started.append(job.id)
     return started
@@ -216,14 +218,14 @@ def cancel_job(ctx: Context, job_id: int) -> None:
     """Stop a queued or running job (its process group gets SIGTERM); audited; the queue moves on."""
     ctx.require("job.manage")
     with ctx.store.write() as db:
-        job = next(iter(db.query("SELECT status, pid FROM jobs WHERE id = ?", [job_id])), None)
+        job = next(iter(db.query("SELECT status, pid, pid_started FROM jobs WHERE id = ?", [job_id])), None)
         if job is None or job["status"] not in ACTIVE:
             raise JobError(f"job {job_id} is {job['status'] if job else 'unknown'}; only queued or running jobs "
                            "can be cancelled")
         db["jobs"].update(job_id, {"status": JobStatus.CANCELLED.value, "finished_at": utc_now(),
                                    "updated_at": utc_now(), "error": f"cancelled by {ctx.actor}"})
         ctx.audit(db, "job.cancel", "job", job_id, {"was": job["status"]})
-    if job["status"] == JobStatus.RUNNING and alive(job["pid"]):
+    if job["status"] == JobStatus.RUNNING and alive(job["pid"], job["pid_started"]):  # never an unrelated group
         try:
             os.killpg(job["pid"], signal.SIGTERM)
         except ProcessLookupError:
@@ -240,8 +242,9 @@ def resume_job(ctx: Context, job_id: int) -> None:
         status = db["jobs"].get(job_id)["status"]
         if status not in RESUMABLE:
             raise JobError(f"job {job_id} is {status}; only {', '.join(RESUMABLE)} jobs can be resumed")
-        db.execute("UPDATE jobs SET status = 'queued', resumes = coalesce(resumes, 0) + 1, pid = NULL, error = NULL, "
-                   "finished_at = NULL, updated_at = ? WHERE id = ?", [utc_now(), job_id])
+        db.execute("UPDATE jobs SET status = 'queued', resumes = coalesce(resumes, 0) + 1, pid = NULL, "
+                   "pid_started = NULL, error = NULL, finished_at = NULL, updated_at = ? WHERE id = ?",
+                   [utc_now(), job_id])
         ctx.audit(db, "job.resume", "job", job_id, {"was": status})
     dispatch(ctx)
 
@@ -252,7 +255,8 @@ def claim_job(store: Store, job_id: int, pid: int | None = None) -> Job:
         row = db["jobs"].get(job_id)
         if row["status"] != JobStatus.RUNNING:
             raise JobError(f"job {job_id} is {row['status']}, not running")
-        db["jobs"].update(job_id, {"updated_at": utc_now(), **({"pid": pid} if pid else {})})
+        mine = {"pid": pid, "pid_started": start_time(pid)} if pid else {}
+        db["jobs"].update(job_id, {"updated_at": utc_now(), **mine})
     return get_job(store, job_id)
 
 

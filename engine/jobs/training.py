@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from engine.config import Config
 from engine.context import Context
 from engine.data.catalog import DATASETS
 from engine.data.reviews import usable_review_ids
@@ -127,7 +128,7 @@ class TrainConfig:
             elif isinstance(value, tuple):
                 argv += [flag, ",".join(map(str, value))]
             else:
-                argv += [flag, str(value)]
+                argv.append(f"{flag}={value}")  # one token: a value starting with '-' stays a value
         return argv
 
     def command(self, world: int = 1) -> str:
@@ -200,10 +201,31 @@ class TrainingRequest:
     gpus: int = 1  # > 1: torchrun with one process per GPU
 
 
+def training_roots(config: Config) -> list[Path]:
+    """Where a training folder asked for from the dashboard may be: the datasets folder and RADLENS_HOME/datasets."""
+    return [root.resolve() for root in (config.data_dir, config.home / "datasets") if root is not None]
+
+
+def _checked_folder(config: Config, folder: Path | None) -> Path | None:
+    """`folder` resolved (a bare name is taken under RADLENS_HOME/datasets); JobError when outside the roots."""
+    if folder is None:
+        return None
+    roots = training_roots(config)
+    resolved = (config.home / "datasets" / folder).resolve() if not folder.is_absolute() else folder.resolve()
+    if not any(resolved == root or root in resolved.parents for root in roots):
+        raise JobError(f"training folders must be inside {' or '.join(map(str, roots))}; "
+                       f"{str(folder)[:200]!r} is not")
+    if not resolved.is_dir():
+        raise JobError(f"there is no training folder {str(folder)[:200]!r} under {' or '.join(map(str, roots))}")
+    return resolved
+
+
 def submit_training(ctx: Context, request: TrainingRequest, start: bool = True) -> int:
-    """Queue a training job (audited) and start it if its device is free; returns the job id."""
+    """Queue a training job (audited) and start it if its device is free; returns the job id. The data folder
+    must lie inside the training roots: a dashboard user cannot point a job at any path on the server."""
     ctx.require("job.submit")
-    cfg, gpus = request.config.resolved(), request.gpus
+    folder = _checked_folder(ctx.config, request.config.data_path)
+    cfg, gpus = dataclasses.replace(request.config, data_path=folder).resolved(), request.gpus
     if gpus < 1 or (gpus > 1 and gpus > visible_gpus()):
         raise JobError(f"{gpus} GPUs were asked for; {visible_gpus()} are visible")
     device = _device(cfg.device)

@@ -7,18 +7,19 @@ file itself. The active model per task is a store setting; without one, the task
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.config import Config
 from engine.context import Context
-from engine.errors import BadCheckpoint, InvalidOption, UnknownModel
+from engine.errors import BadCheckpoint, InvalidOption, JobError, UnknownModel
 from engine.models.card import ModelCard
-from engine.models.checkpoint import read_card
+from engine.models.checkpoint import atomic_write, read_card
 from engine.store import Store
 
-__all__ = ["InstalledModel", "SHIPPED_DIR", "installed_models", "find_model", "active_model", "set_active", "promote",
-           "rollback", "rollback_target", "activation_log"]
+__all__ = ["InstalledModel", "SHIPPED_DIR", "install_candidate", "installed_models", "find_model", "active_model",
+           "set_active", "promote", "rollback", "rollback_target", "activation_log"]
 
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "weights"
 
@@ -37,6 +38,18 @@ class InstalledModel:
 
 def _folders(config: Config) -> list[tuple[Path, bool]]:
     return [(SHIPPED_DIR, True), (config.home / "models", False)]
+
+
+def install_candidate(config: Config, weights: Path) -> str:
+    """Copy a finished job's weights (and card) into RADLENS_HOME/models as a candidate; returns its name.
+    An installed model is never replaced: a name already taken (shipped or installed) is refused."""
+    models, name = config.home / "models", weights.stem
+    if (models / weights.name).exists() or any(m.name == name for m in installed_models(config)):
+        raise JobError(f"a model named {name} is already installed and is kept; these weights stay in "
+                       f"{weights.parent}")
+    for source in (weights, weights.with_suffix(".json")):
+        atomic_write(models / source.name, lambda tmp, source=source: shutil.copyfile(source, tmp))
+    return name
 
 
 def installed_models(config: Config, task: str | None = None) -> list[InstalledModel]:

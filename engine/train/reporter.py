@@ -4,7 +4,6 @@ install the model and finish, or fail with one line."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 
 from engine.context import Context
 from engine.jobs.queue import claim_job, fail_job, finish_job, update_job
-from engine.models.checkpoint import atomic_write
+from engine.models.catalog import install_candidate
 from engine.store import utc_now
 
 __all__ = ["JobReporter", "resource_usage"]
@@ -100,10 +99,7 @@ class JobReporter:
 
     def finish(self, weights: Path) -> str:
         """Install the trained weights as a candidate model; the row says finished. Returns the model name."""
-        models = self.ctx.config.home / "models"
-        for source in (weights, weights.with_suffix(".json")):
-            atomic_write(models / source.name, lambda tmp, source=source: shutil.copyfile(source, tmp))
-        name = weights.stem
+        name = install_candidate(self.ctx.config, weights)
         finish_job(self.store, self.job_id, self.ctx.actor, {"model": name}, model_name=name)
         return name
 
