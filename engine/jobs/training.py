@@ -127,8 +127,10 @@ class TrainConfig:
                 argv.append(flag)
             elif isinstance(value, tuple):
                 argv += [flag, ",".join(map(str, value))]
+            elif str(value).startswith("-"):
+                argv.append(f"{flag}={value}")  # one token, or argparse would read the value as an option
             else:
-                argv.append(f"{flag}={value}")  # one token: a value starting with '-' stays a value
+                argv += [flag, str(value)]
         return argv
 
     def command(self, world: int = 1) -> str:
