@@ -230,11 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout, sys.stderr = _PlainTerminal(sys.stdout), _PlainTerminal(sys.stderr)
     args = get_args_parser().parse_args(argv)
     config = Config.from_env()
-    config.log_dir.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(filename=config.log_dir / "radlens.log", level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        return COMMANDS[args.command](args, Context.open(config))
+        ctx = Context.open(config)  # first: from here on files are created for this user only (0600 / 0700)
+        config.log_dir.mkdir(parents=True, exist_ok=True)
+        logging.basicConfig(filename=config.log_dir / "radlens.log", level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        return COMMANDS[args.command](args, ctx)
     except (EngineError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

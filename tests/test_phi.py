@@ -88,6 +88,7 @@ def test_marker_appears_nowhere_in_database_wal_files_or_logs(tmp_path):
     stored = list(home.rglob("*"))
     names = {p.name for p in stored}
     assert "radlens.db" in names and any(p.suffix == ".dcm" for p in stored) and "radlens.log" in names
+    assert all(p.stat().st_mode & 0o077 == 0 for p in [home, *stored])  # this account's eyes only, logs too
     for path in (p for p in stored if p.is_file()):
         content = path.read_bytes()
         for needle in (MARKER, MARKER_UID, MARKER_DATE, "Jane"):
