@@ -14,12 +14,11 @@ from pathlib import Path
 from PIL import Image
 
 from engine.cases.demo import seed_demo
-from engine.cases.ingest import IngestResult, decode, ingest_paths, prepare, remove_orphan_files
+from engine.cases.ingest import IngestResult, ingest_paths, prepare, remove_orphan_files, render_untrusted
 from engine.config import Config
 from engine.context import Context
 from engine.errors import EngineError
 from engine.identity import commands as identity_commands
-from engine.io import render
 from engine.io.study import Window
 from engine.keys import secret_key
 
@@ -48,21 +47,20 @@ def _ingest(args, ctx: Context) -> int:
 
 def _render(args, ctx: Context) -> int:
     data = Path(args.file).read_bytes()
-    prepared, study = prepare(data, secret_key(ctx.config.home, "pseudonym"), ctx.config), decode(data, ctx.config)
+    prepared = prepare(data, secret_key(ctx.config.home, "pseudonym"), ctx.config)
     window = None
     if args.window:
         center, width = (float(v) for v in args.window.split(","))
         window = Window(center, width)
-    rendered = render(study, args.frame, window)
-    Image.fromarray(rendered.image).save(args.out)
+    rendered = render_untrusted(data, ctx.config, args.frame, window)
+    Image.fromarray(rendered["image"]).save(args.out)
     if args.json:
         print(json.dumps({
-            "out": str(args.out), "steps": list(rendered.steps), "shape": list(rendered.image.shape),
-            "frames": study.n_frames, "spacing": study.spacing.describe(),
-            "fields": prepared.fields,
+            "out": str(args.out), "steps": rendered["steps"], "shape": list(rendered["image"].shape),
+            "frames": rendered["frames"], "spacing": rendered["spacing"], "fields": prepared.fields,
         }, indent=2))
     else:
-        print(f"wrote {args.out}: {' -> '.join(rendered.steps)}")
+        print(f"wrote {args.out}: {' -> '.join(rendered['steps'])}")
     return 0
 
 

@@ -91,3 +91,35 @@ def test_a_frame_whose_codec_header_claims_more_pixels_than_the_dicom_is_refused
     [result] = ingest_files([(name, lying)], ctx)
     assert result.error.startswith("TooLarge: frame 1 declares"), result.error
     assert store_snapshot(config) == before
+
+
+def test_what_crosses_from_the_decoder_is_plain_data_only():
+    from engine.io.wire import WireError, pack, unpack
+
+    value = {"image": np.arange(12, dtype=np.uint16).reshape(3, 4), "stored": b"\x00DICM", "fields": {"n": 1.5},
+             "steps": ["a", None, True]}
+    back = unpack(b"".join(bytes(p) for p in pack(value)))
+    assert back["stored"] == b"\x00DICM" and back["fields"] == {"n": 1.5} and back["steps"] == ["a", None, True]
+    assert np.array_equal(back["image"], value["image"]) and back["image"].dtype == np.uint16
+    for not_data in (Exception("x"), np.array([object()]), {1: "non-string key"}):
+        with pytest.raises(WireError):
+            pack(not_data)
+    head = json.dumps({"$array": 0, "n": 8, "dtype": "|O", "shape": [1]}).encode()  # a forged object array
+    with pytest.raises(WireError, match="do not cross"):
+        unpack(len(head).to_bytes(8, "little") + head + bytes(8))
+    head = json.dumps({"$bytes": 0, "n": 10**9}).encode()  # a blob longer than the message
+    with pytest.raises(WireError, match="past the end"):
+        unpack(len(head).to_bytes(8, "little") + head)
+
+
+def test_the_decoders_named_errors_arrive_as_themselves():
+    from engine.errors import UnsupportedFormat
+    from engine.io.sniff import detect_format
+
+    sandbox = Sandbox(1 << 30, seconds=30)
+    try:
+        with pytest.raises(UnsupportedFormat, match="not a DICOM, PNG, JPEG or ZIP"):
+            sandbox.call(detect_format, b"plain text, not an image")
+        assert sandbox.call(detect_format, dicom_bytes("CT_small.dcm")) == "dicom"
+    finally:
+        sandbox.close()

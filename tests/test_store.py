@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.keys import secret_key
 from engine.store import MIGRATIONS, Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,8 +54,10 @@ def test_an_old_salt_is_removed_from_the_database(store):
         db.execute("INSERT INTO settings (key, value) VALUES ('uid_salt', ?)", ["ab" * 32])
         db.execute("DELETE FROM schema_migrations WHERE version = 8")
         db.execute("ALTER TABLE jobs DROP COLUMN pid_started")
+    key = secret_key(store.path.parent, "pseudonym")
     assert store.migrate() == [8]
     assert store.setting("uid_salt") is None
+    assert secret_key(store.path.parent, "pseudonym") == key  # pseudonyms stay stable across migrations
 
 
 @pytest.mark.parametrize("statement", ["UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log"])

@@ -13,7 +13,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,18 +29,18 @@ from engine.errors import (
     is_disk_full,
     short_reason,
 )
-from engine.io import read_study
+from engine.io import read_study, render
 from engine.io.archive import iter_zip
 from engine.io.deid import deidentify
 from engine.io.fields import fields_of
 from engine.io.jpeg import strip_encapsulated_jpeg_metadata, strip_jpeg_metadata
 from engine.io.sandbox import sandbox_for
 from engine.io.sniff import is_zip
-from engine.io.study import Study
+from engine.io.study import Study, Window
 from engine.keys import secret_key
 from engine.store import utc_now
 
-__all__ = ["IngestResult", "Prepared", "prepare", "prepare_here", "decode", "ingest_files", "ingest_paths",
+__all__ = ["IngestResult", "Prepared", "prepare", "prepare_here", "render_untrusted", "ingest_files", "ingest_paths",
            "remove_orphan_files"]
 
 log = logging.getLogger("radlens.ingest")
@@ -80,12 +80,25 @@ def _sandbox(limits: Limits):
 def prepare(data: bytes, key: bytes, config: Config) -> Prepared:
     """Decode + validate + de-identify, in the decoder sandbox (a child process with a memory cap and a
     time limit). Raises an EngineError; writes nothing."""
-    return _sandbox(config.limits).call(prepare_here, data, key, config.limits)
+    return Prepared(**_sandbox(config.limits).call(_prepare_plain, data, key, asdict(config.limits)))
 
 
-def decode(data: bytes, config: Config) -> Study:
-    """read_study in the decoder sandbox: the decoded pixels of an untrusted file, for display."""
-    return _sandbox(config.limits).call(read_study, data, config.limits)
+def render_untrusted(data: bytes, config: Config, frame: int = 0, window: Window | None = None) -> dict:
+    """Decode and render a file in the decoder sandbox: {"image": uint8 array, "steps", "frames", "spacing"}."""
+    window_args = [window.center, window.width] if window else None
+    return _sandbox(config.limits).call(_render_plain, data, asdict(config.limits), frame, window_args)
+
+
+# What the sandbox runs: plain data in and out (engine.io.wire).
+def _prepare_plain(data: bytes, key: bytes, limits: dict) -> dict:
+    return asdict(prepare_here(data, key, Limits(**limits)))
+
+
+def _render_plain(data: bytes, limits: dict, frame: int, window: list | None) -> dict:
+    study = read_study(data, Limits(**limits))
+    rendered = render(study, frame, Window(*window) if window else None)
+    return {"image": rendered.image, "steps": list(rendered.steps), "frames": study.n_frames,
+            "spacing": study.spacing.describe()}
 
 
 def prepare_here(data: bytes, key: bytes, limits: Limits) -> Prepared:

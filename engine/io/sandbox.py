@@ -6,8 +6,10 @@ memory fails alone as TooLarge; one that hangs or crashes a codec fails alone as
 child is replaced and the server, and the rest of the batch, carry on. The child is started once and
 reused (about 0.5 s to start), one file at a time.
 
-Protocol: the parent writes one pickled (module, function, args) request to the child's stdin, the
-child answers with one pickled ("ok", value) or ("error", exception), each prefixed by its length.
+Protocol: the parent writes one request {"module", "name", "args"} to the child's stdin, the child answers
+{"ok": value} or {"error": error class name, "message": ...}, each prefixed by its length. Messages are
+plain data (engine.io.wire: JSON and byte blobs), never pickle: whatever happens inside the child, its
+answer is read as data. Functions called this way take and return plain data.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import atexit
 import fcntl
 import importlib
 import os
-import pickle
 import resource
 import select
 import struct
@@ -26,7 +27,9 @@ import threading
 import time
 from pathlib import Path
 
+from engine import errors
 from engine.errors import EngineError, TooLarge, UnreadableStudy
+from engine.io.wire import WireError, pack, unpack
 
 __all__ = ["Sandbox", "sandbox_for", "close_all"]
 
@@ -47,24 +50,24 @@ class Sandbox:
         self._lock = threading.Lock()
 
     def call(self, function, *args):
-        """function(*args) in the child; its EngineError is raised here as is."""
-        request = pickle.dumps((function.__module__, function.__qualname__, args), protocol=pickle.HIGHEST_PROTOCOL)
+        """function(*args) in the child (arguments and result: plain data); its EngineError is raised here."""
+        request = pack({"module": function.__module__, "name": function.__qualname__, "args": list(args)})
         with self._lock:
             child = self._started()
             try:
                 _send(child.stdin, request)
-                status, value = pickle.loads(_receive(child.stdout, self.seconds))
+                answer = unpack(_receive(child.stdout, self.seconds))
             except TimeoutError:
                 self.close()
                 raise UnreadableStudy(f"decoding took longer than {self.seconds:g} s and was stopped "
                                       "(RADLENS_DECODE_SECONDS)") from None
-            except (EOFError, OSError, pickle.UnpicklingError):
+            except (EOFError, OSError, WireError):
                 self.close()
                 raise UnreadableStudy("the decoder stopped on this file (out of memory or a codec crash); "
                                       "nothing was stored") from None
-        if status == "ok":
-            return value
-        raise value
+        if isinstance(answer, dict) and "ok" in answer:
+            return answer["ok"]
+        raise _error(answer)
 
     def _started(self) -> subprocess.Popen:
         if self._child is None or self._child.poll() is not None:
@@ -99,9 +102,19 @@ def _widen(pipe) -> None:
         pass  # not Linux, or above /proc/sys/fs/pipe-max-size: the default still works
 
 
-def _send(pipe, payload: bytes) -> None:
-    pipe.write(_HEADER.pack(len(payload)))
-    pipe.write(payload)
+def _error(answer) -> EngineError:
+    """The child's error as the named EngineError it was; anything else as UnreadableStudy."""
+    name, message = (answer.get("error"), answer.get("message")) if isinstance(answer, dict) else (None, None)
+    kind = getattr(errors, name, None) if isinstance(name, str) else None
+    if not (isinstance(kind, type) and issubclass(kind, EngineError)):
+        kind = UnreadableStudy
+    return kind(str(message or "the decoder gave no reason")[:500])
+
+
+def _send(pipe, parts: list) -> None:
+    pipe.write(_HEADER.pack(sum(memoryview(p).nbytes for p in parts)))
+    for part in parts:
+        pipe.write(part)
     pipe.flush()
 
 
@@ -158,29 +171,29 @@ def _serve(memory_bytes: int, preload: list[str]) -> None:
     sys.stdout = sys.stderr  # a stray print in a library must not corrupt the protocol
     for module in preload:
         importlib.import_module(module)
-    _send(stdout, _READY)
+    _send(stdout, [_READY])
     while True:
         try:
-            module, name, args = pickle.loads(_receive(stdin))
+            request = unpack(_receive(stdin))
         except EOFError:
             return
         try:
-            function = importlib.import_module(module)
-            for part in name.split("."):
+            function = importlib.import_module(request["module"])
+            for part in request["name"].split("."):
                 function = getattr(function, part)
-            answer = ("ok", function(*args))
+            message = pack({"ok": function(*request["args"])})
         except MemoryError:
-            answer = ("error", TooLarge(f"decoding this file needs more than the {memory_bytes / 2**20:,.0f} MiB "
+            message = _failure(TooLarge(f"decoding this file needs more than the {memory_bytes / 2**20:,.0f} MiB "
                                         "a decoder may use (RADLENS_DECODE_MEMORY_MB)"))
         except EngineError as error:
-            answer = ("error", error)
+            message = _failure(error)
         except BaseException as exc:  # noqa: BLE001 - any codec failure is this file's failure
-            answer = ("error", UnreadableStudy(f"the file could not be decoded ({type(exc).__name__})"))
-        try:
-            payload = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
-        except MemoryError:
-            payload = pickle.dumps(("error", TooLarge("the decoded image is too large to return")))
-        _send(stdout, payload)
+            message = _failure(UnreadableStudy(f"the file could not be decoded ({type(exc).__name__})"))
+        _send(stdout, message)
+
+
+def _failure(error: EngineError) -> list:
+    return pack({"error": type(error).__name__, "message": str(error)})
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ pharynx pituitary placenta popliteal prostate pulmonary radius rectum renal rib 
 scrotum shoulder sinus sinuses skull spine spinal spleen sternum stomach subclavian temporal testis thigh thoracic
 thorax thumb thyroid tibia toe toes trachea ulna upper ureter urethra uterus vascular venous vertebra vertebral
 wrist whole body extremity extremities soft tissue tissues skeletal skeleton neuro brainstem hippocampus
-ventricle ventricles atrium valve mitral tricuspid fetal head circumference biparietal gestational
+ventricle ventricles atrium valve mitral tricuspid circumference biparietal gestational
 ap pa lat ll rl rld lld lao rao lpo rpo lateral frontal oblique axial coronal sagittal transverse decubitus
 supine prone erect upright standing portable mobile bedside view views projection projections left right
 bilateral unilateral both inferior superior medial distal proximal posterior dorsal ventral plantar palmar
@@ -31,21 +31,21 @@ cr dx ct mr mri us pt nm xa rf mg ot sc rt rg io px es ecg bmd dxa dexa pet spec
 radiography radiographic ultrasound sonography echo echocardiogram doppler mammogram mammography tomosynthesis
 fluoroscopy angiography angiogram venogram arteriogram myelogram urogram cholangiogram enema swallow scan scout
 localizer localiser survey topogram
-with without w wo contrast iv oral non noncontrast enhanced unenhanced pre post delayed arterial portal phase
-venous dynamic perfusion diffusion dwi adc swi flair stir tse fse gre spgr mprage bold dti cine tof mra mrv cta
+with without w wo contrast iv oral non noncontrast enhanced unenhanced pre post delayed portal phase
+dynamic perfusion diffusion dwi adc swi flair stir tse fse gre spgr mprage bold dti cine tof mra mrv cta
 ctv mrcp t1 t2 t2star pd fat sat fs water dixon inphase outphase opposed in out haste trufisp fiesta ssfp epi
 bolus tracking calcium score low dose high resolution hr thin thick slice slices recon reconstruction mip mpr
-vr volume 2d 3d 4d cine multiplanar kernel bone lung soft standard sharp smooth detail
+vr volume 2d 3d 4d multiplanar kernel standard sharp smooth detail
 protocol routine screening diagnostic followup follow up initial limited complete study series exam
 examination procedure biopsy guided guidance drainage injection aspiration intervention interventional
 trauma stroke emergency pediatric paediatric neonatal adult infant child pregnancy obstetric gynecologic
 pneumonia nodule mass fracture effusion edema tumor tumour cancer staging
 of and or the to for on at
 ge siemens philips toshiba canon hitachi fujifilm fuji agfa carestream kodak konica minolta samsung medison
-hologic esaote mindray shimadzu varian elekta hologic aloka hitachi sonosite zonare acuson voluson logiq vivid
+hologic esaote mindray shimadzu varian elekta aloka sonosite zonare acuson voluson logiq vivid
 signa discovery optima revolution lightspeed brightspeed aquilion vantage somatom magnetom definition avanto
 verio skyra prisma aera espree sensation emotion biograph ingenia achieva intera brilliance ingenuity iqon
-epiq affiniti iu22 cx50 digital diagnost ddr fcr drx carestream
+epiq affiniti iu22 cx50 digital diagnost ddr fcr drx
 medical systems healthcare imaging solutions
 """.split()
 
