@@ -241,13 +241,12 @@ _POINTS = """name => Math.max(0, ...[...document.querySelectorAll('.js-plotly-pl
     plot => (plot._fullData || []).filter(t => t.name === name).map(t => t._length || 0)))"""
 
 
-def _trace_points(page, name: str) -> int:
-    return page.evaluate(_POINTS, name)
-
-
 def _wait_for_points(page, name: str, more_than: int) -> int:
-    page.wait_for_function(f"({_POINTS})({name!r}) > {more_than}", timeout=120_000)
-    return _trace_points(page, name)
+    # The count that satisfied the wait, read in the same evaluation: reading it again afterwards can catch
+    # the chart in the middle of its refresh, with no points at all.
+    found = page.wait_for_function(f"(() => {{ const n = ({_POINTS})({name!r}); return n > {more_than} ? n : 0; }})()",
+                                   timeout=120_000)
+    return int(found.json_value())
 
 
 def test_training_job_started_in_the_browser_draws_live_curves(server, tmp_path):
