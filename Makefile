@@ -76,6 +76,9 @@ bench: $(DEV_STAMP)
 train: $(RUNTIME_STAMP)
 	$(PY) -m engine.train.run --dataset cxr_pneumonia --model resnet18 --size 224 --epochs 30 --patience 8 \
 		--half --threads 2 --name cxr-pneumonia-resnet18 --output $(RADLENS_HOME)/runs/cxr-pneumonia-resnet18
+	$(PY) -m engine.train.run --dataset cxr_pneumonia --model resnet18 --size 224 --epochs 12 --batch-size 32 \
+		--threads 2 --precision bf16 --label-smoothing 0.1 --folds 5 --half --name cxr-pneumonia-resnet18-v2 \
+		--version 2.0.0 --output $(RADLENS_HOME)/runs/cxr-pneumonia-resnet18-v2
 	$(PY) -m engine.train.run --dataset hc18 --model unet --size 256 --epochs 40 --patience 10 --batch-size 16 \
 		--threads 2 --name hc18-unet --output $(RADLENS_HOME)/runs/hc18-unet
 

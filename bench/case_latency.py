@@ -26,7 +26,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from bench.common import report
-from engine.cases.diagnosis import load_classifier, record_prediction
+from engine.cases.diagnosis import judge, load_classifier, record_prediction
 from engine.cases.images import get_image, gray_image
 from engine.cases.ingest import ingest_files
 from engine.config import Config
@@ -34,6 +34,7 @@ from engine.context import Context
 from engine.draw import DISPLAY_MAX_SIDE, fit_within, overlay
 from engine.inference.classify import Prediction
 from engine.models import cam_layer
+from engine.models.scope import ANALYSED, Verdict
 
 FULLRES = "cxr_pneumonia_fullres/NORMAL2-IM-1113-0001.jpeg"  # the largest, 2128 x 1630
 
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", help="installed classifier (default: the active one)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         ctx = Context.open(config)
         store = ctx.store
         results = ingest_files(_inputs(), ctx)
-        classifier = load_classifier(ctx)
+        classifier = load_classifier(ctx, args.model)
         typical_model = copy.deepcopy(classifier.loaded.model).to(memory_format=torch.contiguous_format)
         typical_model.requires_grad_(True)  # as loaded by a typical script
         layer = cam_layer(typical_model, classifier.loaded.card.arch)
@@ -82,10 +84,11 @@ def main(argv: list[str] | None = None) -> None:
             gray = gray_image(config, image)
             st.mark("decode")
             prediction = classifier.classify(gray)
+            verdict = judge(classifier, image, prediction)
             st.mark("classify+cam")
             overlay(gray, prediction.cam, max_side=DISPLAY_MAX_SIDE)
             st.mark("overlay")
-            record_prediction(ctx, classifier, image, prediction)
+            record_prediction(ctx, classifier, image, prediction, verdict)
             st.mark("log")
 
         def typical(image: dict, st: _Stages) -> None:
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
             p = float(probs[1])
             record_prediction(ctx, classifier, image, Prediction(
                 classifier.loaded.labels[target], p, {}, {"pneumonia": p}, 0.5, 0.0, "none", 0.0, 0.0, 0.0,
-                heat))
+                heat), Verdict(ANALYSED))
             st.mark("log")
 
         figures = {}

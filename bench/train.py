@@ -38,7 +38,7 @@ from bench.common import report
 from engine.config import Config
 from engine.context import Context
 from engine.data.catalog import augmentation, load_dataset
-from engine.inference.batch import autocast
+from engine.inference.batch import PRECISIONS, autocast
 from engine.jobs.queue import NICENESS, get_job, list_jobs, resume_job
 from engine.jobs.training import TrainConfig, TrainingRequest, submit_training
 from engine.models.catalog import SHIPPED_DIR
@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CARD = json.loads((SHIPPED_DIR / "cxr-pneumonia-resnet18.json").read_text())
 
 
-def throughput(device: torch.device, steps: int, warmup: int) -> dict:
+def throughput(device: torch.device, steps: int, warmup: int, precision: str = "auto") -> dict:
     prep = Preprocessing(size=224, mean=CARD["preprocessing"]["mean"], std=CARD["preprocessing"]["std"])
     train = load_dataset("cxr_pneumonia", prep, Config.from_env().data_dir, only=("train",)).sets["train"]
     model = create_model("resnet18", num_classes=2).to(device, memory_format=torch.channels_last).train()
@@ -77,8 +77,8 @@ def throughput(device: torch.device, steps: int, warmup: int) -> dict:
         x, y = next(source)
         sync()
         start = time.perf_counter()
-        with autocast(device):
-            loss = loss_fn(model(x), y)
+        with autocast(device, precision):
+            loss = loss_fn(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -93,7 +93,8 @@ def throughput(device: torch.device, steps: int, warmup: int) -> dict:
         sync()
         data_s.append(time.perf_counter() - start)
     median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-    return {"device": str(device), "threads": torch.get_num_threads(), "batch_size": batch, "steps": steps,
+    return {"device": str(device), "precision": precision, "threads": torch.get_num_threads(), "batch_size": batch,
+            "steps": steps,
             "train_step_images_per_s": round(batch / median(step_s), 2),
             "end_to_end_images_per_s": round(batch / (median(step_s) + median(data_s)), 2),
             "data_pipeline_images_per_s": round(batch / median(data_s), 2),
@@ -249,11 +250,12 @@ def main() -> None:
     p.add_argument("--n", type=int, default=10)
     p.add_argument("--seed", type=int, default=6)
     p.add_argument("--job-threads", type=int, default=0, help="serving: the job's threads (0: all cores)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="throughput: training arithmetic")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.what == "throughput":
-        report(f"train_throughput_{args.device}_{args.threads}t",
-               throughput(torch.device(args.device), args.steps, args.warmup))
+        report(f"train_throughput_{args.device}_{args.threads}t_{args.precision}",
+               throughput(torch.device(args.device), args.steps, args.warmup, args.precision))
         return
     # The other modes write checkpoints (~0.5 GB for kills) into a scratch folder removed afterwards.
     with tempfile.TemporaryDirectory(prefix=f"bench-{args.what}-", ignore_cleanup_errors=True) as tmp:

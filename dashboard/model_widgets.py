@@ -7,20 +7,22 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import links
+from dashboard import links, state, widgets
 from dashboard.text import md, plain
 from dashboard.widgets import image_view
-from engine.cases.diagnosis import MAX_COMMENT, VERDICTS
+from engine.cases.diagnosis import MAX_COMMENT, VERDICTS, CaseResult, add_review, raw_output
+from engine.context import Context
 from engine.draw import COLORMAPS, DISPLAY_MAX_SIDE, overlay
-from engine.inference.classify import OOD_WARNING, Prediction
+from engine.inference.classify import OOD_WARNING, Classifier, Prediction
 from engine.io.study import Rendered
 from engine.models.card import ModelCard
 from engine.models.preprocess import Preprocessing
+from engine.models.scope import Scope
 from engine.tasks import get_task
 
-__all__ = ["overlay_controls", "cam_view", "prediction_panel", "review_form", "history", "card_metrics", "roc_chart",
-           "reliability_chart", "reliability_overlay", "prep_text", "card_details", "headline", "card_summary",
-           "seg_card_metrics"]
+__all__ = ["overlay_controls", "result_panel", "plain_view", "cam_view", "prediction_panel", "review_form", "history",
+           "card_metrics", "roc_chart", "reliability_chart", "reliability_overlay", "prep_text", "card_details",
+           "headline", "card_summary", "seg_card_metrics"]
 
 
 def overlay_controls() -> tuple[bool, float, str]:
@@ -29,6 +31,32 @@ def overlay_controls() -> tuple[bool, float, str]:
     opacity = c2.slider("Opacity", 0.0, 1.0, 0.4, 0.05, disabled=not show)
     colormap = c3.selectbox("Colormap", list(COLORMAPS), disabled=not show)
     return show, opacity, colormap
+
+
+def result_panel(ctx: Context, classifier: Classifier, result: CaseResult) -> Prediction | None:
+    """The model's result and the review form, or, outside the model's scope, the abstention (the raw output
+    behind a switch for a role that may see it, fetched and logged once). Returns what the image may show."""
+    card, prediction = classifier.loaded.card, result.prediction
+    if prediction is None and widgets.abstention(result.verdict, ctx.user.may("case.raw_output"),
+                                                 f"diagnosis.raw.{result.prediction_id}"):
+        prediction = widgets.once_per_opening(state.RAW_OUTPUT, (result.prediction_id,),
+                                              lambda: raw_output(ctx, result))
+        widgets.raw_output_banner()
+    if prediction is not None:
+        prediction_panel(prediction, card.name, card.version, card.positive_label)
+    if result.prediction is None:
+        return prediction  # nothing to review: the model gave no result
+    if not ctx.user.may("case.review"):
+        st.caption("Reviews are recorded by clinicians: your role can read results but not review them.")
+    elif submitted := review_form(classifier.loaded.labels, key=f"review.{result.case_id}"):
+        add_review(ctx, result.case_id, *submitted, prediction_id=result.prediction_id)
+        st.success("Review saved.", icon=":material/check:")
+    return prediction
+
+
+def plain_view(gray) -> None:
+    """The image the model saw, without any overlay (an abstained case)."""
+    image_view(Rendered(gray, (), None), height=640)
 
 
 def cam_view(gray, prediction: Prediction, show: bool, opacity: float, colormap: str) -> None:
@@ -113,18 +141,31 @@ def history(records: dict[str, list[dict]]) -> None:
 
 _METRICS = (("auc", "AUC"), ("accuracy", "Accuracy"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
             ("precision", "Precision"), ("f1", "F1"), ("sensitivity_at_specificity_0.90", "Sensitivity @ spec 0.90"),
-            ("ece_before_calibration", "ECE before calibration"), ("ece", "ECE after calibration"))
+            ("specificity_at_sensitivity_0.95", "Specificity @ sens 0.95"),
+            ("negatives_above_0.9", "Negatives called positive at p >= 0.9 (count)"),
+            ("ece_before_calibration", "ECE before calibration"), ("ece", "ECE after calibration"),
+            ("ece_if_calibrated", "ECE a perfectly calibrated model would show (noise floor)"))
+
+
+def _metric_text(m: dict, key: str) -> str:
+    value = m.get(key)
+    if value is None:
+        return ""  # a card written before this metric existed
+    if isinstance(value, dict):  # {"mean", "ci95"}
+        return f"{value['mean']:.3f} ({value['ci95'][0]:.3f}-{value['ci95'][1]:.3f})"
+    if isinstance(value, int):
+        return str(value)
+    ci = f" ({m['ci95'][key][0]:.3f}-{m['ci95'][key][1]:.3f})" if key in m.get("ci95", {}) else ""
+    return f"{value:.3f}{ci}"
 
 
 def card_metrics(metrics: dict) -> None:
     """A classifier's metrics per split (or per model), with their 95 % CIs."""
     rows = []
     for key, name in _METRICS:
-        row = {"Metric": name}
-        for split, m in metrics.items():
-            ci = f" ({m['ci95'][key][0]:.3f}-{m['ci95'][key][1]:.3f})" if key in m.get("ci95", {}) else ""
-            row[f"{split} (n={m['n']})"] = f"{m[key]:.3f}{ci}"
-        rows.append(row)
+        if not any(key in m for m in metrics.values()):
+            continue
+        rows.append({"Metric": name, **{f"{split} (n={m['n']})": _metric_text(m, key) for split, m in metrics.items()}})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 
@@ -211,6 +252,10 @@ def prep_text(card: ModelCard) -> str:
     return Preprocessing.from_dict(card.preprocessing).summary()
 
 
+def plain_cv(cv: dict) -> str:
+    return f"Cross-validation: {cv['folds']} {cv['grouping']}-grouped folds over {cv['images']} images; {cv['note']}."
+
+
 def card_details(card: ModelCard) -> None:
     """Data counts, training record and limitations: the rest of the card, as written."""
     if not card.training or not card.data:
@@ -225,6 +270,12 @@ def card_details(card: ModelCard) -> None:
     c2.text(f"{training['hardware']}; {training['wall_time_s'] / 60:.1f} min; {training['epochs_run']} epochs "
             f"(best {training['best_epoch'] + 1}); {training['optimizer']}; {training['loss']}; "
             f"augmentation: {training['augmentation']}; weights {training['weights_dtype']}")
+    if card.data.get("cross_validation"):
+        c2.text(plain_cv(card.data["cross_validation"]))
+    scope = Scope.from_card(card)
+    c2.markdown(md("**Scope**: {description}. Modalities {modalities}; body parts {parts}. Outside it the model "
+                   "answers \"not analysed\".", description=scope.description,
+                   modalities=", ".join(scope.modalities) or "any", parts=", ".join(scope.body_parts) or "any"))
     if training.get("fine_tuned_from"):
         base = training["fine_tuned_from"]
         c2.markdown(md("Fine-tuned from **{name}** v{version} ({sha})", name=base["name"], version=base["version"],

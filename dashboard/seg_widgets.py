@@ -37,8 +37,8 @@ def view_controls(has_truth: bool) -> dict:
 
 
 def segmentation_view(done: CaseSegmentation, options: dict) -> None:
-    m = done.result.measurement
-    image = draw_segmentation(done.gray, done.result.mask, options["style"], options["opacity"], options["colour"],
+    m = done.raw.measurement
+    image = draw_segmentation(done.gray, done.raw.mask, options["style"], options["opacity"], options["colour"],
                               m.ellipse if m and options["ellipse"] else None,
                               done.truth if options["truth"] else None)
     # Height from the image's aspect at the column's width, so no black band is left under the image.
@@ -49,7 +49,7 @@ def segmentation_view(done: CaseSegmentation, options: dict) -> None:
 
 
 def measurements(done: CaseSegmentation, model_name: str, model_version: str) -> None:
-    m = done.result.measurement
+    m = done.raw.measurement
     if m is None:
         st.warning("No head found: the mask is empty, so nothing can be measured.", icon=":material/warning:")
         return
@@ -63,13 +63,13 @@ def measurements(done: CaseSegmentation, model_name: str, model_version: str) ->
     st.markdown(md("Pixel size: **{spacing}**  \nEllipse axes {a:.0f} x {b:.0f} px at {angle:.0f}°; box {box}  \n"
                    "Model **{name}** v{version} · {ms:.0f} ms", spacing=done.spacing.describe(), a=2 * e.a,
                    b=2 * e.b, angle=e.angle_deg, box=m.bbox, name=model_name, version=model_version,
-                   ms=done.result.latency_ms))
+                   ms=done.raw.latency_ms))
 
 
 def agreement_panel(done: CaseSegmentation) -> None:
     if not done.scores:
         return
-    s, match, m = done.scores, done.match, done.result.measurement
+    s, match, m = done.scores, done.match, done.raw.measurement
     unit = "mm" if done.spacing.known else "px"
     st.markdown(md("**Against the ground truth** ({dataset} {split} split, {image})", dataset=match.dataset,
                    split=match.split, image=match.image))
@@ -86,9 +86,9 @@ def exports(image: dict, done: CaseSegmentation, seg: Callable[[], bytes], expor
     """The mask as PNG, and `seg()` (built and logged only when clicked) as a DICOM SEG download."""
     stem = f"case{done.case_id}-image{done.image_id}"
     c1, c2 = st.columns(2)
-    c1.download_button("Mask PNG", export("mask.png", lambda: mask_png(done.result.mask)), f"{stem}-mask.png",
+    c1.download_button("Mask PNG", export("mask.png", lambda: mask_png(done.raw.mask)), f"{stem}-mask.png",
                        "image/png", on_click="ignore", icon=":material/download:")
-    is_dicom = image["source_format"] == "dicom" and done.result.measurement is not None
+    is_dicom = image["source_format"] == "dicom" and done.raw.measurement is not None
     c2.download_button("DICOM SEG", seg if is_dicom else b"", f"{stem}-seg.dcm", "application/dicom",
                        on_click="ignore", icon=":material/download:", disabled=not is_dicom,
                        help="A DICOM Segmentation referencing this image (opens in OHIF or a PACS)" if is_dicom

@@ -8,6 +8,7 @@ WINDOW_WIDTH = "radlens.window_width"
 DIAGNOSIS = "radlens.diagnosis"  # {(image id, weights sha, tta): CaseResult} so reruns do not re-log
 EXPLAIN_METHODS = "radlens.explain.methods"  # the methods the Explainability grid shows
 AUDIT_RUNNING = "radlens.audit.running"  # an audit was running at the last refresh
+RAW_OUTPUT = "radlens.raw_output"  # {(prediction or segmentation id,): the revealed raw output}, logged once
 SEGMENTATION = "radlens.segmentation"  # {(image id, weights sha, pixel size): CaseSegmentation}, as DIAGNOSIS
 TRAIN_JOB = "radlens.train.job"  # the job the Training page shows
 SESSION = "radlens.session"  # the sign-in session's token (only its hash is in the store)

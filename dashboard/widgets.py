@@ -12,13 +12,14 @@ import streamlit as st
 
 from dashboard import links, state
 from dashboard.text import md, plain
-from engine.cases.images import recent_cases, record_export, view_case
+from engine.cases.images import newest_in_scope, recent_cases, record_export, view_case
 from engine.cases.ingest import IngestResult
 from engine.cases.worklist import case_id_of
 from engine.context import Context
 from engine.errors import EngineError
 from engine.io import presets
 from engine.io.study import Rendered, Spacing, Study, Window
+from engine.models.scope import Scope, Verdict
 
 T = TypeVar("T")
 DISCLAIMER = "For research use only. Not for use in diagnostic procedures."
@@ -68,8 +69,9 @@ def open_case(case_id: int, page: str = "viewer") -> None:
     links.switch_page(page)
 
 
-def case_picker(store) -> int:
-    """The current case (from ?case=N, the worklist, or the newest), as a selectbox; stops when there is none."""
+def case_picker(store, scope: Scope | None = None) -> int:
+    """The current case (from ?case=N, the worklist, or the newest; on a model's page the newest the model
+    applies to), as a selectbox; stops when there is none."""
     if "case" in st.query_params:
         value = st.query_params["case"]
         st.session_state[state.CURRENT_CASE] = case_id_of(value) or 0
@@ -78,9 +80,37 @@ def case_picker(store) -> int:
         st.info("No cases yet. Upload a study first.")
         links.page_link("upload", label="Go to Upload", icon=":material/upload_file:")
         st.stop()
-    current = st.session_state.setdefault(state.CURRENT_CASE, next(iter(recent)))
+    default = (newest_in_scope(store, scope) if scope else None) or next(iter(recent))
+    current = st.session_state.setdefault(state.CURRENT_CASE, default)
     return st.selectbox("Case", list(recent) if current in recent else [current, *recent], key=state.CURRENT_CASE,
                         format_func=lambda i: recent.get(i, f"#{i}"))
+
+
+def abstention(verdict: Verdict, may_reveal: bool, key: str) -> bool:
+    """Says the model did not analyse this image and why (plain text); offers the raw output to a role that
+    may see it, behind a deliberate switch. Returns whether to show it."""
+    st.warning(md("**Not analysed:** {text}.", text=verdict.text[len("not analysed: "):]), icon=":material/block:")
+    st.caption("No label, probability or measurement is shown: the model was not trained on images like this "
+               "one, so its output here is not a result.")
+    if not may_reveal:
+        return False
+    return st.toggle("Show the raw output anyway (research only, not a result; logged)", key=key)
+
+
+def scoped_image(ctx: Context, card) -> dict | None:
+    """The case and image a model's page works on (opening on the newest case in the model's scope); None,
+    with the abstention shown, when the image's header is outside the scope and no role that may see raw
+    output switched it on."""
+    scope = Scope.from_card(card)
+    image = image_picker(viewed_case(ctx, case_picker(ctx.store, scope)))
+    verdict = scope.judge(image["modality"], image["body_part"])
+    if verdict.analysed or abstention(verdict, ctx.user.may("case.raw_output"), f"raw.{image['id']}"):
+        return image
+    return None
+
+
+def raw_output_banner() -> None:
+    st.error("Raw output outside the model's scope: for research only, not a result.", icon=":material/science:")
 
 
 def image_picker(case: dict) -> dict:

@@ -77,8 +77,14 @@ def _landed(paths: list[Path], ctx: Context, failed: list) -> Iterator[tuple[Ing
             print(json.dumps({"file": result.file, "error": result.error}), flush=True)
 
 
+def _prediction_fields(p) -> dict:
+    return {"label": p.label, "probability": round(p.probability, 4), "probabilities": p.probabilities,
+            "probabilities_raw": p.probabilities_raw, "threshold": round(p.threshold, 4),
+            "uncertainty": round(p.uncertainty, 4), "uncertainty_method": p.uncertainty_method}
+
+
 def _classify(args, ctx: Context) -> int:
-    from engine.cases.diagnosis import diagnose_image, load_classifier
+    from engine.cases.diagnosis import diagnose_image, load_classifier, raw_output
     from engine.draw import overlay
 
     failed = []
@@ -87,29 +93,30 @@ def _classify(args, ctx: Context) -> int:
         args.cam_out.mkdir(parents=True, exist_ok=True)
     for result, image in _landed(args.paths, ctx, failed):
         done = diagnose_image(ctx, classifier, image, args.tta)
-        p = done.prediction
+        p, verdict = done.raw, done.verdict
         record = {
-            "file": result.file, "case_id": done.case_id, "prediction_id": done.prediction_id, "label": p.label,
-            "probability": round(p.probability, 4), "probabilities": p.probabilities,
-            "probabilities_raw": p.probabilities_raw, "threshold": round(p.threshold, 4),
-            "uncertainty": round(p.uncertainty, 4), "uncertainty_method": p.uncertainty_method,
+            "file": result.file, "case_id": done.case_id, "prediction_id": done.prediction_id,
+            "status": verdict.status, **({"reason": verdict.text} if not verdict.analysed else _prediction_fields(p)),
             "ood_score": round(p.ood_score, 2), "ood_threshold": round(p.ood_threshold, 2),
             "out_of_distribution": p.out_of_distribution, "model": classifier.loaded.name,
             "model_version": classifier.loaded.version, "latency_ms": round(p.latency_ms, 1),
         }
-        if args.cam_out:
+        if args.show_raw and not verdict.analysed:
+            record["raw_output_outside_scope"] = _prediction_fields(raw_output(ctx, done))
+        if args.cam_out and verdict.analysed:
             record["cam"] = str(args.cam_out / f"case{done.case_id}-image{done.image_id}-{p.cam_method}.png")
             Image.fromarray(overlay(done.gray, p.cam)).save(record["cam"])
         if args.json:
             print(json.dumps(record), flush=True)
+        elif verdict.analysed:
+            print(f"{result.file}: {p.label} (p={p.probability:.3f}, {p.latency_ms:.0f} ms)", flush=True)
         else:
-            flag = "  OUT OF DISTRIBUTION" if p.out_of_distribution else ""
-            print(f"{result.file}: {p.label} (p={p.probability:.3f}, {p.latency_ms:.0f} ms){flag}", flush=True)
+            print(f"{result.file}: {verdict.text}", flush=True)
     return 1 if failed else 0
 
 
 def _segment(args, ctx: Context) -> int:
-    from engine.cases.segmentation import load_segmenter, mask_png, segment_case_image
+    from engine.cases.segmentation import load_segmenter, mask_png, raw_segmentation, segment_case_image
     from engine.data.hc18 import manifest_match
 
     failed = []
@@ -119,27 +126,38 @@ def _segment(args, ctx: Context) -> int:
     for result, image in _landed(args.paths, ctx, failed):
         match = manifest_match(Path(result.file)) if Path(result.file).is_file() else None
         done = segment_case_image(ctx, segmenter, image, args.pixel_size, match)
-        m, loaded = done.result.measurement, segmenter.loaded
+        raw, verdict, loaded = done.raw, done.verdict, segmenter.loaded
         record = {
             "file": result.file, "case_id": done.case_id, "segmentation_id": done.segmentation_id,
-            "head_circumference": round(m.circumference, 2) if m else None,
-            "area": round(m.area, 1) if m else None, "unit": m.unit if m else None,
+            "status": verdict.status, **({"reason": verdict.text} if not verdict.analysed else _segment_fields(done)),
             "spacing_mm": done.spacing.row_mm, "spacing_source": done.spacing.source,
-            "bbox": m.bbox if m else None, "mask_pixels": int(done.result.mask.sum()),
-            "latency_ms": round(done.result.latency_ms, 1), "model": loaded.name, "model_version": loaded.version,
-            **({"dice": round(done.scores["dice"], 4), "hd95": round(done.scores["hd95"], 3)} if done.scores else {}),
+            "latency_ms": round(raw.latency_ms, 1), "model": loaded.name, "model_version": loaded.version,
         }
-        if args.mask_out:
+        if args.show_raw and not verdict.analysed:
+            raw_segmentation(ctx, done)
+            record["raw_output_outside_scope"] = _segment_fields(done)
+        if args.mask_out and verdict.analysed:
             record["mask"] = str(args.mask_out / f"case{done.case_id}-image{done.image_id}-mask.png")
-            Path(record["mask"]).write_bytes(mask_png(done.result.mask))
+            Path(record["mask"]).write_bytes(mask_png(raw.mask))
+        m = raw.measurement
         if args.json:
             print(json.dumps(record), flush=True)
+        elif not verdict.analysed:
+            print(f"{result.file}: {verdict.text}", flush=True)
         elif m:
             print(f"{result.file}: HC {m.circumference:.1f} {m.unit}, area {m.area:.0f} {m.unit}2 "
-                  f"(spacing: {done.spacing.describe()}; {done.result.latency_ms:.0f} ms)", flush=True)
+                  f"(spacing: {done.spacing.describe()}; {raw.latency_ms:.0f} ms)", flush=True)
         else:
             print(f"{result.file}: no head found (empty mask)", flush=True)
     return 1 if failed else 0
+
+
+def _segment_fields(done) -> dict:
+    m = done.raw.measurement
+    return {"head_circumference": round(m.circumference, 2) if m else None,
+            "area": round(m.area, 1) if m else None, "unit": m.unit if m else None, "bbox": m.bbox if m else None,
+            "mask_pixels": int(done.raw.mask.sum()),
+            **({"dice": round(done.scores["dice"], 4), "hd95": round(done.scores["hd95"], 3)} if done.scores else {})}
 
 
 def _audit(args, ctx: Context) -> int:
@@ -181,6 +199,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     classify.add_argument("--cam-out", type=Path, help="folder for Grad-CAM overlay PNGs")
     classify.add_argument("--tta", type=int, default=0, help="test-time augmentation views for uncertainty")
     classify.add_argument("--json", action="store_true", help="one JSON object per line")
+    classify.add_argument("--show-raw", action="store_true", help="research: also print the model's raw output "
+                          "on images outside its scope (marked raw_output_outside_scope; audited)")
     segment = sub.add_parser("segment", help="ingest images, segment them and measure the head circumference")
     segment.add_argument("paths", nargs="+", type=Path)
     segment.add_argument("--model", help="installed segmentation model (default: the active one)")
@@ -188,6 +208,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                          "the manifest of the dataset folder the file sits in, else measure in pixels)")
     segment.add_argument("--mask-out", type=Path, help="folder for mask PNGs (255 = head)")
     segment.add_argument("--json", action="store_true", help="one JSON object per line")
+    segment.add_argument("--show-raw", action="store_true", help="research: also print the mask measurements on "
+                         "images outside the model's scope (marked raw_output_outside_scope; audited)")
     audit = sub.add_parser("audit", help="where the model looks across a dataset split (explanation audit)")
     audit.add_argument("--model", help="installed classifier (default: the active one)")
     audit.add_argument("--method", default="gradcam", help="explanation method (default: gradcam)")

@@ -25,6 +25,7 @@ PERMISSIONS = {
     "case.analyse": "run a model on a stored case and log the result",
     "case.review": "record a clinical verdict on a model's result",
     "case.export": "download or export a case's results (DICOM SEG, PNG)",
+    "case.raw_output": "see a model's raw output on a case it abstained on (outside its scope), for research",
     "explain.audit": "compare explanation methods and start dataset-level heatmap audits",
     "job.submit": "start a training job",
     "job.manage": "cancel or resume a training or audit job",
@@ -38,7 +39,8 @@ ROLES: dict[str, frozenset[str]] = {
     # reads and analyses cases, and is the only role whose verdicts become reviews (training labels)
     "clinician": frozenset({"case.read", "case.upload", "case.analyse", "case.review", "case.export"}),
     # works on de-identified data and models, never writes a clinical verdict or changes the active model
-    "researcher": frozenset({"case.read", "case.analyse", "case.export", "explain.audit", "job.submit",
+    "researcher": frozenset({"case.read", "case.analyse", "case.export", "case.raw_output", "explain.audit",
+                             "job.submit",
                              "job.manage", "model.compare"}),
     # runs the installation: people, models in service, the audit trail; reads no cases
     "admin": frozenset({"user.manage", "audit.read", "model.compare", "model.promote", "job.manage"}),

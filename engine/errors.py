@@ -22,6 +22,7 @@ __all__ = [
     "InvalidOption",
     "InvalidReview",
     "ExportError",
+    "NotAnalysed",
     "EmptyMask",
     "PermissionDenied",
     "LoginFailed",
@@ -121,6 +122,10 @@ class InvalidReview(EngineError):
 
 class ExportError(EngineError):
     """A result cannot be exported in the format asked for (e.g. DICOM SEG of a PNG upload)."""
+
+
+class NotAnalysed(EngineError):
+    """The model abstained on this image (outside its scope): there is no result to export or report."""
 
 
 class EmptyMask(EngineError):

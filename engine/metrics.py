@@ -1,13 +1,18 @@
-"""Evaluation metrics for a binary classifier, calibration by temperature scaling, reliability."""
+"""Evaluation metrics for a binary classifier, calibration (temperature or vector scaling), reliability."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-__all__ = ["mean_ci", "split_report", "binary_report", "bootstrap_ci", "auc_ci", "sens_at_spec", "ece", "reliability",
-           "fit_temperature", "threshold_for_specificity"]
+__all__ = ["mean_ci", "split_report", "binary_report", "bootstrap_ci", "auc_ci", "sens_at_spec", "spec_at_sens", "ece",
+           "ece_if_calibrated", "reliability", "fit_temperature", "threshold_for_specificity", "CONFIDENT",
+           "Calibrator", "fit_calibrator", "CALIBRATORS"]
+
+CONFIDENT = 0.9  # a "confident" call: calibrated probability at or above this
 
 
 def bootstrap_ci(y: np.ndarray, p: np.ndarray, statistic, n_boot: int = 2000, seed: int = 0) -> dict[str, list[float]]:
@@ -45,6 +50,13 @@ def sens_at_spec(y: np.ndarray, p: np.ndarray, spec: float = 0.90) -> float:
     return float(tpr[ok].max())
 
 
+def spec_at_sens(y: np.ndarray, p: np.ndarray, sens: float = 0.95) -> float:
+    """The highest specificity reachable with sensitivity >= sens."""
+    fpr, tpr, _ = roc_curve(y, p)
+    ok = tpr >= sens - 1e-12
+    return float(1.0 - fpr[ok].min())
+
+
 def threshold_for_specificity(y: np.ndarray, p: np.ndarray, spec: float = 0.90) -> float:
     """The most sensitive threshold whose specificity is still >= spec; predict positive at p >= t.
 
@@ -63,6 +75,16 @@ def threshold_for_specificity(y: np.ndarray, p: np.ndarray, spec: float = 0.90) 
 def ece(y: np.ndarray, p: np.ndarray, bins: int = 15) -> float:
     """Expected calibration error of the positive-class probability, equal-width bins."""
     return float(sum(n / len(y) * abs(acc - conf) for conf, acc, n in reliability(y, p, bins) if n))
+
+
+def ece_if_calibrated(p: np.ndarray, n_sim: int = 1000, seed: int = 0) -> dict:
+    """The ECE a perfectly calibrated model with these very probabilities would still show on this many
+    images (labels drawn as Bernoulli(p)): the floor set by sample size and sharpness, so a reader can tell
+    noise from miscalibration. Mean and 95 % range over `n_sim` draws (fixed seed)."""
+    rng = np.random.default_rng(seed)
+    values = np.array([ece((rng.random(len(p)) < p).astype(np.int64), p) for _ in range(n_sim)])
+    low, high = np.percentile(values, [2.5, 97.5])
+    return {"mean": float(values.mean()), "ci95": [float(low), float(high)]}
 
 
 def reliability(y: np.ndarray, p: np.ndarray, bins: int = 15) -> list[tuple[float, float, int]]:
@@ -92,6 +114,75 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return log_t.exp().item()
 
 
+def _fit_affine(logits: torch.Tensor, labels: torch.Tensor, per_class: bool) -> tuple[list[float], list[float]]:
+    """Vector scaling (Guo et al. 2017): softmax(w * logits + b) with per-class w and b, NLL by L-BFGS."""
+    k = logits.shape[1]
+    log_w = torch.zeros(k if per_class else 1, requires_grad=True)
+    bias = torch.zeros(k, requires_grad=True)
+    opt = torch.optim.LBFGS([log_w, bias], lr=0.1, max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logits.float() * log_w.exp() + bias, labels)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    w = log_w.exp().detach().expand(k)
+    b = bias.detach() - bias.detach().mean()  # only differences matter to softmax
+    return [float(v) for v in w], [float(v) for v in b]
+
+
+@dataclass(frozen=True)
+class Calibrator:
+    """Calibrated logits = scale * logits + bias (per class). Temperature scaling is scale = 1/T, bias 0."""
+
+    method: str
+    scale: tuple[float, ...]
+    bias: tuple[float, ...]
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        z = logits.float() * torch.tensor(self.scale, device=logits.device) + torch.tensor(self.bias,
+                                                                                           device=logits.device)
+        return torch.softmax(z, dim=-1)
+
+    def to_card(self) -> dict:
+        card = {"method": self.method, "scale": list(self.scale), "bias": list(self.bias)}
+        if self.method == "temperature scaling":
+            card["temperature"] = 1.0 / self.scale[0]
+        return card
+
+    def summary(self) -> str:
+        if self.method == "temperature scaling":
+            return f"temperature {1.0 / self.scale[0]:.3f}"
+        return f"{self.method}, scale {', '.join(f'{v:.3f}' for v in self.scale)}, bias " \
+               f"{', '.join(f'{v:+.3f}' for v in self.bias)}"
+
+    @classmethod
+    def from_card(cls, calibration: dict, classes: int = 2) -> Calibrator:
+        if "scale" in calibration:
+            return cls(calibration["method"], tuple(calibration["scale"]), tuple(calibration["bias"]))
+        t = float(calibration["temperature"])  # cards written before vector scaling
+        return cls("temperature scaling", (1.0 / t,) * classes, (0.0,) * classes)
+
+
+def _fit_temperature_scaling(logits: torch.Tensor, labels: torch.Tensor) -> Calibrator:
+    k = logits.shape[1]
+    return Calibrator("temperature scaling", (1.0 / fit_temperature(logits, labels),) * k, (0.0,) * k)
+
+
+def _fit_vector_scaling(logits: torch.Tensor, labels: torch.Tensor) -> Calibrator:
+    scale, bias = _fit_affine(logits, labels, per_class=True)
+    return Calibrator("vector scaling", tuple(scale), tuple(bias))
+
+
+CALIBRATORS = {"temperature scaling": _fit_temperature_scaling, "vector scaling": _fit_vector_scaling}
+
+
+def fit_calibrator(method: str, logits: torch.Tensor, labels: torch.Tensor) -> Calibrator:
+    return CALIBRATORS[method](logits, labels)
+
+
 def _confusion(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, int]:
     pred = p >= threshold
     return {"tp": int((pred & (y == 1)).sum()), "fp": int((pred & (y == 0)).sum()),
@@ -107,7 +198,17 @@ def _point_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, 
         "sensitivity": recall, "specificity": tn / (tn + fp) if tn + fp else 0.0,
         "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
         "sensitivity_at_specificity_0.90": sens_at_spec(y, p, 0.90),
+        "specificity_at_sensitivity_0.95": spec_at_sens(y, p, 0.95),
+        "ece": ece(y, p),
     }
+
+
+def _with_basic_ece_ci(ci: dict[str, list[float]], point: float) -> dict[str, list[float]]:
+    """ECE is biased upwards under resampling (duplicated images add noise to every bin), so its percentile
+    interval can miss the point estimate; the basic bootstrap interval (2 * point - upper, 2 * point - lower,
+    floored at 0) corrects that bias."""
+    low, high = ci["ece"]
+    return {**ci, "ece": [max(0.0, 2 * point - high), max(0.0, 2 * point - low)]}
 
 
 def binary_report(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
@@ -117,18 +218,19 @@ def binary_report(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
     return {
         "n": int(len(y)), "positives": int(y.sum()), "negatives": int(len(y) - y.sum()),
         **_point_metrics(y, p, threshold),
-        "ci95": bootstrap_ci(y, p, lambda a, b: _point_metrics(a, b, threshold)),
+        "ci95": _with_basic_ece_ci(bootstrap_ci(y, p, lambda a, b: _point_metrics(a, b, threshold)), ece(y, p)),
         "confusion": _confusion(y, p, threshold),
-        "ece": ece(y, p), "reliability": reliability(y, p),
+        "negatives_above_0.9": int(((p >= CONFIDENT) & (y == 0)).sum()),
+        "ece_if_calibrated": ece_if_calibrated(p), "reliability": reliability(y, p),
         "roc": {"fpr": [round(float(v), 4) for v in fpr], "tpr": [round(float(v), 4) for v in tpr]},
     }
 
 
-def split_report(logits: torch.Tensor, labels: np.ndarray, temperature: float, threshold: float) -> dict:
+def split_report(logits: torch.Tensor, labels: np.ndarray, calibrator: Calibrator, threshold: float) -> dict:
     """The card's metrics for one split: calibrated probabilities at the operating threshold, plus the
     ECE and reliability of the uncalibrated ones."""
     raw = torch.softmax(logits.float(), dim=1)[:, 1].numpy()
-    calibrated = torch.softmax(logits.float() / temperature, dim=1)[:, 1].numpy()
+    calibrated = calibrator.probabilities(logits)[:, 1].numpy()
     report = binary_report(labels, calibrated, threshold)
     report["ece_before_calibration"] = ece(labels, raw)
     report["reliability_before_calibration"] = reliability(labels, raw)

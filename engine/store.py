@@ -227,6 +227,17 @@ def _m008_hardening(db: Database) -> None:
     db["jobs"].add_column("pid_started", float)
 
 
+def _m009_abstention(db: Database) -> None:
+    """A result is 'analysed' or 'not_analysed' (outside the model's scope, with the reason). Predictions
+    logged before, on images the OOD gate flagged, were never valid results: they become abstentions."""
+    for table in ("predictions", "segmentations"):
+        db[table].add_column("status", str, not_null_default="analysed")
+        db[table].add_column("status_reason", str, not_null_default="")
+    db.execute("UPDATE predictions SET status = 'not_analysed', status_reason = 'the image is unlike the training "
+               "images: OOD score ' || printf('%.1f', ood_score) || ' > ' || printf('%.1f', ood_threshold) || "
+               "' (logged before abstention)' WHERE ood_flag = 1")
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (1, "initial schema", _m001_initial),
     (2, "prediction provenance", _m002_prediction_provenance),
@@ -236,6 +247,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (6, "one job machinery", _m006_one_job_machinery),
     (7, "identity and a sealed audit trail", _m007_identity),
     (8, "pseudonym key outside the database; jobs known by pid and start time", _m008_hardening),
+    (9, "results are analysed or not analysed (outside the model's scope)", _m009_abstention),
 )
 _AUDIT_HEAD = "audit_head"
 

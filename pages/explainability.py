@@ -15,8 +15,8 @@ ctx = resources.context()
 
 
 def case_view(explainer) -> None:
-    case_id = widgets.case_picker(ctx.store)
-    image = widgets.image_picker(widgets.viewed_case(ctx, case_id))
+    if (image := widgets.scoped_image(ctx, explainer.classifier.loaded.card)) is None:
+        return
     gray = gray_image(ctx.config, image)
     methods, target, layer = ew.method_controls(explainer, explainer.predicted(explainer.input(gray)))
     opacity, colormap, top = ew.display_controls()
@@ -27,8 +27,8 @@ def case_view(explainer) -> None:
     heatmaps = explain_image(ctx, explainer, image, gray, methods, target, layer,
                              lambda done, what: bar.progress(done, text=what))
     bar.empty()
-    ew.comparison(gray, heatmaps, methods, opacity, colormap, top, f"case{case_id}-image{image['id']}",
-                  widgets.exporter(ctx, case_id))
+    ew.comparison(gray, heatmaps, methods, opacity, colormap, top, f"case{image['case_id']}-image{image['id']}",
+                  widgets.exporter(ctx, image["case_id"]))
 
 
 def audit_view(model_name: str) -> None:

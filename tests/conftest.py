@@ -34,6 +34,7 @@ def pytest_collection_modifyitems(items):
         if item.module.__name__.split(".")[-1] in SLOW_MODULES or item.name.startswith(SLOW_TESTS):
             item.add_marker(pytest.mark.slow)
 DATA_DIR = Path(os.environ["RADLENS_DATA_DIR"]) if os.environ.get("RADLENS_DATA_DIR") else None
+DEFAULT_CLASSIFIER = "cxr-pneumonia-resnet18-v2"  # the newest shipped classifier, active by default
 needs_data = pytest.mark.skipif(
     DATA_DIR is None or not DATA_DIR.is_dir(), reason="RADLENS_DATA_DIR (../shared/data) is not present"
 )
@@ -122,8 +123,8 @@ def make_model_file(path: Path, size: int = 64, mean: float = 0.3, std: float = 
 
 
 def write_cxr_subset(folder: Path, per_label: dict[str, int] | None = None) -> Path:
-    """A user-style manifest (path,label,split) over real chest X-rays: by default 12/6/6 per label and
-    split (48 films), enough for a training run of seconds."""
+    """A user-style manifest (path,label,split,patient_id) over real chest X-rays: by default 12/6/6 per label
+    and split (48 films), enough for a training run of seconds."""
     counts = per_label or {"train": 12, "val": 6, "test": 6}
     with open(DATA_DIR / "cxr_pneumonia" / "manifest.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -132,6 +133,7 @@ def write_cxr_subset(folder: Path, per_label: dict[str, int] | None = None) -> P
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "manifest.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "label", "split"])
-        writer.writerows([str(DATA_DIR / "cxr_pneumonia" / r["path"]), r["label"], r["demo_split"]] for r in chosen)
+        writer.writerow(["path", "label", "split", "patient_id"])
+        writer.writerows([str(DATA_DIR / "cxr_pneumonia" / r["path"]), r["label"], r["demo_split"], r["patient_id"]]
+                         for r in chosen)
     return folder

@@ -26,7 +26,7 @@ from engine.models.catalog import (
     set_active,
 )
 from engine.tasks.evaluation import evaluate
-from tests.conftest import DATA_DIR, dicom_bytes, dicom_path, needs_data
+from tests.conftest import DATA_DIR, DEFAULT_CLASSIFIER, dicom_bytes, dicom_path, needs_data
 from tests.test_cli import _cli
 
 SHIPPED = SHIPPED_DIR / "cxr-pneumonia-resnet18.safetensors"
@@ -54,6 +54,49 @@ def test_shipped_card_numbers_reproduce(recomputed, split):
         assert report[key] == pytest.approx(stated[key], abs=1e-3), key
     for key, interval in stated["ci95"].items():
         assert report["ci95"][key] == pytest.approx(interval, abs=1e-3), key
+
+
+CROSS_VALIDATED = SHIPPED_DIR / "cxr-pneumonia-resnet18-v2.safetensors"
+
+
+@pytest.fixture(scope="module")
+def recomputed_cv() -> dict:
+    """The cross-validated card's metrics: test from the weights, val and cv from the stored out-of-fold
+    predictions (the shipped model trained on those images)."""
+    return evaluate(load_model(CROSS_VALIDATED), DATA_DIR)
+
+
+@needs_data
+@pytest.mark.parametrize("split", ["val", "cv", "test"])
+def test_cross_validated_card_numbers_reproduce(recomputed_cv, split):
+    report, stated = recomputed_cv[split], load_model(CROSS_VALIDATED).card.metrics[split]
+    assert report["n"] == stated["n"] and report["confusion"] == stated["confusion"]
+    for key in (*CARD_KEYS, "specificity_at_sensitivity_0.95", "negatives_above_0.9"):
+        assert report[key] == pytest.approx(stated[key], abs=1e-3), key
+    for key, interval in stated["ci95"].items():
+        assert report["ci95"][key] == pytest.approx(interval, abs=1e-3), key
+
+
+def test_cross_validated_calibration_refits_from_its_out_of_fold_predictions_and_beats_the_old_method():
+    from engine.metrics import fit_calibrator, threshold_for_specificity
+    from engine.tasks.classification import OutOfFold, _cross_validated_ece
+
+    loaded = load_model(CROSS_VALIDATED)
+    card, oof = loaded.card, OutOfFold.from_extras(loaded.extras)
+    assert card.data["cross_validation"]["folds"] == 5 and len(oof.labels) == 1408 and int(oof.in_val.sum()) == 163
+    assert len(np.unique(oof.fold)) == 5
+    calibrator = fit_calibrator(card.calibration["method"], oof.logits, oof.labels)
+    assert list(calibrator.scale) == pytest.approx(card.calibration["scale"], abs=1e-3)
+    assert list(calibrator.bias) == pytest.approx(card.calibration["bias"], abs=1e-3)
+    p = calibrator.probabilities(oof.logits)[:, 1].numpy()
+    assert threshold_for_specificity(oof.labels.numpy(), p, 0.90) == pytest.approx(card.operating_point["threshold"],
+                                                                                  abs=1e-4)
+    compared = _cross_validated_ece(oof)
+    for method, by_data in card.calibration["cross_validated_ece"].items():
+        assert compared[method] == pytest.approx(by_data, abs=1e-6), method
+    # Same out-of-fold predictions, each fold calibrated without itself: the shipped method's ECE is lower
+    # than the previous method's (temperature scaling on the validation split's images only).
+    assert compared[card.calibration["method"]]["train + val"] < compared["temperature scaling"]["val split only"]
 
 
 @needs_data
@@ -100,10 +143,12 @@ def test_every_inference_writes_a_predictions_row_with_its_provenance(ctx, confi
     assert row["id"] == first.prediction_id and row["image_sha256"] == image["sha256"]
     assert row["model_name"] == "cxr-pneumonia-resnet18" and row["weights_sha256"] == classifier.loaded.sha256
     assert row["preprocessing"].startswith("gray 224x224") and row["cam_method"] == "gradcam"
-    assert row["probability"] == pytest.approx(first.prediction.probability)
+    # The network's output is logged whether or not it is a result (RG1, an adult film, may be abstained on).
+    assert row["probability"] == pytest.approx(first.raw.probability)
+    assert row["status"] == first.verdict.status and row["status_reason"] == first.verdict.reason
     assert json.loads(row["probabilities_raw"])["pneumonia"] == pytest.approx(row["probability_raw"])
     assert row["label"] in ("normal", "pneumonia") and row["latency_ms"] > 0
-    assert row["ood_flag"] == int(first.prediction.out_of_distribution) and row["ood_score"] > 0
+    assert row["ood_flag"] == int(first.raw.out_of_distribution) and row["ood_score"] > 0
 
 
 def test_a_review_is_stored_with_an_audit_row_and_shows_in_the_history(ctx, config, store, classifier):
@@ -139,40 +184,49 @@ def test_batch_diagnosis_a_missing_file_fails_alone(ctx, config, store, classifi
 
 def test_the_shipped_model_is_installed_and_active_by_default(ctx, config, store):
     assert "cxr-pneumonia-resnet18" in [m.name for m in installed_models(config)]
-    assert active_model(ctx).name == "cxr-pneumonia-resnet18"
-    assert load_classifier(ctx).loaded.sha256 == load_model(SHIPPED).sha256
+    assert active_model(ctx).name == DEFAULT_CLASSIFIER
+    assert load_classifier(ctx).loaded.sha256 == load_model(CROSS_VALIDATED).sha256
     with pytest.raises(EngineError, match="No installed model named"):
         set_active(ctx, "nope", "checking an unknown name")
 
 
+@needs_data
 def test_classify_command_prints_json_per_image_and_writes_overlays(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
-    (folder / "chest.dcm").write_bytes(dicom_bytes("RG1_UNCR.dcm"))
+    (folder / "film.jpeg").write_bytes((DATA_DIR / "cxr_pneumonia_fullres" / "NORMAL2-IM-1113-0001.jpeg").read_bytes())
     (folder / "broken.dcm").write_bytes(dicom_bytes("RG1_UNCR.dcm")[:2000])
     run = _cli(tmp_path / "home", "classify", str(folder), "--cam-out", str(tmp_path / "cams"), "--json")
     assert run.returncode == 1, run.stderr
     lines = [json.loads(line) for line in run.stdout.splitlines()]
     good = next(r for r in lines if "label" in r)
     bad = next(r for r in lines if "error" in r)
-    assert good["model"] == "cxr-pneumonia-resnet18" and 0 <= good["probability"] <= 1
+    assert good["model"] == DEFAULT_CLASSIFIER and 0 <= good["probability"] <= 1
+    assert good["status"] == "analysed"
     assert {"uncertainty", "ood_score", "out_of_distribution", "latency_ms", "model_version",
             "probabilities_raw"} <= set(good)
     assert bad["file"].endswith("broken.dcm") and bad["error"]
     from PIL import Image
 
     cam = np.asarray(Image.open(good["cam"]))
-    assert cam.ndim == 3 and cam.shape[2] == 3 and cam.shape[:2] == (1955, 1841)
+    assert cam.ndim == 3 and cam.shape[2] == 3 and cam.shape[:2] == (1630, 2128)
 
 
+@needs_data
 def test_the_worklist_shows_each_cases_latest_model_output_and_review(ctx, config, store, classifier):
     from engine.cases.worklist import WorklistQuery, query_worklist
 
-    [chest, ct] = ingest_files([(n, dicom_bytes(n)) for n in ("RG1_UNCR.dcm", "693_J2KR.dcm")], ctx)
+    film = (DATA_DIR / "cxr_pneumonia_fullres" / "NORMAL2-IM-1113-0001.jpeg").read_bytes()
+    [chest, ct, mr] = ingest_files([("film.jpeg", film)] + [(n, dicom_bytes(n)) for n in ("693_J2KR.dcm",
+                                                                                          "MR2_J2KR.dcm")], ctx)
     done = diagnose_image(ctx, classifier, get_image(store, chest.image_id))
+    diagnose_image(ctx, classifier, get_image(store, mr.image_id))
     add_review(ctx.as_user("dr-a"), chest.case_id, "agree", prediction_id=done.prediction_id)
     rows = {r["id"]: r for r in query_worklist(store, WorklistQuery()).rows}
     assert rows[chest.case_id]["latest_label"] == done.prediction.label
     assert rows[chest.case_id]["latest_probability"] == pytest.approx(done.prediction.probability)
     assert rows[chest.case_id]["latest_review"] == "agree"
     assert rows[ct.case_id]["latest_label"] is None and rows[ct.case_id]["latest_review"] is None
+    # The MR was run through the model but is outside its scope: no label, no probability, no uncertainty.
+    assert rows[mr.case_id]["latest_label"] == "not analysed"
+    assert rows[mr.case_id]["latest_probability"] is None and rows[mr.case_id]["latest_uncertainty"] is None

@@ -71,7 +71,7 @@ def test_security_doc_prints_the_permission_matrix_the_engine_enforces():
     from engine.context import ACCOUNT_ROLES, PERMISSIONS, ROLES
 
     text = (ROOT / "docs" / "security.md").read_text()
-    rows = re.findall(r"^\| `([a-z]+\.[a-z]+)` \| (.+?) \| (.*) \|$", text, re.MULTILINE)
+    rows = re.findall(r"^\| `([a-z]+\.[a-z_]+)` \| (.+?) \| (.*) \|$", text, re.MULTILINE)
     assert [name for name, _, _ in rows] == list(PERMISSIONS)
     for name, allows, cells in rows:
         marks = [c.strip() for c in cells.split("|")]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.cases.diagnosis import add_review, diagnose_image, load_classifier
+from engine.cases.diagnosis import CaseResult, add_review, diagnose_image, load_classifier, raw_output
 from engine.cases.heatmap_audit import start_audit
 from engine.cases.images import get_case, record_export, view_case
 from engine.cases.ingest import ingest_files
@@ -46,6 +46,7 @@ from engine.identity.trail import verify_audit_log
 from engine.jobs.queue import cancel_job
 from engine.jobs.training import TrainConfig, TrainingRequest, submit_training
 from engine.models.catalog import activation_log, active_model, promote
+from engine.models.scope import NOT_ANALYSED, Verdict
 from engine.tasks.evaluation import compare_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +79,8 @@ ACTIONS = {
     "case.analyse": lambda ctx, case, clf: diagnose_image(ctx, clf, get_case(ctx.store, case)["images"][0]),
     "case.review": lambda ctx, case, clf: add_review(ctx, case, "agree"),
     "case.export": lambda ctx, case, clf: record_export(ctx, case, "mask.png", lambda: b"png"),
+    "case.raw_output": lambda ctx, case, clf: raw_output(ctx, CaseResult(case, 0, None, 0, None,
+                                                                         Verdict(NOT_ANALYSED, "modality US"))),
     "explain.audit": lambda ctx, case, clf: start_audit(ctx, "cxr-pneumonia-resnet18", "no-such-method", "x", "test"),
     "job.submit": lambda ctx, case, clf: submit_training(
         ctx, TrainingRequest(TrainConfig(dataset="hc18", model="resnet18"))),

@@ -15,6 +15,7 @@ from engine.errors import EngineError, UnknownModel
 from engine.models.catalog import (
     activation_log,
     active_model,
+    installed_models,
     promote,
     rollback,
     rollback_target,
@@ -23,29 +24,39 @@ from engine.models.preprocess import Preprocessing
 from engine.store import utc_now
 from engine.tasks.evaluation import compare_models
 from engine.train import run as training
-from tests.conftest import DATA_DIR, make_model_file, needs_data, write_cxr_subset
+from tests.conftest import DATA_DIR, DEFAULT_CLASSIFIER, make_model_file, needs_data, write_cxr_subset
 
 
 def test_promote_then_roll_back_switches_the_active_model_and_is_audited(ctx, config, store):
     make_model_file(config.home / "models" / "candidate.safetensors")
-    assert active_model(ctx).name == "cxr-pneumonia-resnet18"
+    assert active_model(ctx).name == DEFAULT_CLASSIFIER
     with pytest.raises(UnknownModel, match="no earlier"):
         rollback(ctx, "classification", "no earlier model exists")
 
     promote(ctx, "candidate", "better sensitivity on the held-out split")
     assert active_model(ctx).name == "candidate"
-    assert rollback_target(ctx, "classification").name == "cxr-pneumonia-resnet18"
+    assert rollback_target(ctx, "classification").name == DEFAULT_CLASSIFIER
     rollback(ctx, "classification", "false positives on portable films")
-    assert active_model(ctx).name == "cxr-pneumonia-resnet18"
+    assert active_model(ctx).name == DEFAULT_CLASSIFIER
     assert active_model(ctx, "segmentation").name == "hc18-unet"  # the other task is untouched
 
     log = activation_log(store)
     assert [(r["action"], r["model"], r["replaced"]) for r in log] == [
-        ("model.rollback", "cxr-pneumonia-resnet18", "candidate"),
-        ("model.promote", "candidate", "cxr-pneumonia-resnet18")]
+        ("model.rollback", DEFAULT_CLASSIFIER, "candidate"),
+        ("model.promote", "candidate", DEFAULT_CLASSIFIER)]
     assert all(r["actor"] == config.user and r["task"] == "classification" for r in log)
     assert [r["reason"] for r in log] == ["false positives on portable films",
                                           "better sensitivity on the held-out split"]
+
+
+def test_the_newest_shipped_version_is_the_default_and_the_older_one_stays_for_roll_back(ctx, config):
+    shipped = {m.name: m.card.version for m in installed_models(config, "classification") if m.shipped}
+    assert shipped == {"cxr-pneumonia-resnet18": "1.0.0", DEFAULT_CLASSIFIER: "2.0.0"}
+    assert active_model(ctx).name == DEFAULT_CLASSIFIER
+    promote(ctx, "cxr-pneumonia-resnet18", "back to 1.0.0 while 2.0.0 is checked")
+    assert active_model(ctx).name == "cxr-pneumonia-resnet18"
+    rollback(ctx, "classification", "2.0.0 checked, going back to it")
+    assert active_model(ctx).name == DEFAULT_CLASSIFIER
 
 
 @needs_data

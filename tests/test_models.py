@@ -148,7 +148,7 @@ def test_temperature_scaling_tames_overconfident_logits():
     assert 3 < t < 5 and after < before / 3  # the true temperature is 4
 
 
-@pytest.mark.parametrize("name", ["cxr-pneumonia-resnet18", "hc18-unet"])
+@pytest.mark.parametrize("name", ["cxr-pneumonia-resnet18", "cxr-pneumonia-resnet18-v2", "hc18-unet"])
 def test_a_shipped_card_reads_into_a_model_card_and_back_unchanged(name):
     """Cards on disk stay readable: every key of the JSON copy survives from_dict -> to_dict."""
     from engine.models.card import ModelCard

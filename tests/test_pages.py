@@ -14,7 +14,7 @@ from engine.cases.ingest import ingest_files
 from engine.config import Config
 from engine.context import ACCOUNT_ROLES, ROLES, Context, User
 from engine.identity.sessions import start_session
-from tests.conftest import dicom_bytes, make_model_file, needs_data, write_cxr_subset
+from tests.conftest import DEFAULT_CLASSIFIER, dicom_bytes, make_model_file, needs_data, write_cxr_subset
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "dashboard" / "app.py")
@@ -101,11 +101,21 @@ def test_viewer_unknown_case_is_one_clear_error(app_home):
     assert "case 999 does not exist" in at.error[0].value
 
 
-def test_diagnosis_shows_calibrated_probability_cam_and_saves_a_review(app_home):
-    at = _run("pages/diagnosis.py", **{"radlens.current_case": 1})
+@pytest.fixture
+def child_film(ctx, app_home) -> int:
+    """Case 3: a pediatric chest film (full resolution, held out from training), inside the model's scope."""
+    from tests.conftest import DATA_DIR
+
+    film = DATA_DIR / "cxr_pneumonia_fullres" / "NORMAL2-IM-1113-0001.jpeg"
+    [result] = ingest_files([("film.jpeg", film.read_bytes())], ctx)
+    return result.case_id
+
+
+@needs_data
+def test_diagnosis_shows_calibrated_probability_cam_and_saves_a_review(app_home, child_film):
+    at = _run("pages/diagnosis.py", **{"radlens.current_case": child_film})
     assert at.title[0].value == "Diagnosis"
-    # RG1 is an adult film: the label may add "(unreliable for this image)"; the value is "> 99.9%" at most
-    assert at.metric[0].label.startswith("Calibrated probability of pneumonia") and at.metric[0].value.endswith("%")
+    assert at.metric[0].label == "Calibrated probability of pneumonia" and at.metric[0].value.endswith("%")
     text = " ".join(m.value for m in at.markdown)
     assert "operating threshold" in text and "Uncertainty" in text and "OOD score" in text
     assert any("Grad-CAM (gradcam)" in c.value for c in at.caption)
@@ -117,21 +127,69 @@ def test_diagnosis_shows_calibrated_probability_cam_and_saves_a_review(app_home)
     from engine.cases.diagnosis import case_history
     from engine.store import open_store
 
-    history = case_history(open_store(app_home), 1)
+    history = case_history(open_store(app_home), child_film)
     assert history["reviews"][0]["verdict"] == "disagree" and len(history["predictions"]) == 1
 
 
-def test_diagnosis_warns_when_the_image_is_not_a_chest_xray(app_home):
+def _abstains(at: AppTest, reason: str) -> None:
+    warning = at.warning[0].value
+    assert "Not analysed" in warning and "outside what this model was trained on" in warning and reason in warning
+    assert not at.metric and not [b for b in at.button if b.label == "Save review"]  # no probability, no review
+    assert "operating threshold" not in " ".join(m.value for m in at.markdown)
+
+
+def test_diagnosis_does_not_analyse_a_ct_slice(app_home):
     at = _run("pages/diagnosis.py", **{"radlens.current_case": 2})  # the CT slice
-    assert "does not look like the chest X-rays" in at.warning[0].value
+    _abstains(at, "modality CT")
+    assert not [t for t in at.toggle if "raw output" in t.label]  # a clinician is not offered the raw output
+
+
+def test_a_researcher_reveals_the_raw_output_on_purpose_and_it_is_logged(app_home):
+    at = _run("pages/diagnosis.py", role="researcher", **{"radlens.current_case": 2})
+    _abstains(at, "modality CT")
+    next(t for t in at.toggle if "raw output" in t.label).set_value(True).run()
+    assert not at.exception and "Raw output outside the model's scope" in at.error[0].value
+    assert at.metric[0].label.startswith("Calibrated probability")
+    from engine.store import open_store
+
+    actions = [r["action"] for r in open_store(app_home).audit_rows(20)]
+    assert actions.count("case.raw_output") == 1
+
+
+def test_segmentation_does_not_analyse_a_chest_film(app_home):
+    at = _run("pages/segmentation.py", **{"radlens.current_case": 1})  # RG1, a chest CR
+    _abstains(at, "modality CR; trained on US")
+    assert not at.get("download_button")  # nothing to export
+    from engine.store import open_store
+
+    logged = open_store(app_home).row("segmentations", 1)
+    assert logged["status"] == "not_analysed" and logged["status_reason"].startswith("modality CR")
+
+
+@needs_data
+def test_diagnosis_opens_on_the_newest_case_the_model_applies_to(ctx, app_home, child_film):
+    from tests.conftest import DATA_DIR
+
+    head = next((DATA_DIR / "hc18" / "images").glob("*_HC.png"))
+    [us] = ingest_files([("head.png", head.read_bytes())], ctx)
+    from engine.store import open_store
+
+    with open_store(app_home).write() as db:  # what the demo seeds say about a fetal head ultrasound
+        db["cases"].update(us.case_id, {"modality": "US", "body_part": "HEAD"})
+    at = _run("pages/diagnosis.py")
+    assert at.selectbox(key=state.CURRENT_CASE).value == child_film
+    at = _run("pages/segmentation.py")
+    assert at.selectbox(key=state.CURRENT_CASE).value == us.case_id
 
 
 def test_models_page_lists_weights_card_and_architectures(app_home):
     at = _run("pages/models.py")
     assert at.title[0].value == "Models"
     installed = at.dataframe[0].value
-    row = installed[installed["Name"] == "cxr-pneumonia-resnet18"].iloc[0]
+    row = installed[installed["Name"] == DEFAULT_CLASSIFIER].iloc[0]
     assert bool(row["Active"]) and float(row["Test split"].split()[1]) > 0.9  # "AUC 0.9xx"
+    older = installed[installed["Name"] == "cxr-pneumonia-resnet18"].iloc[0]  # kept for roll back
+    assert not bool(older["Active"])
     seg = installed[installed["Name"] == "hc18-unet"].iloc[0]
     assert bool(seg["Active"]) and seg["Task"] == "segmentation" and seg["Test split"].startswith("Dice 0.9")
     metrics = at.dataframe[1].value
@@ -257,13 +315,13 @@ def test_models_page_promotes_and_rolls_back_with_history(app_home):
     assert not at.exception, [e.message for e in at.exception]
     assert any("Active classification model: candidate" == m.value for m in at.text)  # plain text: a card's name
     history = at.dataframe[-2].value
-    assert list(history["Action"]) == ["model.promote"] and history.iloc[0]["Replaced"] == "cxr-pneumonia-resnet18"
+    assert list(history["Action"]) == ["model.promote"] and history.iloc[0]["Replaced"] == DEFAULT_CLASSIFIER
     assert (history.iloc[0]["Who"], history.iloc[0]["Role"]) == ("local:admin-tester", "admin")
     assert history.iloc[0]["Reason"] == "candidate wins on the held-out split"
-    _widget(at.button, "Roll back to cxr-pneumonia-resnet18").click().run()
+    _widget(at.button, "Roll back to " + DEFAULT_CLASSIFIER).click().run()
     _widget(at.text_area, "Reason (kept in the audit trail with your name)").set_value("back to the shipped one")
-    _widget(at.button, "Confirm: roll back to cxr-pneumonia-resnet18").click().run()
-    assert any("Active classification model: cxr-pneumonia-resnet18" == m.value for m in at.text)
+    _widget(at.button, "Confirm: roll back to " + DEFAULT_CLASSIFIER).click().run()
+    assert any("Active classification model: " + DEFAULT_CLASSIFIER == m.value for m in at.text)
     assert list(at.dataframe[-2].value["Action"]) == ["model.rollback", "model.promote"]
 
 
@@ -276,7 +334,7 @@ def test_models_page_compares_two_versions_on_the_test_split(app_home):
     assert not at.exception, [e.message for e in at.exception]
     table = next(d.value for d in at.dataframe if "candidate (n=156)" in d.value.columns)
     auc = table[table["Metric"] == "AUC"].iloc[0]
-    assert float(auc["cxr-pneumonia-resnet18 (n=156)"].split()[0]) > float(auc["candidate (n=156)"].split()[0])
+    assert float(auc[f"{DEFAULT_CLASSIFIER} (n=156)"].split()[0]) > float(auc["candidate (n=156)"].split()[0])
     assert any("B - A, paired over the same 156 images:** AUC -" in shown(m.value) and "excludes 0" in m.value
                for m in at.markdown)
 
@@ -319,8 +377,9 @@ def test_the_sign_in_form_lets_a_clinician_in_and_the_pages_follow_the_role(app_
     assert actions[0] == "login" and actions.count("login.failed") == 1
 
 
-def test_a_researcher_reads_results_but_cannot_review(app_home):
-    at = _run("pages/diagnosis.py", role="researcher", **{"radlens.current_case": 1})
+@needs_data
+def test_a_researcher_reads_results_but_cannot_review(app_home, child_film):
+    at = _run("pages/diagnosis.py", role="researcher", **{"radlens.current_case": child_film})
     assert not [w for w in at.button if w.label == "Save review"]
     assert any("Reviews are recorded by clinicians" in c.value for c in at.caption)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -14,10 +14,11 @@ from engine.errors import EngineError, InvalidReview, UnknownCase
 from engine.inference.classify import Classifier, Prediction
 from engine.models.catalog import active_model, find_model
 from engine.models.checkpoint import load_model
+from engine.models.scope import ANALYSED, Scope, Verdict
 from engine.store import Store, utc_now
 
-__all__ = ["load_classifier", "CaseResult", "VERDICTS", "diagnose_image", "diagnose_cases", "record_prediction",
-           "add_review", "case_history", "unreviewed_cases", "MAX_COMMENT"]
+__all__ = ["load_classifier", "CaseResult", "judge", "raw_output", "scope_of", "VERDICTS", "diagnose_image",
+           "diagnose_cases", "record_prediction", "add_review", "case_history", "unreviewed_cases", "MAX_COMMENT"]
 
 VERDICTS = ("agree", "disagree", "corrected")
 
@@ -26,9 +27,33 @@ VERDICTS = ("agree", "disagree", "corrected")
 class CaseResult:
     case_id: int
     image_id: int
-    prediction: Prediction
+    raw: Prediction = field(repr=False)  # the network's output, whether or not it is a result (see raw_output)
     prediction_id: int
     gray: np.ndarray  # the display image the model saw (first frame), for overlays
+    verdict: Verdict = Verdict(ANALYSED)
+
+    @property
+    def prediction(self) -> Prediction | None:
+        """The result; None when the model abstained (outside its scope)."""
+        return self.raw if self.verdict.analysed else None
+
+
+def scope_of(classifier: Classifier) -> Scope:
+    return Scope.from_card(classifier.loaded.card)
+
+
+def judge(classifier: Classifier, image: dict, prediction: Prediction) -> Verdict:
+    """Is this output a result? The model's scope (the image's modality and body part) and its OOD gate."""
+    return scope_of(classifier).judge(image.get("modality", ""), image.get("body_part", ""), prediction.ood_score,
+                                      prediction.ood_threshold)
+
+
+def raw_output(ctx: Context, result: CaseResult) -> Prediction:
+    """The network's output on an image it abstained on, for research; asked for on purpose and audited."""
+    ctx.require("case.raw_output")
+    if not result.verdict.analysed:
+        ctx.log("case.raw_output", "case", result.case_id, {"prediction_id": result.prediction_id})
+    return result.raw
 
 
 def load_classifier(ctx: Context, name: str | None = None) -> Classifier:
@@ -40,11 +65,14 @@ def load_classifier(ctx: Context, name: str | None = None) -> Classifier:
     return Classifier(load_model(installed.path, device), device)
 
 
-def record_prediction(ctx: Context, classifier: Classifier, image: dict, prediction: Prediction) -> int:
-    """One `predictions` row (and an audit row) with everything that produced the numbers."""
+def record_prediction(ctx: Context, classifier: Classifier, image: dict, prediction: Prediction,
+                      verdict: Verdict) -> int:
+    """One `predictions` row (and an audit row) with everything that produced the numbers. An abstention
+    keeps the network's output for research, under status 'not_analysed' with its reason."""
     ctx.require("case.analyse")
     loaded = classifier.loaded
     row = {
+        "status": verdict.status, "status_reason": verdict.reason,
         "case_id": image["case_id"], "image_id": image["id"], "image_sha256": image["sha256"],
         "task": "classification", "model_name": loaded.name, "model_version": loaded.version,
         "weights_sha256": loaded.sha256, "label": prediction.label, "probability": prediction.probability,
@@ -61,7 +89,8 @@ def record_prediction(ctx: Context, classifier: Classifier, image: dict, predict
         prediction_id = db["predictions"].insert(row).last_pk
         ctx.audit(db, "predict", "case", image["case_id"],
                     {"prediction_id": prediction_id, "model": loaded.name, "version": loaded.version,
-                     "label": prediction.label})
+                     "label": prediction.label if verdict.analysed else "not analysed",
+                     **({} if verdict.analysed else {"reason": verdict.reason})})
     return prediction_id
 
 
@@ -69,8 +98,9 @@ def diagnose_image(ctx: Context, classifier: Classifier, image: dict, tta: int =
     """Decode a stored image, classify it (with its CAM) and log the prediction."""
     gray = gray_image(ctx.config, image)
     prediction = classifier.classify(gray, tta)
-    prediction_id = record_prediction(ctx, classifier, image, prediction)
-    return CaseResult(image["case_id"], image["id"], prediction, prediction_id, gray)
+    verdict = judge(classifier, image, prediction)
+    prediction_id = record_prediction(ctx, classifier, image, prediction, verdict)
+    return CaseResult(image["case_id"], image["id"], prediction, prediction_id, gray, verdict)
 
 
 def diagnose_cases(ctx: Context, classifier: Classifier, case_ids: Iterable[int],
@@ -91,8 +121,9 @@ def diagnose_cases(ctx: Context, classifier: Classifier, case_ids: Iterable[int]
                 failed[case_id] = str(exc)
         predictions = classifier.classify_batch([gray for _, gray in batch]) if batch else []
         for (image, gray), prediction in zip(batch, predictions):
-            prediction_id = record_prediction(ctx, classifier, image, prediction)
-            done.append(CaseResult(image["case_id"], image["id"], prediction, prediction_id, gray))
+            verdict = judge(classifier, image, prediction)
+            prediction_id = record_prediction(ctx, classifier, image, prediction, verdict)
+            done.append(CaseResult(image["case_id"], image["id"], prediction, prediction_id, gray, verdict))
         if progress:
             n = min(start + batch_size, len(case_ids))
             progress(n, len(case_ids), f"case #{case_ids[n - 1]}")
@@ -130,7 +161,10 @@ def case_history(store: Store, case_id: int) -> dict[str, list[dict]]:
     """Every prediction (newest first, by model version) and every review of a case."""
     with store.read() as db:
         predictions = list(db.query(
-            "SELECT id, created_at, label, probability, uncertainty, uncertainty_method, ood_score, ood_flag, "
+            "SELECT id, created_at, CASE WHEN status = 'not_analysed' THEN 'not analysed: outside what this model "
+            "was trained on (' || status_reason || ')' ELSE label END AS label, "
+            "CASE WHEN status = 'not_analysed' THEN NULL ELSE probability END AS probability, "
+            "uncertainty, uncertainty_method, ood_score, ood_flag, "
             "model_name, model_version, substr(weights_sha256, 1, 12) AS weights, latency_ms, actor "
             "FROM predictions WHERE case_id = ? ORDER BY id DESC", [case_id]))
         reviews = list(db.query(

@@ -13,6 +13,7 @@ from engine.errors import UnknownCase
 from engine.io import read_study
 from engine.io.study import Study
 from engine.models.preprocess import model_view
+from engine.models.scope import Scope
 from engine.store import Store
 
 
@@ -65,8 +66,8 @@ class CaseRow(TypedDict):
     images: list[ImageRow]
 
 
-__all__ = ["CaseRow", "ImageRow", "get_case", "view_case", "record_export", "get_image", "load_image", "gray_image",
-           "recent_cases"]
+__all__ = ["CaseRow", "ImageRow", "get_case", "view_case", "record_export", "get_image", "newest_in_scope",
+           "load_image", "gray_image", "recent_cases"]
 
 
 def get_case(store: Store, case_id: int) -> CaseRow:
@@ -110,6 +111,13 @@ def recent_cases(store: Store, limit: int = 200) -> dict[int, str]:
            "ORDER BY received_at DESC, id DESC LIMIT ?")
     with store.read() as db:
         return {r[0]: " ".join(f"#{r[0]} {r[1]} {r[2] or ''} {r[3] or ''}".split()) for r in db.execute(sql, [limit])}
+
+
+def newest_in_scope(store: Store, scope: Scope, limit: int = 200) -> int | None:
+    """The newest case whose header does not put it outside `scope` (the case a model's page opens on)."""
+    sql = "SELECT id, modality, body_part FROM cases ORDER BY received_at DESC, id DESC LIMIT ?"
+    with store.read() as db:
+        return next((r[0] for r in db.execute(sql, [limit]) if scope.outside(r[1], r[2]) is None), None)
 
 
 def get_image(store: Store, image_id: int) -> ImageRow:

@@ -22,17 +22,18 @@ from engine.cases.images import load_image
 from engine.config import Config
 from engine.context import Context
 from engine.data.hc18 import MANIFEST_SPACING, DatasetMatch, dataset_match
-from engine.errors import ExportError, UnknownCase
+from engine.errors import ExportError, NotAnalysed, UnknownCase
 from engine.inference.measure import agreement, with_spacing
 from engine.inference.segment import Segmentation, Segmenter
 from engine.io.study import Spacing
 from engine.models.catalog import active_model, find_model
 from engine.models.checkpoint import load_model
 from engine.models.preprocess import model_view
+from engine.models.scope import ANALYSED, Scope, Verdict
 from engine.store import Store, utc_now
 
-__all__ = ["CaseSegmentation", "load_segmenter", "case_spacing", "segment_case_image", "export_seg", "mask_png",
-           "seg_dicom", "segmentation_history"]
+__all__ = ["CaseSegmentation", "raw_segmentation", "load_segmenter", "case_spacing", "segment_case_image",
+           "export_seg", "mask_png", "seg_dicom", "segmentation_history"]
 
 _TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                  "ReferringPhysicianName", "AccessionNumber", "StudyID")
@@ -53,12 +54,27 @@ class CaseSegmentation:
     case_id: int
     image_id: int
     segmentation_id: int
-    result: Segmentation
+    raw: Segmentation  # the network's output, whether or not it is a result (see raw_segmentation)
     gray: np.ndarray  # the image the model saw, for overlays
     spacing: Spacing
     truth: np.ndarray | None  # ground-truth mask when the case is a known dataset image
     scores: dict[str, float] | None  # Dice, IoU, HD95 against the truth
     match: DatasetMatch | None
+    verdict: Verdict = Verdict(ANALYSED)
+
+    @property
+    def result(self) -> Segmentation | None:
+        """The result; None when the model abstained (the image is outside its scope)."""
+        return self.raw if self.verdict.analysed else None
+
+
+def raw_segmentation(ctx: Context, done: CaseSegmentation) -> Segmentation:
+    """The mask and measurement on an image outside the model's scope, for research; asked for on purpose
+    and audited."""
+    ctx.require("case.raw_output")
+    if not done.verdict.analysed:
+        ctx.log("case.raw_output", "case", done.case_id, {"segmentation_id": done.segmentation_id})
+    return done.raw
 
 
 def load_segmenter(ctx: Context, name: str | None = None) -> Segmenter:
@@ -78,19 +94,21 @@ def segment_case_image(ctx: Context, segmenter: Segmenter, image: dict,
     match = match or dataset_match(ctx.config, study.frames[0])
     spacing = case_spacing(image, match, pixel_mm)
     result = segmenter.segment(gray, spacing)
+    verdict = Scope.from_card(segmenter.loaded.card).judge(image.get("modality", ""), image.get("body_part", ""))
     truth = match.truth() if match else None
     scores = agreement(result.mask, truth, spacing) if truth is not None and truth.shape == gray.shape else None
-    segmentation_id = _record(ctx, segmenter, image, result, spacing, scores, match)
+    segmentation_id = _record(ctx, segmenter, image, result, spacing, scores, match, verdict)
     return CaseSegmentation(image["case_id"], image["id"], segmentation_id, result, gray, spacing,
-                            truth if scores else None, scores, match)
+                            truth if scores else None, scores, match, verdict)
 
 
 def _record(ctx: Context, segmenter: Segmenter, image: dict, result: Segmentation, spacing: Spacing,
-            scores: dict | None, match: DatasetMatch | None) -> int:
+            scores: dict | None, match: DatasetMatch | None, verdict: Verdict) -> int:
     ctx.require("case.analyse")
     actor = ctx.actor
     loaded, m = segmenter.loaded, result.measurement
     row = {
+        "status": verdict.status, "status_reason": verdict.reason,
         "case_id": image["case_id"], "image_id": image["id"], "image_sha256": image["sha256"],
         "model_name": loaded.name, "model_version": loaded.version, "weights_sha256": loaded.sha256,
         "mask_png": mask_png(result.mask), "mask_pixels": int(result.mask.sum()),
@@ -107,13 +125,16 @@ def _record(ctx: Context, segmenter: Segmenter, image: dict, result: Segmentatio
         segmentation_id = db["segmentations"].insert(row).last_pk
         ctx.audit(db, "segment", "case", image["case_id"],
                     {"segmentation_id": segmentation_id, "model": loaded.name, "version": loaded.version,
-                     "circumference": row["circumference"], "unit": row["unit"]})
+                     **({"circumference": row["circumference"], "unit": row["unit"]} if verdict.analysed else
+                        {"status": "not analysed", "reason": verdict.reason})})
     return segmentation_id
 
 
 def export_seg(ctx: Context, image: dict, done: CaseSegmentation, segmenter: Segmenter) -> bytes:
     """A case's segmentation as a DICOM SEG object; the export is audited ('export.seg')."""
     ctx.require("case.export")
+    if done.result is None:
+        raise NotAnalysed(f"nothing to export: {done.verdict.text}")
     data = seg_dicom(ctx.config, image, done.result.mask, segmenter.loaded.name, segmenter.loaded.version)
     ctx.log("export.seg", "case", done.case_id, {"segmentation_id": done.segmentation_id})
     return data
@@ -123,7 +144,10 @@ def segmentation_history(store: Store, case_id: int) -> list[dict]:
     with store.read() as db:
         return list(db.query(
             "SELECT id, created_at, model_name, model_version, substr(weights_sha256, 1, 12) AS weights, "
-            "round(circumference, 1) AS circumference, round(area, 0) AS area, unit, spacing_source, "
+            "CASE WHEN status = 'not_analysed' THEN 'not analysed: outside what this model was trained on (' || "
+            "status_reason || ')' ELSE 'analysed' END AS status, "
+            "CASE WHEN status = 'not_analysed' THEN NULL ELSE round(circumference, 1) END AS circumference, "
+            "CASE WHEN status = 'not_analysed' THEN NULL ELSE round(area, 0) END AS area, unit, spacing_source, "
             "round(dice, 4) AS dice, round(hd95, 2) AS hd95, round(latency_ms, 0) AS latency_ms, actor "
             "FROM segmentations WHERE case_id = ? ORDER BY id DESC", [case_id]))
 

@@ -18,13 +18,16 @@ SORTS = {
     "Case id": "c.id ASC",
     # Active learning: the cases the latest model is least sure of first (predictive entropy or TTA spread,
     # as recorded with the prediction); cases without a prediction last.
-    "Most uncertain first": "(SELECT x.uncertainty FROM predictions x WHERE x.case_id = c.id ORDER BY x.id DESC "
-                            "LIMIT 1) DESC NULLS LAST, c.id DESC",
+    "Most uncertain first": "(SELECT CASE WHEN x.status = 'not_analysed' THEN NULL ELSE x.uncertainty END "
+                            "FROM predictions x WHERE x.case_id = c.id ORDER BY x.id DESC LIMIT 1) DESC NULLS LAST, "
+                            "c.id DESC",
 }
 STATUSES = {
     "All": "",
     "Awaiting prediction": "NOT EXISTS (SELECT 1 FROM predictions p WHERE p.case_id = c.id)",
     "Has prediction": "EXISTS (SELECT 1 FROM predictions p WHERE p.case_id = c.id)",
+    "Not analysed (outside the model's scope)": "(SELECT p.status FROM predictions p WHERE p.case_id = c.id "
+                                                "ORDER BY p.id DESC LIMIT 1) = 'not_analysed'",
     "Reviewed": "EXISTS (SELECT 1 FROM reviews r WHERE r.case_id = c.id)",
     "Not reviewed": "NOT EXISTS (SELECT 1 FROM reviews r WHERE r.case_id = c.id)",
 }
@@ -32,15 +35,18 @@ _COLUMNS = ("c.id, c.modality, c.body_part, c.view_position, c.study_description
             "c.received_at, c.image_count, c.burned_in_risk, c.source")
 # The latest prediction, review and measurement of each case on the page. Asked for the page's ids only: as
 # columns of the paged query SQLite would evaluate them for every matching row before sorting.
+_NOT_ANALYSED = "'not analysed'"
 _LATEST = ("SELECT c.id, "
-           "(SELECT label FROM predictions x WHERE x.case_id = c.id ORDER BY x.id DESC LIMIT 1) AS latest_label, "
-           "(SELECT probability FROM predictions x WHERE x.case_id = c.id ORDER BY x.id DESC LIMIT 1) "
-           "AS latest_probability, "
-           "(SELECT uncertainty FROM predictions x WHERE x.case_id = c.id ORDER BY x.id DESC LIMIT 1) "
-           "AS latest_uncertainty, "
+           f"(SELECT CASE WHEN status = 'not_analysed' THEN {_NOT_ANALYSED} ELSE label END FROM predictions x "
+           "WHERE x.case_id = c.id ORDER BY x.id DESC LIMIT 1) AS latest_label, "
+           "(SELECT CASE WHEN status = 'not_analysed' THEN NULL ELSE probability END FROM predictions x "
+           "WHERE x.case_id = c.id ORDER BY x.id DESC LIMIT 1) AS latest_probability, "
+           "(SELECT CASE WHEN status = 'not_analysed' THEN NULL ELSE uncertainty END FROM predictions x "
+           "WHERE x.case_id = c.id ORDER BY x.id DESC LIMIT 1) AS latest_uncertainty, "
            "(SELECT verdict FROM reviews x WHERE x.case_id = c.id ORDER BY x.id DESC LIMIT 1) AS latest_review, "
-           "(SELECT printf('HC %.1f %s', circumference, unit) FROM segmentations x WHERE x.case_id = c.id "
-           "AND circumference IS NOT NULL ORDER BY x.id DESC LIMIT 1) AS latest_measurement "
+           f"(SELECT CASE WHEN status = 'not_analysed' THEN {_NOT_ANALYSED} WHEN circumference IS NULL THEN NULL "
+           "ELSE printf('HC %.1f %s', circumference, unit) END FROM segmentations x WHERE x.case_id = c.id "
+           "ORDER BY x.id DESC LIMIT 1) AS latest_measurement "
            "FROM cases c WHERE c.id IN ({ids})")
 
 
@@ -60,7 +66,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("modality", "Modality", "text"),
     Column("body_part", "Body part", "text"),
     Column("study_description", "Description", "text"),
-    Column("latest_label", "Model output", "text"),
+    Column("latest_label", "Model output", "text", "The latest result, or 'not analysed' where the image is "
+           "outside what the model was trained on"),
     Column("latest_probability", "Probability", "probability", "Latest calibrated probability of the positive label"),
     Column("latest_uncertainty", "Uncertainty", "decimal", "Of the latest prediction (entropy in bits, or the "
            "spread over test-time augmentation); sort by 'Most uncertain first' to review those cases first"),

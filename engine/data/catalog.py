@@ -35,9 +35,20 @@ class ImageSet:
     images: torch.Tensor  # (N, 1, S, S) float in [0, 1], before normalisation
     labels: torch.Tensor  # (N,) int64 class indices
     names: list[str]  # file name (or array index) of each image, for error analysis
+    groups: list[str] | None = None  # patient of each image, where known (cross-validation keeps one together)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def subset(self, idx: np.ndarray) -> ImageSet:
+        return ImageSet(self.images[idx], self.labels[idx], [self.names[i] for i in idx],
+                        [self.groups[i] for i in idx] if self.groups else None)
+
+    @staticmethod
+    def concat(*parts: ImageSet) -> ImageSet:
+        return ImageSet(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
+                        [n for p in parts for n in p.names],
+                        [g for p in parts for g in p.groups] if all(p.groups for p in parts) else None)
 
     def batch(self, idx: torch.Tensor, augment) -> tuple[torch.Tensor, torch.Tensor]:
         """Augmented images (still in [0, 1]) and their targets."""
@@ -93,7 +104,8 @@ def _from_rows(rows: list[dict], root: Path, prep: Preprocessing, label_names: l
             raise DatasetError(f"the {split} split is empty: every dataset needs train, val and test images")
         images = torch.stack([prep.resize_uint8(gray_of_file(root / r["path"])) for r in chosen])
         labels = torch.tensor([label_names.index(r["label"]) for r in chosen])
-        sets[split] = ImageSet(images, labels, [r["path"] for r in chosen])
+        groups = [r["patient_id"] for r in chosen] if all(r.get("patient_id") for r in chosen) else None
+        sets[split] = ImageSet(images, labels, [r["path"] for r in chosen], groups)
     return sets
 
 
@@ -180,7 +192,7 @@ class Dataset:
     task: str  # classification or segmentation: which models can train on it
 
 
-DATASETS: dict[str, Dataset] = {
+DATASETS: dict[str, Dataset] = {  # each one's scope (where its models may answer): engine.models.scope
     "cxr_pneumonia": Dataset(_cxr_pneumonia, "cxr_pneumonia", "classification"),
     "pneumoniamnist": Dataset(_pneumoniamnist, "pneumoniamnist", "classification"),
     "folder": Dataset(_folder, None, "classification"),

@@ -11,10 +11,17 @@ from torch import nn
 from engine.models.ood import pooled
 from engine.models.preprocess import Preprocessing
 
-__all__ = ["autocast", "predict"]
+__all__ = ["autocast", "predict", "PRECISIONS"]
+
+PRECISIONS = ("auto", "bf16")
 
 
-def autocast(device: torch.device):
+def autocast(device: torch.device, precision: str = "auto"):
+    """Mixed precision: "auto" is fp16 on CUDA and none (fp32) on CPU; "bf16" is bfloat16 on either (training
+    only: evaluation and inference stay fp32 on CPU, so a card's numbers do not depend on the CPU's bf16
+    support)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
 
 

@@ -13,6 +13,7 @@ from torchvision.transforms import v2
 
 from engine.errors import ModelMismatch
 from engine.inference.cam import single_pass_cam
+from engine.metrics import Calibrator
 from engine.models.checkpoint import LoadedModel
 from engine.models.ood import mahalanobis, pooled
 from engine.models.registry import cam_layer
@@ -29,7 +30,7 @@ class Prediction:
 
     label: str  # at the card's operating threshold
     probability: float  # calibrated probability of the positive label
-    probabilities: dict[str, float]  # calibrated (softmax of logits / temperature)
+    probabilities: dict[str, float]  # calibrated (the card's calibrator)
     probabilities_raw: dict[str, float]  # uncalibrated softmax
     threshold: float
     uncertainty: float  # TTA standard deviation of `probability`, or predictive entropy in bits
@@ -61,7 +62,7 @@ class Classifier:
         self.model = loaded.model.to(self.device, memory_format=torch.channels_last).eval()
         self.model.requires_grad_(False)
         self.layer = cam_layer(self.model, loaded.card.arch)
-        self.temperature = float(loaded.card.calibration["temperature"])
+        self.calibrator = Calibrator.from_card(loaded.card.calibration, len(loaded.labels))
         self.threshold = float(loaded.card.operating_point["threshold"])
         self.ood_threshold = float(loaded.card.ood["threshold"])
         self.positive = loaded.labels.index(loaded.card.positive_label)
@@ -71,7 +72,7 @@ class Classifier:
         self.classify(np.zeros((size, size), np.uint8))  # warm-up: the first real case reports a true latency
 
     def choose(self, logits: torch.Tensor) -> int:
-        p = torch.softmax(logits / self.temperature, dim=-1)[self.positive]
+        p = self.calibrator.probabilities(logits)[self.positive]
         return self.positive if float(p) >= self.threshold else 1 - self.positive
 
     def classify(self, gray: np.ndarray, tta: int = 0) -> Prediction:
@@ -88,7 +89,7 @@ class Classifier:
         features = pooled(activations)
         ood = mahalanobis(features, self.loaded.extras["ood_mean"].cpu(), self.loaded.extras["ood_precision"].cpu())
         raw = torch.softmax(logits.float().cpu(), dim=1)
-        cal = torch.softmax(logits.float().cpu() / self.temperature, dim=1)
+        cal = self.calibrator.probabilities(logits.float().cpu())
         each_ms = (time.perf_counter() - start) * 1000 / len(grays)
         labels = self.loaded.labels
         out = []
@@ -113,5 +114,5 @@ class Classifier:
         views = torch.stack([x] + [torch.stack([self._tta(im) for im in x]) for _ in range(n)])
         torch.set_rng_state(generator_state)
         batch = views.flatten(0, 1).contiguous(memory_format=torch.channels_last)
-        probs = torch.softmax(self.model(batch).float() / self.temperature, dim=1)[:, self.positive]
+        probs = self.calibrator.probabilities(self.model(batch).float())[:, self.positive]
         return probs.view(n + 1, len(x)).std(dim=0).cpu().numpy()

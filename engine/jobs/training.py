@@ -18,6 +18,7 @@ from engine.context import Context
 from engine.data.catalog import DATASETS
 from engine.data.reviews import usable_review_ids
 from engine.errors import JobError
+from engine.inference.batch import PRECISIONS
 from engine.jobs.queue import job_folder, submit
 from engine.models.catalog import active_model
 from engine.models.registry import get_spec, list_models
@@ -57,6 +58,14 @@ class TrainConfig:
     seed: int = _opt("seed of shuffling, augmentation and initialisation", 0, type=int)
     device: str = _opt("auto (CUDA when present), cpu or cuda", "auto", choices=lambda: ["auto", "cpu", "cuda"])
     threads: int = _opt("CPU threads (0: torch's default)", 0, type=int)
+    precision: str = _opt("training arithmetic: auto (fp16 mixed precision on CUDA, fp32 on CPU) or bf16 (bfloat16 "
+                          "mixed precision; about 2.8x faster on CPUs with AMX/AVX512-BF16)", "auto",
+                          choices=lambda: list(PRECISIONS))
+    label_smoothing: float = _opt("classification: label smoothing of the cross-entropy (0: none)", 0.0, type=float)
+    folds: int = _opt("classification: 0 keeps the dataset's validation split for early stopping and calibration; "
+                      "K >= 3 pools train + val into K patient-grouped folds, trains K models for the full epochs "
+                      "to get out-of-fold predictions (temperature, operating and OOD thresholds are fitted on "
+                      "them), then trains the shipped model on all of train + val", 0, type=int)
     name: str | None = _opt("model name (default: <dataset>-<model>)")
     version: str = _opt("model version written into the card", "1.0.0")
     output: Path | None = _opt("run folder (default: $RADLENS_HOME/runs/<name>)", type=Path)
@@ -92,6 +101,10 @@ class TrainConfig:
                                   ("image size", done.size, 16), ("patience", done.patience, 1)):
             if value < low:
                 raise JobError(f"{label} must be at least {low} (got {value})")
+        if done.folds and (done.folds < 3 or not get_task(done.task).cross_validates):
+            raise JobError(f"cross-validation needs a classification model and at least 3 folds (got {done.folds})")
+        if not 0 <= done.label_smoothing < 0.5:
+            raise JobError(f"label smoothing must be in [0, 0.5) (got {done.label_smoothing})")
         if not done.lr > 0:
             raise JobError(f"the learning rate must be positive (got {done.lr})")
         return done

@@ -16,7 +16,7 @@ from engine.errors import BadCheckpoint
 __all__ = ["FORMAT_VERSION", "ModelCard"]
 
 FORMAT_VERSION = 1
-_OPTIONAL = ("calibration", "operating_point", "ood", "measurement", "postprocessing", "evaluation_command",
+_OPTIONAL = ("scope", "calibration", "operating_point", "ood", "measurement", "postprocessing", "evaluation_command",
              "weights_file", "weights_sha256")
 
 
@@ -35,7 +35,8 @@ class ModelCard:
     training: dict = field(default_factory=dict)  # command, hardware, time, optimizer, ...
     limitations: list[str] = field(default_factory=list)
     cam: dict = field(default_factory=dict)  # the default explanation: method, layer, target
-    calibration: dict | None = None  # classification: {"temperature": T, ...}
+    scope: dict | None = None  # what it was trained on (engine.models.scope.Scope.to_dict); abstains outside
+    calibration: dict | None = None  # classification: engine.metrics.Calibrator.to_card()
     operating_point: dict | None = None  # classification: {"threshold": t, "rule": ...}
     ood: dict | None = None  # classification: {"threshold": d, "layer": ..., "rule": ...}
     measurement: dict | None = None  # segmentation: the boundary offset and how it was fitted

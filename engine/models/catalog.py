@@ -81,11 +81,17 @@ def active_model(ctx: Context, task: str = "classification") -> InstalledModel:
             return find_model(ctx.config, chosen)
         except UnknownModel:
             pass  # the chosen file was removed: fall back to the default
-    available = installed_models(ctx.config, task)  # shipped first: the task's shipped model is the default
+    available = installed_models(ctx.config, task)
     if not available:
         raise UnknownModel(f"No {task} model is installed (looked in {SHIPPED_DIR} and "
                            f"{ctx.config.home / 'models'})")
-    return available[0]
+    # The default is the newest shipped version; older shipped versions stay installed for roll back.
+    shipped = [m for m in available if m.shipped]
+    return max(shipped, key=lambda m: _version(m.card.version)) if shipped else available[0]
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) if part.isdigit() else 0 for part in text.split("."))
 
 
 MAX_REASON = 500

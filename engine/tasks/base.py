@@ -37,7 +37,7 @@ class Task:
     title: str  # what the pages call it
     defaults: FormDefaults
     # Training: the loop, resume and checkpoints are shared; these are not.
-    loss: Callable  # (training set, balance: "weights" | "none") -> loss module
+    loss: Callable  # (training set, balance: "weights" | "none", label smoothing) -> loss module
     loss_text: str
     augmentation: Callable  # () -> a transform of one training item
     augmentation_text: str
@@ -53,4 +53,5 @@ class Task:
     refit_on_rewrite: bool = False  # `evaluate --write` refits the task's card part (else: metrics only)
     class_balancing: bool = False  # whether "balance" (class-weighted loss) means anything
     uses_reviews: bool = False  # whether clinician reviews (labels) can become training data
+    cross_validates: bool = False  # whether --folds K (out-of-fold calibration) is implemented
     metric_range: tuple[float, float] = field(default=(0.0, 1.0))  # where the score lives, for charts

@@ -12,12 +12,19 @@ from engine.errors import DatasetError, ModelMismatch
 from engine.models.catalog import find_model
 from engine.models.checkpoint import LoadedModel, load_model
 from engine.tasks import get_task
+from engine.tasks.classification import out_of_fold_reports
 
 __all__ = ["evaluate", "compare_models"]
 
 
 def _metrics(loaded: LoadedModel, sets: dict) -> dict[str, dict]:
-    return {split: get_task(loaded.card.task).scores(loaded, data).report for split, data in sets.items()}
+    """Each split's card metrics; a cross-validated model's validation images were in its training data,
+    so its "val" comes from the out-of-fold predictions stored with it."""
+    reports = {split: get_task(loaded.card.task).scores(loaded, data).report for split, data in sets.items()
+               if not (split == "val" and loaded.card.data.get("cross_validation"))}
+    if "val" in sets and "val" not in reports:
+        reports.update(out_of_fold_reports(loaded))  # "val" and "cv" (every train + val image)
+    return reports
 
 
 def evaluate(loaded: LoadedModel, data_dir: Path | None, splits: tuple[str, ...] = ("val", "test"),

@@ -149,7 +149,7 @@ def _rules(card: ModelCard) -> str:
 
 TASK = Task(
     name="segmentation", title="Segmentation", defaults=FormDefaults(size=256, batch_size=16, epochs=20),
-    loss=lambda train, balance: seg_loss(),
+    loss=lambda train, balance, smoothing: seg_loss(),
     loss_text="MONAI DiceCELoss (Dice + cross-entropy, softmax, equal weights)",
     augmentation=mask_augmentation,
     augmentation_text="joint image/mask: horizontal flip, affine (rotate <= 15 deg, shift <= 5 %, scale 0.9-1.1), "

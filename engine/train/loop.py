@@ -29,7 +29,7 @@ def warmup_cosine(optimizer, warmup_steps: int, total_steps: int) -> torch.optim
 def train_one_epoch(model: nn.Module, data: ImageSet | MaskSet, prep: Preprocessing, loss_fn: nn.Module, optimizer,
                     scheduler, scaler, augment, batch_size: int, generator: torch.Generator,
                     device: torch.device, shard: tuple[int, int] = (0, 1),
-                    on_step: Callable[[int, int, float, int], None] | None = None) -> float:
+                    on_step: Callable[[int, int, float, int], None] | None = None, precision: str = "auto") -> float:
     """Mean training loss of one pass over this process's shard (rank, world size) of a shuffled order.
     Every rank draws the same permutation from its identically seeded generator and takes every world-th
     image, as DistributedSampler does. on_step(step, steps, loss, images) is called after each step."""
@@ -45,8 +45,8 @@ def train_one_epoch(model: nn.Module, data: ImageSet | MaskSet, prep: Preprocess
             continue
         x, y = data.batch(idx, augment)
         x, y = prep.normalize(x).to(device, memory_format=torch.channels_last), y.to(device)
-        with autocast(device):
-            loss = loss_fn(model(x), y)
+        with autocast(device, precision):
+            loss = loss_fn(model(x).float(), y)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"the training loss became {loss.item()} at step {step + 1} of {steps}")
         optimizer.zero_grad(set_to_none=True)

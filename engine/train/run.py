@@ -13,6 +13,7 @@ command line. Used for the shipped models and by background jobs. Writes into th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -53,7 +54,9 @@ from engine.models.checkpoint import (
 )
 from engine.models.preprocess import Preprocessing
 from engine.models.registry import create_model
+from engine.models.scope import DATASET_SCOPES, SCOPES
 from engine.tasks import Task, get_task
+from engine.tasks.classification import OutOfFold
 from engine.train.loop import train_one_epoch, warmup_cosine
 from engine.train.reporter import JobReporter
 
@@ -187,7 +190,7 @@ def _train(run: _Run, generator: torch.Generator, resume: bool) -> None:
     steps = -(-(len(train) // run.world) // cfg.batch_size)
     scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * steps), cfg.epochs * steps)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    loss_fn = run.task.loss(train, cfg.balance).to(device)
+    loss_fn = run.task.loss(train, cfg.balance, cfg.label_smoothing).to(device)
     augment = run.task.augmentation() if cfg.augment else torchvision.transforms.v2.Identity()
     start_epoch = 0
     if resume and (run.out / "state.pt").is_file():
@@ -207,7 +210,8 @@ def _train(run: _Run, generator: torch.Generator, resume: bool) -> None:
             if run.job else None
         try:
             train_loss = train_one_epoch(net, train, run.prep, loss_fn, optimizer, scheduler, scaler, augment,
-                                         cfg.batch_size, generator, device, (run.rank, run.world), on_step)
+                                         cfg.batch_size, generator, device, (run.rank, run.world), on_step,
+                                         cfg.precision)
         except TrainingDiverged as error:
             kept = f"epoch {epoch} (kept)" if epoch else "none yet"
             raise TrainingDiverged(f"{error} of epoch {epoch + 1}: training stopped. Last complete checkpoint: "
@@ -225,10 +229,12 @@ def _train(run: _Run, generator: torch.Generator, resume: bool) -> None:
 
 def _end_epoch(run: _Run, epoch: int, train_loss: float, t0: float, steps: int, optimizer, scheduler,
                generator: torch.Generator) -> bool:
-    """Validate, keep the best state, checkpoint, log (rank 0); returns whether to stop early."""
+    """Validate, keep the best state, checkpoint, log (rank 0); returns whether to stop early. Under
+    cross-validation the last epoch is kept and nothing stops early: the fixed schedule is what the
+    out-of-fold predictions measured."""
     scores = run.task.validate(run.model, run.splits.sets["val"], run.prep, run.device, run.cfg.model)
     score = scores.pop("score")
-    if score > run.best["score"]:
+    if score > run.best["score"] or run.cfg.folds:
         run.best = {"score": score, "epoch": epoch,
                     "state": {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}}
     record = {"epoch": epoch, "epochs": run.cfg.epochs, "train_loss": round(train_loss, 5), **scores,
@@ -243,13 +249,73 @@ def _end_epoch(run: _Run, epoch: int, train_loss: float, t0: float, steps: int, 
     return epoch - run.best["epoch"] >= run.cfg.patience
 
 
-def _card(run: _Run, job_id: int | None) -> tuple[ModelCard, dict]:
+def _save_arrays(path: Path, **arrays: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def _cross_validate(run: _Run) -> OutOfFold:
+    """K patient-grouped, label-stratified folds over train + val; fold k's model trains on the others for
+    the full schedule and predicts fold k. Each finished fold is saved (fold-k/oof.npz), so a killed run
+    resumes at the first unfinished fold. Leaves run.splits' train set = train + val for the final model."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from engine.inference.batch import predict
+    from engine.models.ood import fit_gaussian, mahalanobis
+    from engine.models.registry import cam_layer
+
+    cfg, sets = run.cfg, run.splits.sets
+    pool = type(sets["train"]).concat(sets["train"], sets["val"])
+    in_val = np.arange(len(pool)) >= len(sets["train"])
+    groups = pool.groups or pool.names
+    labels = pool.labels.numpy()
+    logits, ood, fold_of = torch.zeros(len(pool), 2), np.zeros(len(pool)), np.zeros(len(pool), np.int64)
+    splitter = StratifiedGroupKFold(cfg.folds, shuffle=True, random_state=cfg.seed)
+    for k, (train_idx, held_idx) in enumerate(splitter.split(np.zeros(len(pool)), labels, groups)):
+        folder = run.out / f"fold-{k}"
+        folder.mkdir(exist_ok=True)
+        if not (folder / "oof.npz").is_file():
+            fold_run = _Run(cfg, run.ctx, run.job, run.rank, run.world, run.device, folder, run.task,
+                            splits=dataclasses.replace(run.splits, sets={"train": pool.subset(train_idx),
+                                                                          "val": pool.subset(held_idx)}),
+                            prep=run.prep, base=run.base)
+            _build_model(fold_run)
+            _train(fold_run, _seed(cfg.seed + 1000 * (k + 1)), resume=True)
+            model = fold_run.model
+            model.load_state_dict(fold_run.best["state"])
+            layer = cam_layer(model, cfg.model)
+            held_logits, held_features = predict(model, pool.images[held_idx], run.prep, layer, run.device)
+            mean, precision = fit_gaussian(predict(model, pool.images[train_idx], run.prep, layer, run.device)[1])
+            _save_arrays(folder / "oof.npz", index=held_idx, logits=held_logits.numpy(),
+                         ood=mahalanobis(held_features, mean, precision).numpy())
+            (folder / "state.pt").unlink(missing_ok=True)  # a finished fold resumes from oof.npz alone
+        with np.load(folder / "oof.npz", allow_pickle=False) as saved:
+            idx = saved["index"]
+            logits[idx], ood[idx], fold_of[idx] = torch.from_numpy(saved["logits"]), saved["ood"], k
+        print(json.dumps({"fold": k, "held_out": len(idx)}), flush=True)
+    run.splits = dataclasses.replace(run.splits, sets={**sets, "train": pool})
+    return OutOfFold(logits, pool.labels.clone(), fold_of, in_val, ood)
+
+
+def _card(run: _Run, job_id: int | None, oof: OutOfFold | None) -> tuple[ModelCard, dict]:
     """The model card: the task's part (decision rules, held-out metrics) plus data and training record."""
     cfg, task, splits, base, reviews = run.cfg, run.task, run.splits, run.base, run.reviews
-    card = task.describe(run.model, cfg.model, splits, run.prep, run.device)
+    card = task.describe(run.model, cfg.model, splits, run.prep, run.device, oof) if oof else \
+        task.describe(run.model, cfg.model, splits, run.prep, run.device)
     card.update({"name": cfg.name, "version": cfg.version, "arch": cfg.model, "model_args": {"num_classes": 2},
                  "labels": splits.label_names, "preprocessing": run.prep.to_dict()})
     card["data"] = {"dataset": cfg.dataset, "description": splits.description, "counts": splits.counts()}
+    if cfg.dataset in DATASET_SCOPES:
+        card["scope"] = SCOPES[DATASET_SCOPES[cfg.dataset]].to_dict()
+    if oof is not None:
+        card["data"]["cross_validation"] = {
+            "folds": cfg.folds, "images": len(oof.labels), "grouping": "patient" if splits.sets["train"].groups else
+            "image", "note": "the shipped model trained on train + val (the train counts include the val images) for "
+                             "the fixed schedule; the card's val metrics are the out-of-fold predictions of the "
+                             "validation split's images, its cv metrics those of all train + val images"}
     if reviews:
         card["data"]["reviews"] = reviews
         card["data"]["description"] += (f"; training split {'plus' if reviews['with_base_train'] else 'replaced by'} "
@@ -258,7 +324,9 @@ def _card(run: _Run, job_id: int | None) -> tuple[ModelCard, dict]:
         "command": cfg.command(run.world),
         "best_epoch": run.best["epoch"], f"best_{task.score}": run.best["score"], "epochs_run": run.epochs_run,
         "optimizer": f"AdamW lr {cfg.lr} wd {cfg.weight_decay}, warmup {cfg.warmup_epochs} epoch + cosine",
-        "loss": task.loss_text if cfg.balance == "weights" else task.loss_text.split(" with ")[0],
+        "loss": (task.loss_text if cfg.balance == "weights" else task.loss_text.split(" with ")[0])
+        + (f", label smoothing {cfg.label_smoothing:g}" if cfg.label_smoothing else ""),
+        "precision": cfg.precision, "folds": cfg.folds,
         "augmentation": task.augmentation_text if cfg.augment else "none",
         "seed": cfg.seed, "batch_size": cfg.batch_size, "pretrained": cfg.pretrained,
         "fine_tuned_from": {"name": base.name, "version": base.version, "weights_sha256": base.sha256}
@@ -278,6 +346,7 @@ def main(cfg: TrainConfig, ctx: Context, job: JobReporter | None = None, resume:
     `job` also receives step and epoch metrics for the dashboard."""
     run, generator = _start(cfg.resolved(), ctx, job)
     _load_data(run)
+    oof = _cross_validate(run) if run.cfg.folds else None
     _build_model(run)
     _train(run, generator, resume)
     if not run.writer:
@@ -288,7 +357,7 @@ def main(cfg: TrainConfig, ctx: Context, job: JobReporter | None = None, resume:
     if run.cfg.half:  # evaluate exactly the weights that will be stored
         run.model.load_state_dict({k: v.half().float() if v.is_floating_point() else v
                                    for k, v in run.model.state_dict().items()})
-    card, extras = _card(run, job_id)
+    card, extras = _card(run, job_id, oof)
     weights = run.out / f"{run.cfg.name}.safetensors"
     sha = save_model(weights, run.model.cpu(), card, extras=extras, half=run.cfg.half)
     print(json.dumps({"weights": str(weights), "sha256": sha,
