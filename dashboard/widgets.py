@@ -94,7 +94,9 @@ def abstention(verdict: Verdict, may_reveal: bool, key: str) -> bool:
                "one, so its output here is not a result.")
     if not may_reveal:
         return False
-    return st.toggle("Show the raw output anyway (research only, not a result; logged)", key=key)
+    return st.toggle("Show the raw output (research only)", key=key,
+                     help="The model's output on an image outside its scope is not a result. Each reveal is "
+                          "recorded in the audit trail.")
 
 
 def scoped_image(ctx: Context, card) -> dict | None:
