@@ -58,10 +58,12 @@ def job_form(ctx: Context) -> TrainingRequest | None:
         device = c3.selectbox("Device", ["auto", "cpu", "cuda"], help="auto: the GPU when there is one")
         gpus = c4.number_input("GPUs", 1, max(1, visible_gpus()), 1, disabled=visible_gpus() < 2,
                                help="More than one runs torchrun with one process per GPU")
-        c1, c2, c3 = st.columns(3)
+        c1, c2, c3, c4 = st.columns(4)
         precision = c1.selectbox("Precision", PRECISIONS, help="bf16: bfloat16 mixed precision, about 2.8x faster "
                                  "on CPUs with AMX/AVX512-BF16; auto: fp16 on CUDA, fp32 on CPU")
-        smoothing = c2.number_input("Label smoothing", 0.0, 0.4, 0.0, 0.05, disabled=not task.class_balancing)
+        smoothing = c2.number_input("Label smoothing", 0.0, 0.4, 0.0, 0.05, disabled=not task.label_smoothing)
+        boundary = c4.number_input("Boundary loss weight", 0.0, 1.0, 0.0, 0.01, disabled=not task.boundary_loss,
+                                   help="Segmentation: MONAI's HausdorffDTLoss added to Dice + CE with this weight")
         folds = c3.number_input("Cross-validation folds (0: use the validation split)", 0, 10, 0,
                                 disabled=not task.cross_validates,
                                 help="K >= 3: calibrate and set the thresholds on out-of-fold predictions over "
@@ -77,7 +79,7 @@ def job_form(ctx: Context) -> TrainingRequest | None:
             return None
     config = TrainConfig(dataset=dataset, model=arch, size=int(size), epochs=int(epochs), batch_size=int(batch),
                          lr=float(lr), augment=augment, balance=balance, device=device, precision=precision,
-                         label_smoothing=float(smoothing), folds=int(folds),
+                         label_smoothing=float(smoothing), folds=int(folds), boundary_loss=float(boundary),
                          data_path=Path(data_path.strip()) if data_path.strip() else None)
     return TrainingRequest(config, fine_tune=fine_tune, use_reviews=use_reviews, with_base_train=with_base,
                            gpus=int(gpus))

@@ -167,7 +167,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
             return value * float("nan") if calls["n"] == 5 else value
 
     monkeypatch.setitem(TASKS, "classification", dataclasses.replace(
-        real, loss=lambda train, balance, smoothing: Poisoned(real.loss(train, balance, smoothing))))
+        real, loss=lambda train, cfg: Poisoned(real.loss(train, cfg))))
     args = _args(tmp_path, folder, "--epochs", "3")
     with pytest.raises(TrainingDiverged, match=r"became nan at step 2 of 3 of epoch 2.*epoch 1 \(kept\).*lower "
                                                 r"learning rate"):

@@ -358,3 +358,21 @@ def test_a_classifier_on_a_segmentation_dataset_is_refused(tmp_path, monkeypatch
     monkeypatch.setenv("RADLENS_HOME", str(tmp_path))
     with pytest.raises(EngineError, match="is a classification model"):
         cli(["--dataset", "hc18", "--model", "resnet18", "--output", str(tmp_path)])
+
+
+def test_the_boundary_loss_grows_with_the_distance_of_a_misplaced_outline():
+    """--boundary-loss adds MONAI's HausdorffDTLoss: a mask shifted further from the truth costs more, on top
+    of Dice + CE, and a weight of 0 is Dice + CE alone."""
+    from engine.tasks.segmentation import seg_loss
+
+    yy, xx = np.mgrid[:64, :64]
+    truth = torch.from_numpy(((yy - 32) ** 2 / 20 ** 2 + (xx - 32) ** 2 / 14 ** 2 <= 1).astype(np.int64))[None, None]
+
+    def logits(shift: int) -> torch.Tensor:
+        head = torch.roll(truth, shift, dims=3).float() * 8 - 4  # confident logits of a shifted mask
+        return torch.cat([-head, head], dim=1)
+
+    plain, with_boundary = seg_loss(), seg_loss(0.02)
+    assert with_boundary(logits(0), truth) < with_boundary(logits(2), truth) < with_boundary(logits(6), truth)
+    gap = [float(with_boundary(logits(s), truth) - plain(logits(s), truth)) for s in (2, 6)]
+    assert 0 < gap[0] < gap[1]

@@ -62,6 +62,8 @@ class TrainConfig:
                           "mixed precision; about 2.8x faster on CPUs with AMX/AVX512-BF16)", "auto",
                           choices=lambda: list(PRECISIONS))
     label_smoothing: float = _opt("classification: label smoothing of the cross-entropy (0: none)", 0.0, type=float)
+    boundary_loss: float = _opt("segmentation: weight of MONAI's HausdorffDTLoss (a boundary-distance loss) added to "
+                                "Dice + cross-entropy (0: none)", 0.0, type=float)
     folds: int = _opt("classification: 0 keeps the dataset's validation split for early stopping and calibration; "
                       "K >= 3 pools train + val into K patient-grouped folds, trains K models for the full epochs "
                       "to get out-of-fold predictions (temperature, operating and OOD thresholds are fitted on "
@@ -103,6 +105,12 @@ class TrainConfig:
                 raise JobError(f"{label} must be at least {low} (got {value})")
         if done.folds and (done.folds < 3 or not get_task(done.task).cross_validates):
             raise JobError(f"cross-validation needs a classification model and at least 3 folds (got {done.folds})")
+        task = get_task(done.task)
+        if done.boundary_loss and (done.boundary_loss < 0 or not task.boundary_loss):
+            raise JobError(f"a boundary loss weight must be >= 0 and needs a segmentation model "
+                           f"(got {done.boundary_loss})")
+        if done.label_smoothing and not task.label_smoothing:
+            raise JobError("label smoothing applies to classification models only")
         if not 0 <= done.label_smoothing < 0.5:
             raise JobError(f"label smoothing must be in [0, 0.5) (got {done.label_smoothing})")
         if not done.lr > 0:

@@ -37,7 +37,7 @@ class Task:
     title: str  # what the pages call it
     defaults: FormDefaults
     # Training: the loop, resume and checkpoints are shared; these are not.
-    loss: Callable  # (training set, balance: "weights" | "none", label smoothing) -> loss module
+    loss: Callable  # (training set, TrainConfig) -> loss module
     loss_text: str
     augmentation: Callable  # () -> a transform of one training item
     augmentation_text: str
@@ -54,4 +54,6 @@ class Task:
     class_balancing: bool = False  # whether "balance" (class-weighted loss) means anything
     uses_reviews: bool = False  # whether clinician reviews (labels) can become training data
     cross_validates: bool = False  # whether --folds K (out-of-fold calibration) is implemented
+    label_smoothing: bool = False  # whether --label-smoothing means anything
+    boundary_loss: bool = False  # whether --boundary-loss means anything
     metric_range: tuple[float, float] = field(default=(0.0, 1.0))  # where the score lives, for charts

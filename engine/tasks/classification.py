@@ -184,13 +184,14 @@ def _rules(card: ModelCard) -> str:
 
 TASK = Task(
     name="classification", title="Classification", defaults=FormDefaults(size=224, batch_size=32, epochs=10),
-    loss=lambda train, balance, smoothing: torch.nn.CrossEntropyLoss(
-        weight=class_weights(train.labels, 2) if balance == "weights" else None, label_smoothing=smoothing),
+    loss=lambda train, cfg: torch.nn.CrossEntropyLoss(
+        weight=class_weights(train.labels, 2) if cfg.balance == "weights" else None,
+        label_smoothing=cfg.label_smoothing),
     loss_text="cross-entropy with inverse-frequency class weights",
     augmentation=augmentation,
     augmentation_text="affine (rotate <= 7 deg, shift <= 5 %, scale 0.92-1.08), brightness/contrast 0.15; no flips",
     validate=_validate_classifier, score="val_auc", describe=_describe_classifier,
     scores=_classifier_scores, difference=_auc_difference, headline=_headline,
     headline_numbers=lambda m: {"auc": m["auc"]}, rules=_rules, class_balancing=True, uses_reviews=True,
-    cross_validates=True,
+    cross_validates=True, label_smoothing=True,
 )

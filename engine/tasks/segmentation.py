@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
+from monai.losses import DiceCELoss, HausdorffDTLoss
 from torch import nn
 
 from engine.data.catalog import MaskSet, mask_augmentation
@@ -33,9 +33,22 @@ __all__ = ["TASK", "seg_loss", "probabilities", "validate", "quality", "fit_boun
 OFFSETS_PX = np.round(np.arange(0.0, 2.001, 0.025), 3)  # the boundary offsets tried (pixels)
 
 
-def seg_loss() -> nn.Module:
-    """Dice + cross-entropy on (N, C, S, S) logits against (N, 1, S, S) class indices."""
-    return DiceCELoss(to_onehot_y=True, softmax=True)
+class _WithBoundary(nn.Module):
+    """Dice + cross-entropy plus `weight` x MONAI's HausdorffDTLoss, which weighs each wrong pixel by its
+    distance to the true and predicted boundaries: the error a circumference measured on the outline feels."""
+
+    def __init__(self, weight: float):
+        super().__init__()
+        self.region, self.boundary, self.weight = seg_loss(), HausdorffDTLoss(to_onehot_y=True, softmax=True), weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.region(logits, target) + self.weight * self.boundary(logits, target)
+
+
+def seg_loss(boundary_weight: float = 0.0) -> nn.Module:
+    """Dice + cross-entropy on (N, C, S, S) logits against (N, 1, S, S) class indices (plus the boundary
+    loss when weighted)."""
+    return _WithBoundary(boundary_weight) if boundary_weight else DiceCELoss(to_onehot_y=True, softmax=True)
 
 
 @torch.no_grad()
@@ -149,7 +162,7 @@ def _rules(card: ModelCard) -> str:
 
 TASK = Task(
     name="segmentation", title="Segmentation", defaults=FormDefaults(size=256, batch_size=16, epochs=20),
-    loss=lambda train, balance, smoothing: seg_loss(),
+    loss=lambda train, cfg: seg_loss(cfg.boundary_loss),
     loss_text="MONAI DiceCELoss (Dice + cross-entropy, softmax, equal weights)",
     augmentation=mask_augmentation,
     augmentation_text="joint image/mask: horizontal flip, affine (rotate <= 15 deg, shift <= 5 %, scale 0.9-1.1), "
@@ -157,5 +170,5 @@ TASK = Task(
     validate=lambda model, val, prep, device, arch: validate(model, val, prep, device), score="val_dice",
     describe=describe, scores=_segmenter_scores, difference=_segmentation_difference, headline=_headline,
     headline_numbers=lambda m: {"dice": m["dice"]["mean"], "hc_abs_error_mm": m["hc_abs_error_mm"]["mean"]},
-    rules=_rules, refit_on_rewrite=True,
+    rules=_rules, refit_on_rewrite=True, boundary_loss=True,
 )

@@ -190,7 +190,7 @@ def _train(run: _Run, generator: torch.Generator, resume: bool) -> None:
     steps = -(-(len(train) // run.world) // cfg.batch_size)
     scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * steps), cfg.epochs * steps)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    loss_fn = run.task.loss(train, cfg.balance, cfg.label_smoothing).to(device)
+    loss_fn = run.task.loss(train, cfg).to(device)
     augment = run.task.augmentation() if cfg.augment else torchvision.transforms.v2.Identity()
     start_epoch = 0
     if resume and (run.out / "state.pt").is_file():
@@ -325,7 +325,8 @@ def _card(run: _Run, job_id: int | None, oof: OutOfFold | None) -> tuple[ModelCa
         "best_epoch": run.best["epoch"], f"best_{task.score}": run.best["score"], "epochs_run": run.epochs_run,
         "optimizer": f"AdamW lr {cfg.lr} wd {cfg.weight_decay}, warmup {cfg.warmup_epochs} epoch + cosine",
         "loss": (task.loss_text if cfg.balance == "weights" else task.loss_text.split(" with ")[0])
-        + (f", label smoothing {cfg.label_smoothing:g}" if cfg.label_smoothing else ""),
+        + (f", label smoothing {cfg.label_smoothing:g}" if cfg.label_smoothing else "")
+        + (f", plus {cfg.boundary_loss:g} x MONAI HausdorffDTLoss" if cfg.boundary_loss else ""),
         "precision": cfg.precision, "folds": cfg.folds,
         "augmentation": task.augmentation_text if cfg.augment else "none",
         "seed": cfg.seed, "batch_size": cfg.batch_size, "pretrained": cfg.pretrained,
