@@ -64,10 +64,10 @@ def job_form(ctx: Context) -> TrainingRequest | None:
         smoothing = c2.number_input("Label smoothing", 0.0, 0.4, 0.0, 0.05, disabled=not task.label_smoothing)
         boundary = c4.number_input("Boundary loss weight", 0.0, 1.0, 0.0, 0.01, disabled=not task.boundary_loss,
                                    help="Segmentation: MONAI's HausdorffDTLoss added to Dice + CE with this weight")
-        folds = c3.number_input("Cross-validation folds (0: use the validation split)", 0, 10, 0,
-                                disabled=not task.cross_validates,
-                                help="K >= 3: calibrate and set the thresholds on out-of-fold predictions over "
-                                     "train + val, then train the model on all of them (K + 1 trainings)")
+        folds = c3.number_input("Cross-validation folds", 0, 10, 0, disabled=not task.cross_validates,
+                                help="0: calibrate on the validation split. K >= 3: calibrate and set the "
+                                     "thresholds on out-of-fold predictions over train + val, then train the "
+                                     "model on all of them (K + 1 trainings)")
         fine_tune = st.toggle(f"Fine-tune from the active model ({active.name})", value=False)
         reviews = len(usable_review_ids(ctx.store, active.card.labels)) if task.uses_reviews else 0
         c1, c2 = st.columns(2)
