@@ -89,7 +89,8 @@ def case_picker(store, scope: Scope | None = None) -> int:
 def abstention(verdict: Verdict, may_reveal: bool, key: str) -> bool:
     """Says the model did not analyse this image and why (plain text); offers the raw output to a role that
     may see it, behind a deliberate switch. Returns whether to show it."""
-    st.warning(md("**Not analysed:** {text}.", text=verdict.text[len("not analysed: "):]), icon=":material/block:")
+    st.warning(md("**Not analysed:** outside what this model was trained on ({reason}).", reason=verdict.reason),
+               icon=":material/block:")
     st.caption("No label, probability or measurement is shown: the model was not trained on images like this "
                "one, so its output here is not a result.")
     if not may_reveal:

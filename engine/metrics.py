@@ -114,10 +114,10 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return log_t.exp().item()
 
 
-def _fit_affine(logits: torch.Tensor, labels: torch.Tensor, per_class: bool) -> tuple[list[float], list[float]]:
+def _fit_affine(logits: torch.Tensor, labels: torch.Tensor) -> tuple[list[float], list[float]]:
     """Vector scaling (Guo et al. 2017): softmax(w * logits + b) with per-class w and b, NLL by L-BFGS."""
     k = logits.shape[1]
-    log_w = torch.zeros(k if per_class else 1, requires_grad=True)
+    log_w = torch.zeros(k, requires_grad=True)
     bias = torch.zeros(k, requires_grad=True)
     opt = torch.optim.LBFGS([log_w, bias], lr=0.1, max_iter=500, line_search_fn="strong_wolfe")
 
@@ -128,7 +128,7 @@ def _fit_affine(logits: torch.Tensor, labels: torch.Tensor, per_class: bool) -> 
         return loss
 
     opt.step(closure)
-    w = log_w.exp().detach().expand(k)
+    w = log_w.exp().detach()
     b = bias.detach() - bias.detach().mean()  # only differences matter to softmax
     return [float(v) for v in w], [float(v) for v in b]
 
@@ -172,7 +172,7 @@ def _fit_temperature_scaling(logits: torch.Tensor, labels: torch.Tensor) -> Cali
 
 
 def _fit_vector_scaling(logits: torch.Tensor, labels: torch.Tensor) -> Calibrator:
-    scale, bias = _fit_affine(logits, labels, per_class=True)
+    scale, bias = _fit_affine(logits, labels)
     return Calibrator("vector scaling", tuple(scale), tuple(bias))
 
 

@@ -149,6 +149,7 @@ def test_a_researcher_reveals_the_raw_output_on_purpose_and_it_is_logged(app_hom
     _abstains(at, "modality CT")
     next(t for t in at.toggle if "raw output" in t.label).set_value(True).run()
     assert not at.exception and "Raw output outside the model's scope" in at.error[0].value
+    assert any("does not look like the chest X-rays" in w.value for w in at.warning)  # the CT is OOD too
     assert at.metric[0].label.startswith("Calibrated probability")
     from engine.store import open_store
 

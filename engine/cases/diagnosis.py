@@ -14,7 +14,7 @@ from engine.errors import EngineError, InvalidReview, UnknownCase
 from engine.inference.classify import Classifier, Prediction
 from engine.models.catalog import active_model, find_model
 from engine.models.checkpoint import load_model
-from engine.models.scope import ANALYSED, Scope, Verdict
+from engine.models.scope import ANALYSED, Scope, Verdict, shown_as_logged
 from engine.store import Store, utc_now
 
 __all__ = ["load_classifier", "CaseResult", "judge", "raw_output", "scope_of", "VERDICTS", "diagnose_image",
@@ -161,16 +161,13 @@ def case_history(store: Store, case_id: int) -> dict[str, list[dict]]:
     """Every prediction (newest first, by model version) and every review of a case."""
     with store.read() as db:
         predictions = list(db.query(
-            "SELECT id, created_at, CASE WHEN status = 'not_analysed' THEN 'not analysed: outside what this model "
-            "was trained on (' || status_reason || ')' ELSE label END AS label, "
-            "CASE WHEN status = 'not_analysed' THEN NULL ELSE probability END AS probability, "
-            "uncertainty, uncertainty_method, ood_score, ood_flag, "
-            "model_name, model_version, substr(weights_sha256, 1, 12) AS weights, latency_ms, actor "
-            "FROM predictions WHERE case_id = ? ORDER BY id DESC", [case_id]))
+            "SELECT id, created_at, status, status_reason, label, probability, uncertainty, uncertainty_method, "
+            "ood_score, ood_flag, model_name, model_version, substr(weights_sha256, 1, 12) AS weights, latency_ms, "
+            "actor FROM predictions WHERE case_id = ? ORDER BY id DESC", [case_id]))
         reviews = list(db.query(
             "SELECT id, created_at, reviewer, verdict, label, comment, prediction_id "
             "FROM reviews WHERE case_id = ? ORDER BY id DESC", [case_id]))
-    return {"predictions": predictions, "reviews": reviews}
+    return {"predictions": [shown_as_logged(p, "label", ("probability",)) for p in predictions], "reviews": reviews}
 
 
 def unreviewed_cases(store: Store) -> list[int]:

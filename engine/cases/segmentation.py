@@ -29,7 +29,7 @@ from engine.io.study import Spacing
 from engine.models.catalog import active_model, find_model
 from engine.models.checkpoint import load_model
 from engine.models.preprocess import model_view
-from engine.models.scope import ANALYSED, Scope, Verdict
+from engine.models.scope import ANALYSED, Scope, Verdict, shown_as_logged
 from engine.store import Store, utc_now
 
 __all__ = ["CaseSegmentation", "raw_segmentation", "load_segmenter", "case_spacing", "segment_case_image",
@@ -142,14 +142,13 @@ def export_seg(ctx: Context, image: dict, done: CaseSegmentation, segmenter: Seg
 
 def segmentation_history(store: Store, case_id: int) -> list[dict]:
     with store.read() as db:
-        return list(db.query(
+        rows = list(db.query(
             "SELECT id, created_at, model_name, model_version, substr(weights_sha256, 1, 12) AS weights, "
-            "CASE WHEN status = 'not_analysed' THEN 'not analysed: outside what this model was trained on (' || "
-            "status_reason || ')' ELSE 'analysed' END AS status, "
-            "CASE WHEN status = 'not_analysed' THEN NULL ELSE round(circumference, 1) END AS circumference, "
-            "CASE WHEN status = 'not_analysed' THEN NULL ELSE round(area, 0) END AS area, unit, spacing_source, "
+            "status, status_reason, round(circumference, 1) AS circumference, round(area, 0) AS area, unit, "
+            "spacing_source, "
             "round(dice, 4) AS dice, round(hd95, 2) AS hd95, round(latency_ms, 0) AS latency_ms, actor "
             "FROM segmentations WHERE case_id = ? ORDER BY id DESC", [case_id]))
+    return [shown_as_logged(r, "status", ("circumference", "area")) for r in rows]
 
 
 def mask_png(mask: np.ndarray) -> bytes:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Scope", "Verdict", "ANALYSED", "NOT_ANALYSED", "UNKNOWN_MODALITY", "abstention_text", "SCOPES",
-           "DATASET_SCOPES"]
+__all__ = ["Scope", "Verdict", "ANALYSED", "NOT_ANALYSED", "UNKNOWN_MODALITY", "abstention_text", "shown_as_logged",
+           "SCOPES", "DATASET_SCOPES"]
 
 ANALYSED, NOT_ANALYSED = "analysed", "not_analysed"  # the `status` of a logged result
 UNKNOWN_MODALITY = ("", "OT")  # what a file without a DICOM header is given at ingest
@@ -22,6 +22,15 @@ UNKNOWN_MODALITY = ("", "OT")  # what a file without a DICOM header is given at 
 def abstention_text(reason: str) -> str:
     """What every surface (page, CLI, case log, exports) says instead of a result."""
     return f"not analysed: outside what this model was trained on ({reason})"
+
+
+def shown_as_logged(row: dict, text_key: str, result_keys: tuple[str, ...]) -> dict:
+    """A logged result row as the case history shows it: an abstention's `text_key` becomes the abstention
+    text and its `result_keys` (probability, measurement) are blanked; status and reason columns go."""
+    verdict = Verdict(row.pop("status"), row.pop("status_reason"))
+    if verdict.analysed:
+        return {**row, text_key: row.get(text_key, verdict.text)}
+    return {**row, text_key: verdict.text, **dict.fromkeys(result_keys)}
 
 
 @dataclass(frozen=True)
