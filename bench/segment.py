@@ -115,7 +115,7 @@ def latency(args) -> None:
         rows = [r for r in csv.DictReader(f) if r["split"] == "test"][:24]
     grays = [cv2.imread(str(config.data_dir / "hc18" / r["image"]), cv2.IMREAD_GRAYSCALE) for r in rows]
     spacing = with_spacing(float(rows[0]["pixel_size_mm"]), "manifest")
-    size = loaded.preprocessing.size
+    rows_px, cols_px = loaded.preprocessing.shape
     lraspp = create_model("lraspp_mobilenet_v3_large").eval()
 
     def forward(model):
@@ -130,7 +130,7 @@ def latency(args) -> None:
         "lraspp_forward_ms_untrained_reference": _median_ms(forward(lraspp), grays, args.repeats),
         "region_explanation_gradcam_ms": _median_ms(lambda g: segmenter.explain(g, "gradcam"), grays[:8], 1),
     }
-    report("segment_latency", {"threads": args.threads, "input": f"{size}x{size}", "images": len(grays),
+    report("segment_latency", {"threads": args.threads, "input": f"{cols_px}x{rows_px}", "images": len(grays),
                                "repeats": args.repeats, "device": "cpu", **figures,
                                "command": f"python -m bench.segment latency --threads {args.threads}"})
 

@@ -46,11 +46,13 @@ def job_form(ctx: Context) -> TrainingRequest | None:
         data_path = c3.text_input("Folder (dataset 'folder' only)", placeholder="my-set (manifest.csv)", max_chars=500,
                                   help="A folder under RADLENS_HOME/datasets (a name is enough) or under the "
                                        "datasets folder, RADLENS_DATA_DIR; no other path on the server")
-        c1, c2, c3, c4 = st.columns(4)
-        size = c1.number_input("Image size (px)", 16, 1024, defaults.size, 16)
-        epochs = c2.number_input("Epochs", 1, 500, defaults.epochs)
-        batch = c3.number_input("Batch size", 2, 1024, defaults.batch_size)
-        lr = c4.number_input("Learning rate", 1e-6, 1.0, TrainConfig.lr, format="%.0e")
+        c1, c2, c3, c4, c5 = st.columns(5)
+        size = c1.number_input("Input width (px)", 16, 1024, defaults.size, 16)
+        height = c2.number_input("Input height (px)", 0, 1024, defaults.height or 0, 16,
+                                 help="0: square (the width). Images are resized to width x height")
+        epochs = c3.number_input("Epochs", 1, 500, defaults.epochs)
+        batch = c4.number_input("Batch size", 2, 1024, defaults.batch_size)
+        lr = c5.number_input("Learning rate", 1e-6, 1.0, TrainConfig.lr, format="%.0e")
         c1, c2, c3, c4 = st.columns(4)
         augment = c1.toggle("Augmentation", value=True, help="The task's standard augmentation (see the card)")
         balance = c2.selectbox("Class balancing", ["weights", "none"], disabled=not task.class_balancing,
@@ -77,7 +79,8 @@ def job_form(ctx: Context) -> TrainingRequest | None:
         with_base = c2.toggle("... mixed with the dataset's training split", value=True, disabled=not reviews)
         if not st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:"):
             return None
-    config = TrainConfig(dataset=dataset, model=arch, size=int(size), epochs=int(epochs), batch_size=int(batch),
+    config = TrainConfig(dataset=dataset, model=arch, size=int(size), height=int(height) or None,
+                         epochs=int(epochs), batch_size=int(batch),
                          lr=float(lr), augment=augment, balance=balance, device=device, precision=precision,
                          label_smoothing=float(smoothing), folds=int(folds), boundary_loss=float(boundary),
                          data_path=Path(data_path.strip()) if data_path.strip() else None)

@@ -273,7 +273,7 @@ def test_training_job_started_in_the_browser_draws_live_curves(server, tmp_path)
             page.locator('[data-testid="stSelectbox"]').filter(has_text="Dataset").click()
             page.get_by_role("option", name="folder").click()
             page.get_by_label("Folder (dataset 'folder' only)", exact=True).fill(str(folder))
-            for label, value in (("Image size (px)", "48"), ("Epochs", "40"), ("Batch size", "8")):
+            for label, value in (("Input width (px)", "48"), ("Epochs", "40"), ("Batch size", "8")):
                 page.get_by_label(label).fill(value)
             page.get_by_role("button", name="Start training").click()
             first = _wait_for_points(page, "val auc", 0)  # the fragment refreshes by itself: no reload

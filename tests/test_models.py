@@ -21,6 +21,7 @@ from engine.metrics import (
     threshold_for_specificity,
 )
 from engine.models import cam_layer, create_model, list_models, load_model
+from engine.models.preprocess import Preprocessing
 from engine.models.registry import imagenet_path
 from tests.conftest import make_model_file
 
@@ -77,6 +78,17 @@ def test_checkpoint_round_trip_keeps_weights_card_and_extras(tmp_path, half):
     assert loaded.preprocessing.size == 64 and loaded.preprocessing.mean == 0.3
     assert loaded.extras["ood_precision"].shape == (512, 512)
     assert (tmp_path / "m.json").is_file() and not list(tmp_path.glob(".*tmp"))
+
+
+def test_a_non_square_input_resizes_to_width_by_height_and_old_cards_stay_square():
+    prep = Preprocessing(size=64, mean=0.3, std=0.2, height=48)
+    gray = np.random.default_rng(0).integers(0, 256, (270, 400), dtype=np.uint8)
+    x = prep(gray)
+    expected = (cv2.resize(gray, (64, 48), interpolation=cv2.INTER_AREA) / 255 - 0.3) / 0.2
+    assert x.shape == (1, 1, 48, 64) and np.allclose(x[0, 0].numpy(), expected, atol=1e-5)
+    assert Preprocessing.from_dict(prep.to_dict()) == prep and "64x48" in prep.summary()
+    square = Preprocessing.from_dict({"size": 224, "mean": 0.5, "std": 0.25, "resize": "cv2-area"})
+    assert square.shape == (224, 224) and "height" not in square.to_dict()
 
 
 def test_a_corrupt_weights_file_is_a_named_error(tmp_path):

@@ -285,7 +285,7 @@ def test_training_page_starts_a_job_from_the_form_and_cancels_it(app_home, tmp_p
     assert at.title[0].value == "Training" and "No training job yet" in at.info[0].value
     _widget(at.selectbox, "Dataset").set_value("folder")
     _widget(at.text_input, "Folder (dataset 'folder' only)").set_value(str(folder))
-    _widget(at.number_input, "Image size (px)").set_value(48)
+    _widget(at.number_input, "Input width (px)").set_value(48)
     _widget(at.number_input, "Epochs").set_value(50)
     _widget(at.number_input, "Batch size").set_value(8)
     _widget(at.button, "Start training").click().run()

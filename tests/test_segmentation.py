@@ -219,10 +219,10 @@ def test_region_explanation_is_a_map_and_leaves_no_hooks(segmenter):
     gray = cv2.imread(str(DATA_DIR / "hc18" / _hc18_rows()[0]["image"]), cv2.IMREAD_GRAYSCALE)
     for method in ("gradcam", "eigencam"):
         cam = segmenter.explain(gray, method)
-        size = segmenter.loaded.preprocessing.size
-        assert cam.shape == (size, size) and 0 <= cam.min() and cam.max() <= 1 and cam.max() > 0.5
+        shape = segmenter.loaded.preprocessing.shape
+        assert cam.shape == shape and 0 <= cam.min() and cam.max() <= 1 and cam.max() > 0.5
     d = segmenter.disagreement(gray)  # the page's uncertainty map: image vs mirror image
-    assert d.shape == (size, size) and 0 <= d.min() and d.max() <= 1 and d.mean() < 0.1
+    assert d.shape == shape and 0 <= d.min() and d.max() <= 1 and d.mean() < 0.1
     hooks = [m for m in segmenter.model.modules() if m._forward_hooks or m._backward_hooks]
     assert not hooks
     with head_only_backward(segmenter.layer):
@@ -319,7 +319,8 @@ def test_cli_segment_prints_json_writes_masks_and_a_broken_file_fails_alone(tmp_
 @needs_data
 @pytest.mark.parametrize("arch", list_models("segmentation"))
 def test_segmentation_training_writes_a_card_and_resumes(tmp_path, monkeypatch, arch):
-    """Every segmentation architecture trains through the same program and runs in the Segmenter."""
+    """Every segmentation architecture trains through the same program and runs in the Segmenter, here on a
+    non-square input (HC18's frames are 400 x 270: `--height` keeps their aspect)."""
     from engine.train.run import cli
 
     monkeypatch.setenv("RADLENS_HOME", str(tmp_path / "home"))
@@ -336,7 +337,8 @@ def test_segmentation_training_writes_a_card_and_resumes(tmp_path, monkeypatch, 
         writer.writerows({**r, "image": str(DATA_DIR / "hc18" / r["image"]), "mask": str(DATA_DIR / "hc18" / r["mask"])}
                          for r in chosen)
     out = tmp_path / "run"
-    common = ["--dataset", "hc18", "--data-path", str(folder), "--model", arch, "--size", "64", "--batch-size", "4",
+    common = ["--dataset", "hc18", "--data-path", str(folder), "--model", arch, "--size", "64", "--height", "48",
+              "--batch-size", "4",
               "--output", str(out), "--name", "tiny-seg", "--threads", "2"]
     cli([*common, "--epochs", "1"])
     card = cli([*common, "--epochs", "2", "--resume"])
@@ -346,10 +348,12 @@ def test_segmentation_training_writes_a_card_and_resumes(tmp_path, monkeypatch, 
     assert {"dice", "hd95_mm", "hc_abs_error_mm"} <= set(card.metrics["test"])
     assert "best_val_dice" in card.training
     assert card.arch == arch and card.measurement["boundary_offset_px"] >= 0
+    assert card.preprocessing["size"] == 64 and card.preprocessing["height"] == 48
     segmenter = Segmenter(load_model(out / "tiny-seg.safetensors"))
+    assert segmenter.loaded.preprocessing.shape == (48, 64)
     gray = (np.arange(90 * 120) % 200).astype(np.uint8).reshape(90, 120)
     assert segmenter.segment(gray).mask.shape == (90, 120)
-    assert segmenter.explain(gray, "gradcam").shape == (64, 64)
+    assert segmenter.explain(gray, "gradcam").shape == (48, 64)
 
 
 def test_a_classifier_on_a_segmentation_dataset_is_refused(tmp_path, monkeypatch):

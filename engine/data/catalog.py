@@ -174,7 +174,7 @@ def _hc18(root: Path, prep: Preprocessing, only: tuple[str, ...]) -> Splits:
     for split in only:
         chosen = [r for r in rows if r["split"] == split]
         full = [cv2.imread(str(root / r["mask"]), cv2.IMREAD_GRAYSCALE) > 127 for r in chosen]
-        small = [cv2.resize(m.astype(np.float32), (prep.size, prep.size), interpolation=cv2.INTER_AREA) > 0.5
+        small = [cv2.resize(m.astype(np.float32), prep.shape[::-1], interpolation=cv2.INTER_AREA) > 0.5
                  for m in full]
         sets[split] = MaskSet(
             torch.stack([prep.resize_uint8(gray_of_file(root / r["image"])) for r in chosen]),

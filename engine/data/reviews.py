@@ -89,7 +89,7 @@ def add_reviews(splits: Splits, ctx: Context, ids: Iterable[int], prep: Preproce
     returns the card's record of exactly which reviews were used and which were left out, and why."""
     reviewed, left_out = reviewed_images(ctx.store, splits.label_names, ids)
     images = torch.stack([prep.resize_uint8(gray_of_file(ctx.config.home / r.path)) for r in reviewed]) if reviewed \
-        else torch.zeros((0, 1, prep.size, prep.size))
+        else torch.zeros((0, 1, *prep.shape))
     held_out = {split: splits.sets[split] for split in ("val", "test") if split in splits.sets}
     keep = torch.ones(len(reviewed), dtype=torch.bool)
     for split, data in held_out.items():

@@ -68,8 +68,8 @@ class Classifier:
         self.positive = loaded.labels.index(loaded.card.positive_label)
         self.lock = threading.Lock()  # also held by explanations: hooks live on the shared modules
         self._tta = v2.RandomAffine(degrees=5, translate=(0.03, 0.03), scale=(0.95, 1.05))
-        size = loaded.preprocessing.size
-        self.classify(np.zeros((size, size), np.uint8))  # warm-up: the first real case reports a true latency
+        # Warm-up: the first real case reports a true latency.
+        self.classify(np.zeros(loaded.preprocessing.shape, np.uint8))
 
     def choose(self, logits: torch.Tensor) -> int:
         p = self.calibrator.probabilities(logits)[self.positive]

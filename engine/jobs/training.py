@@ -47,7 +47,10 @@ class TrainConfig:
                       "dataset's", "resnet18", choices=list_models)
     data_path: Path | None = _opt("folder for --dataset folder (manifest.csv or split/label/files)", type=Path)
     pretrained: bool = _opt("start from ImageNet weights in the local torch cache", False)
-    size: int | None = _opt("square input size in pixels (default: the task's)", type=int)
+    size: int | None = _opt("input size in pixels: the side of a square input, or its width when --height is "
+                            "given (default: the task's)", type=int)
+    height: int | None = _opt("input height in pixels, for a model trained on images of one aspect (default: "
+                              "square)", type=int)
     epochs: int | None = _opt("most epochs to train (default: the task's)", type=int)
     patience: int = _opt("stop after this many epochs without a better validation score (AUC for "
                          "classification, Dice for segmentation)", 8, type=int)
@@ -97,10 +100,12 @@ class TrainConfig:
                            f"{DATASETS[self.dataset].task}: choose a {self.task} dataset or another architecture")
         defaults = get_task(self.task).defaults
         done = dataclasses.replace(
-            self, size=self.size or defaults.size, epochs=self.epochs or defaults.epochs,
+            self, size=self.size or defaults.size, height=self.height if self.size else self.height or defaults.height,
+            epochs=self.epochs or defaults.epochs,
             batch_size=self.batch_size or defaults.batch_size, name=self.name or f"{self.dataset}-{self.model}")
         for label, value, low in (("epochs", done.epochs, 1), ("batch size", done.batch_size, 2),
-                                  ("image size", done.size, 16), ("patience", done.patience, 1)):
+                                  ("image size", done.size, 16), ("image height", done.height or 16, 16),
+                                  ("patience", done.patience, 1)):
             if value < low:
                 raise JobError(f"{label} must be at least {low} (got {value})")
         if done.folds and (done.folds < 3 or not get_task(done.task).cross_validates):

@@ -26,9 +26,10 @@ class Scored:
 class FormDefaults:
     """The training form's and the training program's starting values for this task."""
 
-    size: int  # square input size in pixels
+    size: int  # input width in pixels (and height when `height` is None)
     batch_size: int
     epochs: int
+    height: int | None = None  # input height in pixels; None: square
 
 
 @dataclass(frozen=True)

@@ -156,15 +156,15 @@ def _load_data(run: _Run) -> None:
     if run.job:
         run.job.phase("loading data")
     # Normalisation statistics come from the training split at the model's input size.
-    run.splits = load_dataset(cfg.dataset, Preprocessing(size=cfg.size), run.ctx.config.data_dir, cfg.data_path)
+    shape = Preprocessing(size=cfg.size, height=cfg.height)
+    run.splits = load_dataset(cfg.dataset, shape, run.ctx.config.data_dir, cfg.data_path)
     run.base = load_model(cfg.init_from) if cfg.init_from else None
     if cfg.review_ids:
-        run.reviews = add_reviews(run.splits, run.ctx, cfg.review_ids, Preprocessing(size=cfg.size),
-                                  not cfg.reviews_only)
+        run.reviews = add_reviews(run.splits, run.ctx, cfg.review_ids, shape, not cfg.reviews_only)
     train = run.splits.sets["train"]
-    run.prep = (Preprocessing(size=cfg.size, mean=run.base.preprocessing.mean, std=run.base.preprocessing.std)
-                if run.base else Preprocessing(size=cfg.size, mean=round(float(train.images.mean()), 4),
-                                               std=round(float(train.images.std()), 4)))
+    stats = run.base.preprocessing if run.base else None
+    run.prep = dataclasses.replace(shape, mean=stats.mean if stats else round(float(train.images.mean()), 4),
+                                   std=stats.std if stats else round(float(train.images.std()), 4))
     if len(run.splits.label_names) != 2:  # the card's metrics, threshold and calibration need two classes
         raise DatasetError(f"the training program handles two labels (negative, positive); got "
                            f"{run.splits.label_names}")
