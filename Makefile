@@ -32,12 +32,17 @@ run: $(RUNTIME_STAMP)
 	$(PY) -m engine init
 	$(PY) -m dashboard.serve
 
-# Debian tools the tests use: chromium (real-browser tests) and dicom3tools (dciodvfy, DICOM conformance).
-# Installed when missing and we are root; otherwise those tests skip and say why.
-DEBIAN_TOOLS := chromium:chromium dciodvfy:dicom3tools
+# Debian tools the tests use: chromium (real-browser tests), dicom3tools (dciodvfy, DICOM conformance) and
+# Orthanc with its DICOMweb plugin (the real PACS of tests/test_pacs.py). Each entry is what must exist (a
+# command, or a file when it starts with /) and its package. Installed when missing and we are root;
+# otherwise those tests skip and say why.
+DEBIAN_TOOLS := chromium:chromium dciodvfy:dicom3tools Orthanc:orthanc \
+	/usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb
 debian-tools:
 	@missing=""; for pair in $(DEBIAN_TOOLS); do \
-		command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; done; \
+		need=$${pair%%:*}; \
+		case $$need in /*) [ -e $$need ] ;; *) command -v $$need >/dev/null 2>&1 ;; esac \
+			|| missing="$$missing $${pair##*:}"; done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing Debian$$missing for the tests"; \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \

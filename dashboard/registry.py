@@ -26,6 +26,7 @@ class PageSpec:
 PAGES = (
     PageSpec("pages/worklist.py", "Worklist", ":material/list_alt:", "worklist", "case.read"),
     PageSpec("pages/upload.py", "Upload", ":material/upload_file:", "upload", "case.upload"),
+    PageSpec("pages/pacs.py", "PACS", ":material/lan:", "pacs", "pacs.query"),
     PageSpec("pages/viewer.py", "Viewer", ":material/radiology:", "viewer", "case.read"),
     PageSpec("pages/diagnosis.py", "Diagnosis", ":material/diagnosis:", "diagnosis", "case.analyse"),
     PageSpec("pages/segmentation.py", "Segmentation", ":material/donut_large:", "segmentation", "case.analyse"),

@@ -1,11 +1,14 @@
 """`make run`: start the dashboard the safe way. Checks the settings first (RADLENS_AUTH=none is refused unless
 the server listens on loopback only), then runs Streamlit on RADLENS_ADDRESS:RADLENS_PORT (127.0.0.1:8501 by
 default) with XSRF protection, a Host allow-list against DNS rebinding, the engine's upload limit, and no usage
-statistics. Run: python -m dashboard.serve"""
+statistics; beside it, the DICOM listener (`python -m engine listen`: AE title RADLENS_AE_TITLE on
+RADLENS_DICOM_ADDRESS:RADLENS_DICOM_PORT, 127.0.0.1:11112 by default; RADLENS_DICOM_PORT=0 turns it off), which
+stops when the dashboard does. Run: python -m dashboard.serve"""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -40,6 +43,17 @@ def streamlit_argv(config: Config, env: dict[str, str]) -> list[str]:
     return argv
 
 
+def start_listener(config: Config, env: dict[str, str]) -> str:
+    """Start the DICOM listener as a child that exits with this process (it watches its parent); returns what
+    the terminal says about it."""
+    dicom = config.dicom
+    if not dicom.port:
+        return "DICOM listener off (RADLENS_DICOM_PORT=0)"
+    subprocess.Popen([sys.executable, "-m", "engine", "listen", "--parent", str(os.getpid())], cwd=ROOT, env=env,
+                     stdin=subprocess.DEVNULL)
+    return f"DICOM listener: AE title {dicom.ae_title} on {dicom.address}:{dicom.port}"
+
+
 def main() -> int:
     env = dict(os.environ)
     try:
@@ -49,7 +63,8 @@ def main() -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     where = f"http://{config.auth.address}:{config.auth.port}"
-    print(f"RadLens on {where} (sign-in: {config.auth.mode}); stop with Ctrl+C", flush=True)
+    print(f"RadLens on {where} (sign-in: {config.auth.mode}); {start_listener(config, env)}; stop with Ctrl+C",
+          flush=True)
     os.execv(sys.executable, argv)
     return 0  # not reached
 

@@ -16,3 +16,5 @@ SIGN_IN_NOTE = "radlens.sign_in_note"  # why the user is looking at the sign-in 
 VIEWED = "radlens.viewed"  # cases whose view is already in the audit trail this sitting
 CONFIRM = "radlens.models.confirm"  # the promotion / roll back awaiting confirmation
 USER = "radlens.user"  # the User the login gate let in on this run
+PACS_MATCHES = "radlens.pacs.matches"  # (node, via, [StudyMatch]) of the last search: PHI, this session only
+PACS_ECHO = "radlens.pacs.echo"  # {node name: EchoReport} of the connection tests this session

@@ -21,6 +21,7 @@ from engine.errors import EngineError
 from engine.identity import commands as identity_commands
 from engine.io.study import Window
 from engine.keys import secret_key
+from engine.pacs import commands as pacs_commands
 
 
 def _init(args, ctx: Context) -> int:
@@ -220,11 +221,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     audit.add_argument("--run", type=int, help="execute an audit the dashboard queued (its id)")
     audit.add_argument("--json", action="store_true", help="print the summary as JSON")
     identity_commands.add_parsers(sub)
+    pacs_commands.add_parsers(sub)
     return parser
 
 
 COMMANDS = {"init": _init, "ingest": _ingest, "render": _render, "classify": _classify, "segment": _segment,
-            "audit": _audit, **identity_commands.COMMANDS}
+            "audit": _audit, **identity_commands.COMMANDS, **pacs_commands.COMMANDS}
 
 
 # C0/C1 control characters (ESC starts terminal escape sequences) and bidirectional overrides: a value from

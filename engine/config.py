@@ -10,7 +10,7 @@ from pathlib import Path
 
 from engine.errors import ConfigError, TooLarge
 
-__all__ = ["Limits", "AuthSettings", "Config", "AUTH_MODES", "is_loopback"]
+__all__ = ["Limits", "AuthSettings", "DicomSettings", "Config", "AUTH_MODES", "is_loopback"]
 
 AUTH_MODES = ("local", "oidc", "none")
 
@@ -110,6 +110,33 @@ class AuthSettings:
         return settings
 
 
+@dataclass(frozen=True)
+class DicomSettings:
+    """RadLens as a DICOM node: the listener (C-STORE SCP) and the calling AE title of its queries."""
+
+    ae_title: str = "RADLENS"  # what PACS nodes know RadLens as (their modality entry for C-MOVE)
+    address: str = "127.0.0.1"  # where the listener accepts associations
+    port: int = 11112  # the listener's port (`make run` starts it; `python -m engine listen` alone)
+    quiet_seconds: float = 5.0  # a series is complete when no instance of it arrived for this long
+    timeout_seconds: float = 30.0  # network timeout of every PACS request (connect, DIMSE, HTTP)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> DicomSettings:
+        try:
+            settings = cls(ae_title=env.get("RADLENS_AE_TITLE", cls.ae_title).strip(),
+                           address=env.get("RADLENS_DICOM_ADDRESS", cls.address),
+                           port=int(env.get("RADLENS_DICOM_PORT", cls.port)),
+                           quiet_seconds=float(env.get("RADLENS_DICOM_QUIET_S", cls.quiet_seconds)),
+                           timeout_seconds=float(env.get("RADLENS_PACS_TIMEOUT_S", cls.timeout_seconds)))
+        except ValueError as exc:
+            raise ConfigError(f"a DICOM setting (RADLENS_DICOM_PORT, RADLENS_DICOM_QUIET_S, RADLENS_PACS_TIMEOUT_S) "
+                              f"is not a number: {exc}") from None
+        if not 0 < len(settings.ae_title) <= 16 or not settings.ae_title.isascii() or "\\" in settings.ae_title:
+            raise ConfigError(f"RADLENS_AE_TITLE must be 1-16 ASCII characters without a backslash "
+                              f"(got {settings.ae_title!r})")
+        return settings
+
+
 def _login_name() -> str:
     try:
         return getpass.getuser()
@@ -127,6 +154,7 @@ class Config:
     user: str = field(default_factory=lambda: f"cli:{_login_name()}")
     limits: Limits = field(default_factory=Limits)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    dicom: DicomSettings = field(default_factory=DicomSettings)
 
     @property
     def db_path(self) -> Path:
@@ -158,4 +186,5 @@ class Config:
             user=env.get("RADLENS_USER") or f"cli:{_login_name()}",
             limits=limits,
             auth=AuthSettings.from_env(env),
+            dicom=DicomSettings.from_env(env),
         )

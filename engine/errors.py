@@ -184,6 +184,14 @@ class JobError(EngineError):
     """A training job does not exist or cannot make that transition (e.g. resuming a finished job)."""
 
 
+class PacsError(EngineError):
+    """A PACS could not be reached or refused the request; the message says which and what to check."""
+
+
+class UnknownNode(EngineError):
+    """No PACS node of that name is configured."""
+
+
 class DiskFull(EngineError):
     """A write failed because the disk (or the user's quota) is full; nothing half-written was kept."""
 

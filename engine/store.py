@@ -238,6 +238,18 @@ def _m009_abstention(db: Database) -> None:
                "' (logged before abstention)' WHERE ood_flag = 1")
 
 
+def _m010_pacs(db: Database) -> None:
+    """PACS nodes (addresses only: their credentials live outside the database, engine.pacs.nodes) and the
+    studies that arrived from a PACS (pulled or pushed), waiting for their quiet period before routing."""
+    db["pacs_nodes"].create({"name": str, "dicomweb_url": str, "ae_title": str, "host": str, "port": int,
+                             "updated_at": str}, pk="name", not_null={"name"})
+    db["arrivals"].create({"id": int, "case_id": int, "origin": str, "instances": int, "first_at": str,
+                           "last_at": str, "last_seen": float, "routed_at": str, "job_id": int},
+                          pk="id", foreign_keys=[("case_id", "cases")])
+    db["arrivals"].create_index(["case_id"], unique=True)
+    db["arrivals"].create_index(["routed_at"])
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (1, "initial schema", _m001_initial),
     (2, "prediction provenance", _m002_prediction_provenance),
@@ -248,6 +260,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (7, "identity and a sealed audit trail", _m007_identity),
     (8, "pseudonym key outside the database; jobs known by pid and start time", _m008_hardening),
     (9, "results are analysed or not analysed (outside the model's scope)", _m009_abstention),
+    (10, "PACS nodes and arrivals", _m010_pacs),
 )
 _AUDIT_HEAD = "audit_head"
 

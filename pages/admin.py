@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import admin_widgets, resources, widgets
+from dashboard import admin_widgets, links, resources, widgets
 from dashboard.text import md, plain
 from engine.identity.accounts import add_account, list_accounts, reset_password, set_disabled, set_role
 from engine.identity.sessions import list_sessions, revoke_session
@@ -10,6 +10,7 @@ from engine.identity.trail import audit_actions, read_audit_log, verify_audit_lo
 
 ctx = resources.context()
 st.title("Administration")
+links.page_link("pacs", label="PACS nodes and the routing of arriving studies", icon=":material/lan:")
 CHANGES = {
     "Set role": lambda name, v: set_role(ctx, name, v["role"]),
     "Disable": lambda name, v: set_disabled(ctx, name, True),

@@ -23,6 +23,7 @@ LAYERS = (
     ("engine.tasks",),
     ("engine.jobs",),
     ("engine.cases",),
+    ("engine.pacs",),
     ("engine.train",),
     ("engine.__main__",),
     ("dashboard",),
@@ -31,6 +32,7 @@ LAYERS = (
 FORBIDDEN = {
     "engine.inference": ("engine.store", "engine.cases", "engine.jobs"),
     "engine.cases": ("engine.train",),
+    "engine.pacs": ("engine.train",),
     "dashboard": ("engine.train",),
     "pages": ("engine.train",),
 }

@@ -19,10 +19,10 @@ from engine.identity.accounts import (
 )
 from engine.identity.trail import read_audit_log, verify_audit_log
 
-__all__ = ["add_parsers", "COMMANDS", "setup_hint"]
+__all__ = ["add_parsers", "COMMANDS", "setup_hint", "read_password"]
 
 
-def _password(args) -> str:
+def read_password(args) -> str:
     """From stdin with --password-stdin (scripts), else asked twice on the terminal; never an argument,
     so it cannot land in the shell history or the process list."""
     if args.password_stdin:
@@ -40,7 +40,7 @@ def _users(args, ctx: Context) -> int:
             print(f"{a.username:24} {a.role:11} {status:9} {a.display_name}")
         return 0
     if args.action == "add":
-        account = add_account(ctx, args.username, _password(args), args.role or "clinician", args.name or "")
+        account = add_account(ctx, args.username, read_password(args), args.role or "clinician", args.name or "")
         print(f"added {account.username} ({account.role})")
     elif args.action == "set-role":
         set_role(ctx, args.username, args.role or "")
@@ -49,7 +49,7 @@ def _users(args, ctx: Context) -> int:
         set_disabled(ctx, args.username, args.action == "disable")
         print(f"{args.username} {args.action}d")
     elif args.action == "reset-password":
-        reset_password(ctx, args.username, _password(args))
+        reset_password(ctx, args.username, read_password(args))
         print(f"password of {args.username} reset; their sessions were ended")
     return 0
 

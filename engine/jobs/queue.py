@@ -93,6 +93,8 @@ KINDS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("train", "Training", _train_argv, "one running training job per device"),
     JobKind("audit", "Heatmap audit", lambda job: ["-m", "engine", "audit", "--run", str(job.id)],
             "one running audit per device"),
+    JobKind("analyse", "Analysis of PACS arrivals", lambda job: ["-m", "engine", "analyse", "--run", str(job.id)],
+            "one running analysis per device"),
 )}
 
 

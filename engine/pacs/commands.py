@@ -1,0 +1,173 @@
+"""`python -m engine pacs ...`, `python -m engine listen` and `python -m engine analyse`: PACS nodes, echo,
+find, pull and routing from the shell, the DICOM listener alone, and the analysis job's program."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import tempfile
+from dataclasses import asdict
+
+from engine.context import Context, User
+from engine.errors import InvalidOption
+from engine.identity.commands import read_password
+from engine.keys import private_dir
+from engine.pacs.client import VIAS, StudyQuery
+from engine.pacs.nodes import PacsNode, list_nodes, remove_node, save_credentials, save_node
+from engine.pacs.routing import routing, run_analysis, set_routing
+from engine.pacs.studies import pull, search, test_connection
+
+__all__ = ["add_parsers", "COMMANDS"]
+
+
+def _add(args, ctx: Context) -> int:
+    node = save_node(ctx, PacsNode(args.name, args.url or "", args.ae or "", args.host or "", args.port or 0))
+    if args.username:
+        save_credentials(ctx, node.name, args.username, read_password(args))
+    ways = ([f"DICOMweb {node.dicomweb_url}"] if node.web else []) + \
+        ([f"DIMSE {node.ae_title}@{node.host}:{node.port}"] if node.dimse else [])
+    print(f"saved {node.name}: {' and '.join(ways)}")
+    return 0
+
+
+def _list(args, ctx: Context) -> int:
+    for node in list_nodes(ctx.store):
+        print(json.dumps(asdict(node)) if args.json else
+              f"{node.name:16} {node.dicomweb_url or '-':40} {node.ae_title or '-':16} "
+              f"{f'{node.host}:{node.port}' if node.dimse else '-'}")
+    return 0
+
+
+def _echo(args, ctx: Context) -> int:
+    report = test_connection(ctx, args.node)
+    for via, result in report.results.items():
+        print(f"{via:9} {result}")
+    return 0 if report.ok else 1
+
+
+def _find(args, ctx: Context) -> int:
+    query = StudyQuery(args.date_from or "", args.date_to or "", args.modality or "", args.accession or "",
+                       args.patient_id or "", args.patient_name or "", args.limit)
+    matches = search(ctx, args.node, query, args.via)
+    for m in matches:
+        print(json.dumps(asdict(m)) if args.json else
+              f"{m.study_date:8}  {m.modalities:8}  {m.patient_name[:24]:24}  {m.patient_id[:16]:16}  "
+              f"{m.accession[:16]:16}  {m.description[:30]:30}  {m.study_uid}")
+    if not args.json:
+        print(f"{len(matches)} stud{'y' if len(matches) == 1 else 'ies'} (shown here only; nothing was stored)")
+    return 0
+
+
+def _pull(args, ctx: Context) -> int:
+    def progress(done: int, total: int | None, result) -> None:
+        if not args.json:
+            print(f"{done}/{total or '?'}  {result.status:9} {result.error or f'case {result.case_id}'}", flush=True)
+
+    report = pull(ctx, args.node, args.study, args.via, progress, args.series or "")
+    summary = {"node": report.node, "via": report.via, "instances": len(report.results), "landed": report.landed,
+               "failed": [r.error for r in report.results if not r.ok], "cases": report.case_ids,
+               "analysis_job": report.job_id, "error": report.error}
+    print(json.dumps(summary) if args.json else
+          f"{report.landed} of {len(report.results)} instances landed in case(s) {report.case_ids}; "
+          + (f"analysis job {report.job_id} queued" if report.job_id else "no model applies: stored, not analysed")
+          + (f"; stopped early: {report.error}" if report.error else ""))
+    return 1 if report.error or report.landed < len(report.results) else 0
+
+
+def _remove(args, ctx: Context) -> int:
+    remove_node(ctx, args.name)
+    print(f"removed {args.name}")
+    return 0
+
+
+def _routing(args, ctx: Context) -> int:
+    if args.task:
+        if args.state is None:
+            raise InvalidOption("pacs routing TASK needs on or off")
+        set_routing(ctx, args.task, args.state == "on")
+    for task, enabled in routing(ctx.store).items():
+        print(f"{task:16} {'on' if enabled else 'off'}")
+    return 0
+
+
+_ACTIONS = {"add": _add, "list": _list, "remove": _remove, "echo": _echo, "find": _find, "pull": _pull,
+            "routing": _routing}
+
+
+def _pacs(args, ctx: Context) -> int:
+    return _ACTIONS[args.action](args, ctx)
+
+
+def _listen(args, ctx: Context) -> int:
+    from engine.pacs.listener import Listener
+
+    # pynetdicom spools received datasets to temporary files: keep them in a private folder of RADLENS_HOME,
+    # and remove what a killed listener left there (raw pushed instances, not yet de-identified).
+    spool = private_dir(ctx.config.home / "spool")
+    for leftover in spool.iterdir():
+        leftover.unlink(missing_ok=True)
+    tempfile.tempdir = str(spool)
+    if ctx.config.dicom.port == 0 and args.port is None:
+        print("DICOM listener off (RADLENS_DICOM_PORT=0)")
+        return 0
+    # Audit rows of what arrives name the listener (and, in their detail, the AE title that pushed).
+    ctx = ctx.as_user(User(f"dicom-listener:{ctx.config.dicom.ae_title}", "DICOM listener", "system"))
+    listener = Listener(ctx).start(port=args.port)
+    signal.signal(signal.SIGTERM, lambda *_: listener.stop())
+    print(f"DICOM listener: AE title {ctx.config.dicom.ae_title} on {ctx.config.dicom.address}:{listener.port} "
+          f"(pushes accepted from configured PACS nodes only)", flush=True)
+    try:
+        listener.serve_until_parent_exits(args.parent)
+    except KeyboardInterrupt:
+        listener.stop()
+    return 0
+
+
+def _analyse(args, ctx: Context) -> int:
+    summary = run_analysis(ctx, args.run)
+    print(json.dumps(summary))
+    return 0
+
+
+def add_parsers(sub) -> None:
+    pacs = sub.add_parser("pacs", help="PACS nodes (add, list, remove), echo, find, pull, routing of arrivals")
+    actions = pacs.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="add or change a node (DICOMweb URL and/or AE title, host, port)")
+    add.add_argument("name")
+    add.add_argument("--url", help="DICOMweb root, e.g. http://pacs:8042/dicom-web")
+    add.add_argument("--ae", help="the PACS's AE title (DIMSE)")
+    add.add_argument("--host", help="DIMSE host")
+    add.add_argument("--port", type=int, help="DIMSE port")
+    add.add_argument("--username", help="DICOMweb user name; the password is read from stdin or asked")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin's first line")
+    listing = actions.add_parser("list", help="the configured nodes")
+    listing.add_argument("--json", action="store_true")
+    actions.add_parser("remove", help="remove a node and its credentials").add_argument("name")
+    actions.add_parser("echo", help="C-ECHO and a DICOMweb ping; says what is wrong").add_argument("node")
+    finder = actions.add_parser("find", help="search studies (the answers name patients: shown, never stored)")
+    finder.add_argument("node")
+    for flag, text in (("--date-from", "YYYYMMDD"), ("--date-to", "YYYYMMDD"), ("--modality", "e.g. CR"),
+                       ("--accession", "accession number"), ("--patient-id", "patient ID"),
+                       ("--patient-name", "e.g. DOE^J*")):
+        finder.add_argument(flag, help=text)
+    finder.add_argument("--limit", type=int, default=100)
+    puller = actions.add_parser("pull", help="retrieve a study into the store (de-identified) and route it")
+    puller.add_argument("node")
+    puller.add_argument("--study", required=True, help="Study Instance UID (from find)")
+    puller.add_argument("--series", help="only this Series Instance UID of the study")
+    for action in (finder, puller):
+        action.add_argument("--via", choices=VIAS, help="DICOMweb (QIDO/WADO) or DIMSE (C-FIND/C-GET); default: "
+                                                        "DICOMweb when the node has a URL")
+        action.add_argument("--json", action="store_true")
+    route = actions.add_parser("routing", help="show, or turn on/off, automatic analysis of arrivals per task")
+    route.add_argument("task", nargs="?")
+    route.add_argument("state", nargs="?", choices=["on", "off"])
+    listen = sub.add_parser("listen", help="run the DICOM listener (C-STORE SCP) in the foreground")
+    listen.add_argument("--port", type=int, help="default RADLENS_DICOM_PORT (11112)")
+    listen.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # `make run`: stop when the dashboard does
+    analyse = sub.add_parser("analyse", help="run a queued analysis job of PACS arrivals (the job queue's program)")
+    analyse.add_argument("--run", type=int, required=True, help="job id")
+
+
+COMMANDS = {"pacs": _pacs, "listen": _listen, "analyse": _analyse}

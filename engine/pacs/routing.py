@@ -1,0 +1,162 @@
+"""Which model analyses what arrives from a PACS, and the background analysis of arrivals.
+
+A task routes a study when routing is on for it (the default; an administrator can turn a task off) and
+the study's header lies inside its active model's scope (the card's modalities and body parts): CR/DX
+chest -> the classifier, US -> the fetal-head segmenter. A study no model applies to is stored and listed,
+not analysed. Arrivals are recorded per case; pushed studies are routed once no instance of them arrived
+for the quiet period (RADLENS_DICOM_QUIET_S), pulled ones as soon as the pull ends. Routed cases are
+analysed by an "analyse" job of the job machinery, never in the listener or the dashboard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from engine.context import Context
+from engine.errors import EngineError, JobError, UnknownModel, short_reason
+from engine.jobs.queue import claim_job, dispatch, fail_job, finish_job, submit, update_job
+from engine.models.catalog import active_model
+from engine.models.scope import Scope
+from engine.store import Store, utc_now
+from engine.tasks import task_names
+
+__all__ = ["routing", "set_routing", "route_descriptions", "routes_for", "note_arrival", "route_ready", "route_cases",
+           "run_analysis"]
+
+_SETTING = "pacs_routing"
+
+
+def routing(store: Store) -> dict[str, bool]:
+    """task -> whether arriving studies inside its active model's scope are analysed (default: yes)."""
+    saved = json.loads(store.setting(_SETTING) or "{}")
+    return {task: bool(saved.get(task, True)) for task in task_names()}
+
+
+def set_routing(ctx: Context, task: str, enabled: bool) -> None:
+    ctx.require("pacs.configure")
+    rules = {**routing(ctx.store), task: bool(enabled)}
+    if task not in task_names():
+        raise EngineError(f"unknown task {task!r}: use one of {', '.join(task_names())}")
+    with ctx.store.write() as db:
+        db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", [_SETTING, json.dumps(rules)])
+        ctx.audit(db, "pacs.routing", "task", task, {"enabled": bool(enabled)})
+
+
+def routes_for(ctx: Context, case: dict) -> list[str]:
+    """The tasks whose active model applies to this case's header (positively: an image whose header does
+    not name a modality the model was trained on is not routed to it)."""
+    tasks = []
+    for task, enabled in routing(ctx.store).items():
+        if not enabled:
+            continue
+        try:
+            scope = Scope.from_card(active_model(ctx, task).card)
+        except UnknownModel:
+            continue
+        modality = (case.get("modality") or "").strip().upper()
+        inside = (not scope.modalities or modality in scope.modalities)
+        if inside and scope.outside(modality, case.get("body_part") or "") is None:
+            tasks.append(task)
+    return tasks
+
+
+def note_arrival(ctx: Context, case_id: int, origin: str) -> None:
+    """One more instance of this case arrived (its quiet period starts again; a routed case routes again)."""
+    now = utc_now()
+    with ctx.store.write() as db:
+        updated = db.execute("UPDATE arrivals SET instances = instances + 1, origin = ?, last_at = ?, last_seen = ?, "
+                             "routed_at = NULL, job_id = NULL WHERE case_id = ?", [origin, now, time.time(), case_id])
+        if not updated.rowcount:
+            db["arrivals"].insert({"case_id": case_id, "origin": origin, "instances": 1, "first_at": now,
+                                   "last_at": now, "last_seen": time.time()})
+
+
+def route_ready(ctx: Context, quiet_seconds: float) -> int | None:
+    """Route every pushed arrival quiet for `quiet_seconds` (a pull routes its own study when it ends);
+    returns the analysis job's id, if one was needed."""
+    with ctx.store.read() as db:
+        ready = [r[0] for r in db.execute("SELECT case_id FROM arrivals WHERE routed_at IS NULL AND last_seen <= ? "
+                                          "AND origin LIKE 'pushed by %' ORDER BY case_id",
+                                          [time.time() - quiet_seconds])]
+    return route_cases(ctx, ready) if ready else None
+
+
+def route_cases(ctx: Context, case_ids: list[int]) -> int | None:
+    """Queue one analysis job for the cases some model applies to; mark every one routed (those no model
+    applies to stay stored and listed). Returns the job id, or None when nothing needed analysing."""
+    plan: dict[str, list[int]] = {}
+    with ctx.store.read() as db:
+        cases = {r["id"]: r for r in db.query(
+            f"SELECT id, modality, body_part FROM cases WHERE id IN ({','.join('?' * len(case_ids))})", case_ids)}
+    for case_id in case_ids:
+        for task in routes_for(ctx, cases.get(case_id, {})):
+            plan.setdefault(task, []).append(case_id)
+    job_id = submit(ctx, "analyse", task=",".join(plan), config={"plan": plan},
+                    detail={"cases": sum(map(len, plan.values())), "tasks": list(plan)}) if plan else None
+    with ctx.store.write() as db:
+        db.execute(f"UPDATE arrivals SET routed_at = ?, job_id = ? WHERE case_id IN "
+                   f"({','.join('?' * len(case_ids))})", [utc_now(), job_id, *case_ids])
+    return job_id
+
+
+def _classify(ctx: Context, case_ids: list[int], progress) -> dict[int, str]:
+    from engine.cases.diagnosis import diagnose_cases, load_classifier
+
+    _, failed = diagnose_cases(ctx, load_classifier(ctx), case_ids, progress)
+    return failed
+
+
+def _segment(ctx: Context, case_ids: list[int], progress) -> dict[int, str]:
+    from engine.cases.images import get_case
+    from engine.cases.segmentation import load_segmenter, segment_case_image
+
+    segmenter, failed = load_segmenter(ctx), {}
+    for n, case_id in enumerate(case_ids, 1):
+        try:
+            segment_case_image(ctx, segmenter, get_case(ctx.store, case_id)["images"][0])
+        except EngineError as error:
+            failed[case_id] = str(error)
+        progress(n, len(case_ids), f"case #{case_id}")
+    return failed
+
+
+_ANALYSES = {"classification": _classify, "segmentation": _segment}
+
+
+def run_analysis(ctx: Context, job_id: int) -> dict:
+    """Execute an analysis job in this process: each task's active model on its cases, progress on the row;
+    a case that cannot be analysed is reported with its reason and the others go on."""
+    try:
+        job = claim_job(ctx.store, job_id, os.getpid())
+        plan, failed, done = job.config["plan"], {}, 0
+        total = sum(map(len, plan.values()))
+
+        def progress(n: int, _total: int, label: str) -> None:
+            update_job(ctx.store, job_id, {"phase": f"analysing {label}", "done": done + n, "total": total})
+
+        try:
+            for task, case_ids in plan.items():
+                failed.update({f"{task} #{k}": v for k, v in _ANALYSES[task](ctx, case_ids, progress).items()})
+                done += len(case_ids)
+        except Exception as error:  # noqa: BLE001 - recorded on the row as one line, never lost
+            fail_job(ctx.store, job_id, short_reason(error))
+            raise JobError(f"analysis {job_id} failed: {short_reason(error)}") from error
+        summary = {"cases": total, "failed": len(failed), "reasons": dict(list(failed.items())[:20])}
+        finish_job(ctx.store, job_id, job.actor or ctx.actor, summary)
+        return summary
+    finally:
+        dispatch(ctx)
+
+
+def route_descriptions(ctx: Context) -> dict[str, str]:
+    """task -> what its active model analyses (the card's scope), for the routing form."""
+    out = {}
+    for task in task_names():
+        try:
+            model = active_model(ctx, task)
+        except UnknownModel:
+            continue
+        out[task] = f"{model.name} ({Scope.from_card(model.card).description})"
+    return out
