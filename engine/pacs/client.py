@@ -25,7 +25,7 @@ from engine.errors import PacsError
 from engine.pacs.nodes import PacsNode, credentials
 
 __all__ = ["StudyMatch", "StudyQuery", "EchoReport", "echo", "find", "instances", "fetch_dicomweb", "fetch_cget",
-           "VIAS", "choose_via", "received_bytes"]
+           "VIAS", "choose_via", "received_bytes", "count_instances"]
 
 VIAS = ("dicomweb", "dimse")  # how a node is asked: DICOMweb (QIDO/WADO) or DIMSE (C-FIND/C-GET)
 _DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -281,33 +281,53 @@ def echo(config: Config, node: PacsNode) -> EchoReport:
     return EchoReport(node.name, results)
 
 
-def _find_dimse(config: Config, node: PacsNode, query: StudyQuery) -> list[StudyMatch]:
+def _c_find(config: Config, node: PacsNode, identifier: Dataset) -> Iterator[Dataset]:
+    """The identifiers a C-FIND (study root) answers with; stop iterating to stop early."""
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FindModel
 
-    identifier = Dataset()
-    identifier.QueryRetrieveLevel = "STUDY"
-    keys = query.keys()
-    for keyword in _PHI_FIELDS:
-        setattr(identifier, keyword, keys.get(keyword, ""))
     ae = _ae(config)
     ae.add_requested_context(FindModel)
     assoc = _associate(config, node, ae)
-    matches = []
     try:
         for status, found in assoc.send_c_find(identifier, FindModel):
             if not status:
                 raise PacsError(f"{node.name}: the C-FIND timed out or the association was aborted")
             if status.Status in (0xFF00, 0xFF01) and found is not None:
-                matches.append(StudyMatch(*(_joined(found.get(k)) for k in _MATCH_KEYWORDS),
-                                          _int(found.get("NumberOfStudyRelatedSeries")),
-                                          _int(found.get("NumberOfStudyRelatedInstances"))))
-                if len(matches) >= query.limit:
-                    break
+                yield found
             elif status.Status not in (0x0000, 0xFF00, 0xFF01):
                 raise PacsError(f"{node.name}: C-FIND failed with status 0x{status.Status:04X}")
     finally:
         assoc.release()
+
+
+def _find_dimse(config: Config, node: PacsNode, query: StudyQuery) -> list[StudyMatch]:
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    keys = query.keys()
+    for keyword in _PHI_FIELDS:
+        setattr(identifier, keyword, keys.get(keyword, ""))
+    matches = []
+    for found in _c_find(config, node, identifier):
+        matches.append(StudyMatch(*(_joined(found.get(k)) for k in _MATCH_KEYWORDS),
+                                  _int(found.get("NumberOfStudyRelatedSeries")),
+                                  _int(found.get("NumberOfStudyRelatedInstances"))))
+        if len(matches) >= query.limit:
+            break
     return matches
+
+
+def count_instances(config: Config, node: PacsNode, study_uid: str, series_uid: str = "") -> int | None:
+    """How many instances the study (or series) has, by C-FIND; None when the PACS does not say."""
+    identifier = Dataset()
+    identifier.StudyInstanceUID = _uid(study_uid)
+    if series_uid:
+        identifier.QueryRetrieveLevel, identifier.SeriesInstanceUID = "SERIES", _uid(series_uid)
+        identifier.NumberOfSeriesRelatedInstances = ""
+    else:
+        identifier.QueryRetrieveLevel, identifier.NumberOfStudyRelatedInstances = "STUDY", ""
+    for found in _c_find(config, node, identifier):
+        return _int(found.get("NumberOfSeriesRelatedInstances" if series_uid else "NumberOfStudyRelatedInstances"))
+    return None
 
 
 _MATCH_KEYWORDS = ("StudyInstanceUID", "PatientName", "PatientID", "StudyDate", "AccessionNumber", "StudyDescription",

@@ -19,6 +19,7 @@ from engine.pacs.client import (
     StudyMatch,
     StudyQuery,
     choose_via,
+    count_instances,
     echo,
     fetch_cget,
     fetch_dicomweb,
@@ -67,12 +68,13 @@ def _pull_web(ctx: Context, node, study_uid: str, series_uid: str, source: str,
 
 def _pull_cget(ctx: Context, node, study_uid: str, series_uid: str, source: str,
                progress: Progress) -> list[IngestResult]:
-    results = []
+    results, total = [], count_instances(ctx.config, node, study_uid, series_uid)
 
     def on_instance(data: bytes) -> tuple[int, str]:
-        result = _ingest_one(ctx, source, f"instance {len(results) + 1}", data)
+        name = f"instance {len(results) + 1}" + (f" of {total}" if total else "")
+        result = _ingest_one(ctx, source, name, data)
         results.append(result)
-        progress(len(results), None, result)
+        progress(len(results), total, result)
         return (0, "") if result.ok else (0xC000, result.error)  # C000: cannot understand (failed, not lost)
 
     fetch_cget(ctx.config, node, study_uid, on_instance, series_uid)
