@@ -58,7 +58,11 @@ class Orthanc:
         self.process = subprocess.Popen([ORTHANC, str(self.folder / "orthanc.json")], stdout=self.log,
                                         stderr=subprocess.STDOUT, **({"user": "nobody", "group": "nogroup"}
                                                                      if os.geteuid() == 0 else {}))
-        self._wait()
+        try:
+            self._wait()
+        except RuntimeError:
+            self.stop()  # no temporary folder or process left behind by a PACS that did not start
+            raise
 
     @property
     def url(self) -> str:
