@@ -114,10 +114,10 @@ class AuthSettings:
 class DicomSettings:
     """RadLens as a DICOM node: the listener (C-STORE SCP) and the calling AE title of its queries."""
 
-    ae_title: str = "RADLENS"  # what PACS nodes know RadLens as (their modality entry for C-MOVE)
+    ae_title: str = "RADLENS"  # what PACS nodes know RadLens as (their modality entry, for C-GET and pushes)
     address: str = "127.0.0.1"  # where the listener accepts associations
     port: int = 11112  # the listener's port (`make run` starts it; `python -m engine listen` alone)
-    quiet_seconds: float = 5.0  # a series is complete when no instance of it arrived for this long
+    quiet_seconds: float = 5.0  # a pushed study is complete when no instance of it arrived for this long
     timeout_seconds: float = 30.0  # network timeout of every PACS request (connect, DIMSE, HTTP)
 
     @classmethod

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from engine.config import Config
-from engine.errors import PacsError
+from engine.errors import EngineError, PacsError, TooLarge, UnreadableStudy
 from engine.pacs.nodes import PacsNode, credentials
 
 __all__ = ["StudyMatch", "StudyQuery", "EchoReport", "echo", "find", "instances", "fetch_dicomweb", "fetch_cget",
@@ -29,7 +30,7 @@ __all__ = ["StudyMatch", "StudyQuery", "EchoReport", "echo", "find", "instances"
 
 VIAS = ("dicomweb", "dimse")  # how a node is asked: DICOMweb (QIDO/WADO) or DIMSE (C-FIND/C-GET)
 _DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-_PHI_FIELDS = ("PatientName", "PatientID", "PatientBirthDate", "StudyDate", "StudyTime", "AccessionNumber",
+_STUDY_FIELDS = ("PatientName", "PatientID", "PatientBirthDate", "StudyDate", "StudyTime", "AccessionNumber",
                "StudyDescription", "ModalitiesInStudy", "StudyInstanceUID", "NumberOfStudyRelatedSeries",
                "NumberOfStudyRelatedInstances")
 
@@ -133,8 +134,6 @@ def _qido(config: Config, node: PacsNode, path: str, params: dict) -> list[dict]
 
 
 def _text(item: dict, keyword: str) -> str:
-    from pydicom.datadict import tag_for_keyword
-
     element = item.get(f"{tag_for_keyword(keyword):08X}", {})
     values = element.get("Value", [])
     if not values:
@@ -150,7 +149,7 @@ def _match_of_json(item: dict) -> StudyMatch:
 
 
 def _find_web(config: Config, node: PacsNode, query: StudyQuery) -> list[StudyMatch]:
-    params = {**query.keys(), "limit": str(query.limit), "includefield": ",".join(_PHI_FIELDS)}
+    params = {**query.keys(), "limit": str(query.limit), "includefield": ",".join(_STUDY_FIELDS)}
     return [_match_of_json(item) for item in _qido(config, node, "studies", params)]
 
 
@@ -173,7 +172,7 @@ def _read_capped(response: requests.Response, limit: int, what: str) -> bytes:
     for chunk in response.iter_content(1 << 20):
         size += len(chunk)
         if size > limit:
-            raise PacsError(f"{what} is larger than {limit // 2**20:,} MiB (RADLENS_MAX_UPLOAD_MB); not retrieved")
+            raise TooLarge(f"{what} is larger than {limit // 2**20:,} MiB (RADLENS_MAX_UPLOAD_MB); not retrieved")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -186,30 +185,35 @@ def _parts(content_type: str, body: bytes) -> list[bytes]:
     return [part.get_payload(decode=True) or b"" for part in message.get_payload()]
 
 
+def _fetch_instance(config: Config, node: PacsNode, session: requests.Session, url: str, what: str) -> bytes:
+    """One instance's bytes through WADO-RS. TooLarge / UnreadableStudy: this instance fails alone;
+    PacsError: the PACS went away (the retrieve ends)."""
+    with session.get(url, headers={"Accept": _DICOM}, stream=True, timeout=config.dicom.timeout_seconds) as response:
+        _check_status(node, response, "a WADO-RS retrieve")
+        parts = _parts(response.headers.get("Content-Type", ""),
+                       _read_capped(response, config.limits.max_upload_bytes, what))
+    if len(parts) != 1:
+        raise UnreadableStudy(f"{what}: the PACS sent {len(parts)} parts for one instance")
+    return parts[0]
+
+
 def fetch_dicomweb(config: Config, node: PacsNode, study_uid: str,
-                   series_uid: str = "") -> Iterator[tuple[int, int, bytes | Exception]]:
+                   series_uid: str = "") -> Iterator[tuple[int, int, bytes | EngineError]]:
     """(index, total, the instance's bytes or why it could not be fetched), one instance at a time through
     WADO-RS, of the study or one of its series. A PACS that stops answering ends the iteration with a
     PacsError after what already arrived."""
     listed = instances(config, node, study_uid, series_uid)
     if not listed:
         raise PacsError(f"{node.name}: nothing to retrieve (no instances, or the PACS does not know the UID)")
-    limit = config.limits.max_upload_bytes
     with _session(config, node) as session:
         for index, (series, sop) in enumerate(listed):
-            what = f"instance {index + 1} of {len(listed)}"
-            with _web_errors(node, f"a WADO-RS retrieve ({index} of {len(listed)} instances arrived)"):
-                url = f"{node.dicomweb_url}/studies/{_uid(study_uid)}/series/{_uid(series)}/instances/{_uid(sop)}"
-                with session.get(url, headers={"Accept": _DICOM}, stream=True,
-                                 timeout=config.dicom.timeout_seconds) as response:
-                    _check_status(node, response, "a WADO-RS retrieve")
-                    try:
-                        parts = _parts(response.headers.get("Content-Type", ""), _read_capped(response, limit, what))
-                    except PacsError as error:
-                        yield index, len(listed), error
-                        continue
-            yield index, len(listed), parts[0] if len(parts) == 1 else PacsError(
-                f"{what}: the PACS sent {len(parts)} parts for one instance")
+            url = f"{node.dicomweb_url}/studies/{_uid(study_uid)}/series/{_uid(series)}/instances/{_uid(sop)}"
+            try:
+                with _web_errors(node, f"a WADO-RS retrieve ({index} of {len(listed)} instances arrived)"):
+                    data = _fetch_instance(config, node, session, url, f"instance {index + 1} of {len(listed)}")
+            except (TooLarge, UnreadableStudy) as error:
+                data = error
+            yield index, len(listed), data
 
 
 # --- DIMSE ------------------------------------------------------------------------------------------------
@@ -304,7 +308,7 @@ def _find_dimse(config: Config, node: PacsNode, query: StudyQuery) -> list[Study
     identifier = Dataset()
     identifier.QueryRetrieveLevel = "STUDY"
     keys = query.keys()
-    for keyword in _PHI_FIELDS:
+    for keyword in _STUDY_FIELDS:
         setattr(identifier, keyword, keys.get(keyword, ""))
     matches = []
     for found in _c_find(config, node, identifier):

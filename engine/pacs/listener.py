@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 from engine.cases.ingest import ingest_files
 from engine.context import Context
 from engine.errors import EngineError
-from engine.pacs.nodes import list_nodes, node_for_ae
+from engine.pacs.nodes import RESERVED_AE_TITLE, list_nodes, node_for_ae
 from engine.pacs.routing import note_arrival, route_ready
 
 __all__ = ["Listener", "OUT_OF_RESOURCES", "CANNOT_UNDERSTAND", "REFUSED"]
@@ -34,10 +34,6 @@ log = logging.getLogger("radlens.listener")
 OUT_OF_RESOURCES = 0xA700  # too large to take
 CANNOT_UNDERSTAND = 0xC000  # unreadable, unsafe or otherwise refused by the ingest
 REFUSED = 0x0124  # not authorised (a caller that is no longer a configured node)
-# pynetdicom accepts every caller when its list of required calling AE titles is empty; with no node
-# configured, nobody may push, so the list holds a title no node can have (node titles are <= 16
-# characters of a name a person typed; this one is refused by PacsNode.check as it has a space inside).
-_NOBODY = "NO NODE CONFIG"
 
 
 class Listener:
@@ -71,7 +67,8 @@ class Listener:
     def _allowed(self, _event=None) -> None:
         """The calling AE titles of the configured nodes, read again at every connection."""
         titles = sorted({n.ae_title for n in list_nodes(self.ctx.store) if n.dimse})
-        self.ae.require_calling_aet = titles or [_NOBODY]
+        # pynetdicom accepts every caller when the list is empty: with no node, only a title no node may have.
+        self.ae.require_calling_aet = titles or [RESERVED_AE_TITLE]
 
     def _store(self, event) -> int | Dataset:
         calling = event.assoc.requestor.ae_title.strip()

@@ -22,9 +22,10 @@ from engine.keys import private_dir
 from engine.store import Store, utc_now
 
 __all__ = ["PacsNode", "Credentials", "save_node", "remove_node", "list_nodes", "get_node", "credentials",
-           "save_credentials", "node_for_ae"]
+           "save_credentials", "node_for_ae", "RESERVED_AE_TITLE"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
+RESERVED_AE_TITLE = "NO NODE CONFIG"  # what the listener requires while no node exists: no node may use it
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class PacsNode:
         if node.ae_title and (len(node.ae_title) > 16 or not node.ae_title.isascii() or "\\" in node.ae_title
                               or not node.ae_title.isprintable()):
             raise InvalidOption("an AE title is 1-16 printable ASCII characters without a backslash")
+        if node.ae_title == RESERVED_AE_TITLE:
+            raise InvalidOption(f"the AE title {RESERVED_AE_TITLE!r} is reserved by RadLens")
         if (node.ae_title or node.host or node.port) and not node.dimse:
             raise InvalidOption("DIMSE needs all three of AE title, host and port")
         if node.port and not 0 < node.port < 65536:

@@ -17,13 +17,13 @@ import time
 from engine.context import Context
 from engine.errors import EngineError, JobError, UnknownModel, short_reason
 from engine.jobs.queue import claim_job, dispatch, fail_job, finish_job, submit, update_job
-from engine.models.catalog import active_model
+from engine.models.catalog import InstalledModel, active_model
 from engine.models.scope import Scope
 from engine.store import Store, utc_now
 from engine.tasks import task_names
 
-__all__ = ["routing", "set_routing", "route_descriptions", "routes_for", "note_arrival", "route_ready", "route_cases",
-           "run_analysis"]
+__all__ = ["routing", "set_routing", "route_descriptions", "routed_scopes", "routes_for", "note_arrival",
+           "route_ready", "route_cases", "run_analysis"]
 
 _SETTING = "pacs_routing"
 
@@ -36,30 +36,38 @@ def routing(store: Store) -> dict[str, bool]:
 
 def set_routing(ctx: Context, task: str, enabled: bool) -> None:
     ctx.require("pacs.configure")
-    rules = {**routing(ctx.store), task: bool(enabled)}
     if task not in task_names():
         raise EngineError(f"unknown task {task!r}: use one of {', '.join(task_names())}")
+    rules = {**routing(ctx.store), task: bool(enabled)}
     with ctx.store.write() as db:
         db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", [_SETTING, json.dumps(rules)])
         ctx.audit(db, "pacs.routing", "task", task, {"enabled": bool(enabled)})
 
 
-def routes_for(ctx: Context, case: dict) -> list[str]:
-    """The tasks whose active model applies to this case's header (positively: an image whose header does
-    not name a modality the model was trained on is not routed to it)."""
-    tasks = []
-    for task, enabled in routing(ctx.store).items():
-        if not enabled:
-            continue
+def _active_models(ctx: Context) -> dict[str, InstalledModel]:
+    """task -> its active model, for the tasks that have one."""
+    models = {}
+    for task in task_names():
         try:
-            scope = Scope.from_card(active_model(ctx, task).card)
+            models[task] = active_model(ctx, task)
         except UnknownModel:
             continue
-        modality = (case.get("modality") or "").strip().upper()
-        inside = (not scope.modalities or modality in scope.modalities)
-        if inside and scope.outside(modality, case.get("body_part") or "") is None:
-            tasks.append(task)
-    return tasks
+    return models
+
+
+def routed_scopes(ctx: Context) -> dict[str, Scope]:
+    """task -> its active model's scope, for the tasks routing is on for."""
+    rules = routing(ctx.store)
+    return {task: Scope.from_card(model.card) for task, model in _active_models(ctx).items() if rules[task]}
+
+
+def routes_for(scopes: dict[str, Scope], case: dict) -> list[str]:
+    """The tasks whose scope takes this case's header (positively: an image whose header does not name a
+    modality the model was trained on is not routed to it)."""
+    modality = (case.get("modality") or "").strip().upper()
+    return [task for task, scope in scopes.items()
+            if (not scope.modalities or modality in scope.modalities)
+            and scope.outside(modality, case.get("body_part") or "") is None]
 
 
 def note_arrival(ctx: Context, case_id: int, origin: str) -> None:
@@ -90,8 +98,9 @@ def route_cases(ctx: Context, case_ids: list[int]) -> int | None:
     with ctx.store.read() as db:
         cases = {r["id"]: r for r in db.query(
             f"SELECT id, modality, body_part FROM cases WHERE id IN ({','.join('?' * len(case_ids))})", case_ids)}
+    scopes = routed_scopes(ctx)
     for case_id in case_ids:
-        for task in routes_for(ctx, cases.get(case_id, {})):
+        for task in routes_for(scopes, cases.get(case_id, {})):
             plan.setdefault(task, []).append(case_id)
     job_id = submit(ctx, "analyse", task=",".join(plan), config={"plan": plan},
                     detail={"cases": sum(map(len, plan.values())), "tasks": list(plan)}) if plan else None
@@ -152,11 +161,5 @@ def run_analysis(ctx: Context, job_id: int) -> dict:
 
 def route_descriptions(ctx: Context) -> dict[str, str]:
     """task -> what its active model analyses (the card's scope), for the routing form."""
-    out = {}
-    for task in task_names():
-        try:
-            model = active_model(ctx, task)
-        except UnknownModel:
-            continue
-        out[task] = f"{model.name} ({Scope.from_card(model.card).description})"
-    return out
+    return {task: f"{model.name} ({Scope.from_card(model.card).description})"
+            for task, model in _active_models(ctx).items()}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from engine.cases.ingest import IngestResult, ingest_files
 from engine.context import Context
-from engine.errors import PacsError
+from engine.errors import EngineError, PacsError
 from engine.pacs.client import (
     EchoReport,
     StudyMatch,
@@ -59,7 +59,7 @@ def _pull_web(ctx: Context, node, study_uid: str, series_uid: str, source: str,
     results = []
     for index, total, data in fetch_dicomweb(ctx.config, node, study_uid, series_uid):
         name = f"instance {index + 1} of {total}"
-        result = IngestResult(name, "error", error=f"{type(data).__name__}: {data}") if isinstance(data, Exception) \
+        result = IngestResult(name, "error", error=f"{type(data).__name__}: {data}") if isinstance(data, EngineError) \
             else _ingest_one(ctx, source, name, data)
         results.append(result)
         progress(len(results), total, result)
