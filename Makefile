@@ -33,10 +33,10 @@ run: $(RUNTIME_STAMP)
 	$(PY) -m dashboard.serve
 
 # Debian tools the tests use: chromium (real-browser tests), dicom3tools (dciodvfy, DICOM conformance) and
-# Orthanc with its DICOMweb plugin (the real PACS of tests/test_pacs.py). Each entry is what must exist (a
-# command, or a file when it starts with /) and its package. Installed when missing and we are root;
-# otherwise those tests skip and say why.
-DEBIAN_TOOLS := chromium:chromium dciodvfy:dicom3tools Orthanc:orthanc \
+# Orthanc with its DICOMweb plugin (the real PACS of tests/test_pacs.py) and poppler (pdftotext, pdftoppm: the
+# PDF report tests). Each entry is what must exist (a command, or a file when it starts with /) and its package.
+# Installed when missing and we are root; otherwise those tests skip and say why.
+DEBIAN_TOOLS := chromium:chromium dciodvfy:dicom3tools Orthanc:orthanc pdftotext:poppler-utils \
 	/usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb
 debian-tools:
 	@missing=""; for pair in $(DEBIAN_TOOLS); do \

@@ -180,6 +180,24 @@ def _audit(args, ctx: Context) -> int:
     return 0
 
 
+def _report(args, ctx: Context) -> int:
+    from engine.cases.report import case_report
+
+    args.out.write_bytes(case_report(ctx, args.cases))
+    print(f"wrote {args.out} ({len(args.cases)} case(s))")
+    return 0
+
+
+def _export(args, ctx: Context) -> int:
+    from engine.cases.results import OBJECT_KINDS, result_objects
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    for obj in result_objects(ctx, args.case):
+        (args.out / f"case{args.case}-{obj.filename}").write_bytes(obj.data)
+        print(f"{args.out / f'case{args.case}-{obj.filename}'}: {OBJECT_KINDS[obj.kind][0]}")
+    return 0
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description="RadLens engine commands")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -220,13 +238,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     audit.add_argument("--limit", type=int, help="N images spread evenly over the split")
     audit.add_argument("--run", type=int, help="execute an audit the dashboard queued (its id)")
     audit.add_argument("--json", action="store_true", help="print the summary as JSON")
+    report = sub.add_parser("report", help="PDF case report: one page per case (image, evidence, result, model "
+                            "card summary, review)")
+    report.add_argument("cases", nargs="+", type=int, help="case ids")
+    report.add_argument("--out", type=Path, required=True, help="the PDF to write")
+    export = sub.add_parser("export", help="a case's result as DICOM objects (SR, secondary capture, SEG) over its "
+                            "de-identified image")
+    export.add_argument("case", type=int)
+    export.add_argument("--out", type=Path, required=True, help="folder to write the .dcm files to")
     identity_commands.add_parsers(sub)
     pacs_commands.add_parsers(sub)
     return parser
 
 
 COMMANDS = {"init": _init, "ingest": _ingest, "render": _render, "classify": _classify, "segment": _segment,
-            "audit": _audit, **identity_commands.COMMANDS, **pacs_commands.COMMANDS}
+            "audit": _audit, "report": _report, "export": _export, **identity_commands.COMMANDS,
+            **pacs_commands.COMMANDS}
 
 
 # C0/C1 control characters (ESC starts terminal escape sequences) and bidirectional overrides: a value from

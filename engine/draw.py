@@ -10,7 +10,7 @@ from engine.errors import ExportError, InvalidOption
 from engine.inference.measure import ellipse_outline
 
 __all__ = ["DISPLAY_MAX_SIDE", "COLORMAPS", "overlay", "fit_within", "keep_top", "comparison_sheet", "png_bytes",
-           "COLOURS", "TRUTH_COLOUR", "ELLIPSE_COLOUR", "DISPLAY_SIDE", "draw_segmentation"]
+           "COLOURS", "TRUTH_COLOUR", "ELLIPSE_COLOUR", "DISPLAY_SIDE", "draw_segmentation", "with_banner", "font_path"]
 
 
 DISPLAY_MAX_SIDE = 1280  # overlays on screen: a 2k film is shown at most this large
@@ -125,3 +125,36 @@ def _enlarge(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _outline(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], thickness: int = 2) -> None:
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     cv2.drawContours(rgb, contours, -1, colour, thickness, cv2.LINE_AA)
+
+
+def font_path(bold: bool = False) -> str:
+    """DejaVu Sans, as shipped inside matplotlib's wheel (a Unicode TrueType font with no system install)."""
+    import matplotlib
+
+    return f"{matplotlib.get_data_path()}/fonts/ttf/DejaVuSans{'-Bold' if bold else ''}.ttf"
+
+
+def with_banner(rgb: np.ndarray, title: str, lines: list[str], min_width: int = 768) -> np.ndarray:
+    """The image (enlarged to `min_width` when narrower) with a black band above it holding `title` (bold,
+    yellow) and `lines` (white), sized so the longest fits: burned into the pixels, never over the image
+    itself, so no evidence is hidden."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    if rgb.shape[1] < min_width:
+        scale = min_width / rgb.shape[1]
+        rgb = cv2.resize(rgb, (min_width, round(rgb.shape[0] * scale)), interpolation=cv2.INTER_CUBIC)
+    width = rgb.shape[1]
+    size = min(40, width // 36)
+    while size > 8:
+        bold, regular = ImageFont.truetype(font_path(True), size), ImageFont.truetype(font_path(), round(size * 0.8))
+        widest = max([bold.getlength(title), *(regular.getlength(line) for line in lines)])
+        if widest <= width - size:
+            break
+        size -= 1
+    height = round(size * 1.5 + len(lines) * size * 1.15 + size * 0.6)
+    band = Image.new("RGB", (width, height), (0, 0, 0))
+    draw = ImageDraw.Draw(band)
+    draw.text((size // 2, size // 3), title, font=bold, fill=(255, 214, 0))
+    for n, line in enumerate(lines):
+        draw.text((size // 2, round(size * 1.6 + n * size * 1.15)), line, font=regular, fill=(255, 255, 255))
+    return np.vstack([np.asarray(band), rgb])

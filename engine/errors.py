@@ -192,6 +192,10 @@ class UnknownNode(EngineError):
     """No PACS node of that name is configured."""
 
 
+class NoStudyLink(EngineError):
+    """The case did not come from a PACS, so there is no original study to send its results to."""
+
+
 class DiskFull(EngineError):
     """A write failed because the disk (or the user's quota) is full; nothing half-written was kept."""
 

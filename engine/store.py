@@ -250,6 +250,13 @@ def _m010_pacs(db: Database) -> None:
     db["arrivals"].create_index(["routed_at"])
 
 
+def _m011_study_links(db: Database) -> None:
+    """Sealed links from an image that came from a PACS to its original study (engine.io.link): ciphertext
+    only, so results can be sent back to that study."""
+    db["study_links"].create({"image_id": int, "node": str, "sealed": bytes}, pk="image_id",
+                             foreign_keys=[("image_id", "images")])
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (1, "initial schema", _m001_initial),
     (2, "prediction provenance", _m002_prediction_provenance),
@@ -261,6 +268,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (8, "pseudonym key outside the database; jobs known by pid and start time", _m008_hardening),
     (9, "results are analysed or not analysed (outside the model's scope)", _m009_abstention),
     (10, "PACS nodes and arrivals", _m010_pacs),
+    (11, "sealed links to original studies", _m011_study_links),
 )
 _AUDIT_HEAD = "audit_head"
 

@@ -133,3 +133,21 @@ def chest_study(n: int = 1, study_uid: str = STUDY_UID) -> list[bytes]:
     return out
 
 
+
+
+def head_study() -> bytes:
+    """A fetal-head ultrasound (the first HC18 test image, its pixel size in the ultrasound regions)."""
+    import csv
+    import io
+
+    import pydicom
+
+    from engine.io.wrap import ultrasound_dicom
+
+    with open(DATA_DIR / "hc18" / "manifest.csv", newline="") as f:
+        row = next(r for r in csv.DictReader(f) if r["split"] == "test")
+    gray = cv2.imread(str(DATA_DIR / "hc18" / row["image"]), cv2.IMREAD_GRAYSCALE)
+    ds = pydicom.dcmread(io.BytesIO(ultrasound_dicom(gray, float(row["pixel_size_mm"]), "FETAL HEAD",
+                                                     patient_id=f"{MARKER}-US")))
+    ds.StudyDate, ds.PatientName = "20260401", f"{MARKER}^Mary"
+    return encoded(ds)

@@ -28,7 +28,7 @@ def _real_dicoms() -> list[Path]:
     return sorted({p for d in (folder, store) for p in d.glob("*.dcm")})
 
 
-def _errors(path: Path) -> set[str]:
+def dciodvfy_errors(path: Path) -> set[str]:
     run = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, timeout=60)
     return {re.sub(r"\s+", " ", line) for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")}
 
@@ -44,7 +44,7 @@ def test_stored_copies_of_every_real_dicom_add_no_conformance_error(tmp_path):
             continue
         stored = tmp_path / source.name
         stored.write_bytes(prepared.stored_bytes)
-        added = _errors(stored) - _errors(source)
+        added = dciodvfy_errors(stored) - dciodvfy_errors(source)
         if added:
             new[source.name] = sorted(added)
         checked += 1
@@ -60,7 +60,7 @@ def test_a_dicom_seg_export_and_the_ultrasound_wrapper_have_no_conformance_error
         mask[10:30, 10:40] = True
         seg = tmp_path / f"seg-{name}"
         seg.write_bytes(seg_dicom(config, image, mask, "hc18-unet", "1.0.0"))
-        assert _errors(seg) == set(), name
+        assert dciodvfy_errors(seg) == set(), name
     wrapped = tmp_path / "us.dcm"
     wrapped.write_bytes(ultrasound_dicom(np.zeros((64, 80), np.uint8), 0.1, "fetal head"))
-    assert _errors(wrapped) == set()
+    assert dciodvfy_errors(wrapped) == set()

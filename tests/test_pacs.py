@@ -8,7 +8,6 @@ import io
 import time
 from pathlib import Path
 
-import cv2
 import pydicom
 import pytest
 from pynetdicom import AE
@@ -17,7 +16,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from engine.config import Config, DicomSettings
 from engine.context import Context, User
 from engine.errors import PacsError, PermissionDenied
-from engine.io.wrap import encoded, ultrasound_dicom
+from engine.io.wrap import encoded
 from engine.jobs.queue import get_job
 from engine.pacs.client import StudyQuery, echo, find
 from engine.pacs.listener import CANNOT_UNDERSTAND, Listener
@@ -26,25 +25,13 @@ from engine.pacs.studies import pull, search
 from engine.store import open_store
 from tests import orthanc as pacs
 from tests.conftest import DATA_DIR, dicom_bytes, needs_data
-from tests.orthanc import MARKER, STUDY_UID, chest_study
+from tests.orthanc import MARKER, STUDY_UID, chest_study, head_study
 
 pytestmark = [
     pytest.mark.skipif(pacs.ORTHANC is None or not pacs.DICOMWEB_PLUGIN.is_file(),
                        reason="Orthanc and orthanc-dicomweb are not installed (make test installs them as root)"),
     needs_data,
 ]
-
-def head_study() -> bytes:
-    import csv
-
-    with open(DATA_DIR / "hc18" / "manifest.csv", newline="") as f:
-        row = next(r for r in csv.DictReader(f) if r["split"] == "test")
-    gray = cv2.imread(str(DATA_DIR / "hc18" / row["image"]), cv2.IMREAD_GRAYSCALE)
-    ds = pydicom.dcmread(io.BytesIO(ultrasound_dicom(gray, float(row["pixel_size_mm"]), "FETAL HEAD",
-                                                     patient_id=f"{MARKER}-US")))
-    ds.StudyDate = "20260401"
-    return encoded(ds)
-
 
 @pytest.fixture(scope="module")
 def orthanc():

@@ -34,6 +34,7 @@ from engine.io.archive import iter_zip
 from engine.io.deid import deidentify
 from engine.io.fields import fields_of
 from engine.io.jpeg import strip_encapsulated_jpeg_metadata, strip_jpeg_metadata
+from engine.io.link import capture, seal
 from engine.io.sandbox import sandbox_for
 from engine.io.sniff import is_zip
 from engine.io.study import Study, Window
@@ -71,16 +72,17 @@ class Prepared:
     fields: dict
     study_key: str
     sha256: str
+    link: bytes = b""  # the sealed original-study link (engine.io.link), for studies that came from a PACS
 
 
 def _sandbox(limits: Limits):
     return sandbox_for(limits.decode_memory_mb * 2**20, limits.decode_seconds, preload=(__name__,))
 
 
-def prepare(data: bytes, key: bytes, config: Config) -> Prepared:
+def prepare(data: bytes, key: bytes, config: Config, link: bool = False) -> Prepared:
     """Decode + validate + de-identify, in the decoder sandbox (a child process with a memory cap and a
-    time limit). Raises an EngineError; writes nothing."""
-    return Prepared(**_sandbox(config.limits).call(_prepare_plain, data, key, asdict(config.limits)))
+    time limit); with `link`, also seal the original-study link. Raises an EngineError; writes nothing."""
+    return Prepared(**_sandbox(config.limits).call(_prepare_plain, data, key, asdict(config.limits), link))
 
 
 def render_untrusted(data: bytes, config: Config, frame: int = 0, window: Window | None = None) -> dict:
@@ -90,8 +92,8 @@ def render_untrusted(data: bytes, config: Config, frame: int = 0, window: Window
 
 
 # What the sandbox runs: plain data in and out (engine.io.wire).
-def _prepare_plain(data: bytes, key: bytes, limits: dict) -> dict:
-    return asdict(prepare_here(data, key, Limits(**limits)))
+def _prepare_plain(data: bytes, key: bytes, limits: dict, link: bool) -> dict:
+    return asdict(prepare_here(data, key, Limits(**limits), link))
 
 
 def _render_plain(data: bytes, limits: dict, frame: int, window: list | None) -> dict:
@@ -101,7 +103,7 @@ def _render_plain(data: bytes, limits: dict, frame: int, window: list | None) ->
             "spacing": study.spacing.describe()}
 
 
-def prepare_here(data: bytes, key: bytes, limits: Limits) -> Prepared:
+def prepare_here(data: bytes, key: bytes, limits: Limits, link: bool = False) -> Prepared:
     """prepare() in this process: only for code already running inside the sandbox, and for tests."""
     study = read_study(data, limits)
     if study.dataset is not None:
@@ -111,7 +113,8 @@ def prepare_here(data: bytes, key: bytes, limits: Limits) -> Prepared:
         stored, extension = _raster_bytes(data, study)
         fields, key_uid = fields_of(study, None), ""
     sha = hashlib.sha256(stored).hexdigest()
-    return Prepared(stored, extension, fields, f"study:{key_uid}" if key_uid else f"image:{sha}", sha)
+    sealed = seal(key, sha, capture(study.dataset)) if link and study.dataset is not None else b""
+    return Prepared(stored, extension, fields, f"study:{key_uid}" if key_uid else f"image:{sha}", sha, sealed)
 
 
 def _deidentified_dicom(study: Study, key: bytes) -> tuple[bytes, dict, str]:
@@ -152,9 +155,11 @@ def ingest_files(
     ctx: Context,
     source: str = "upload",
     progress: Callable[[int, str], None] | None = None,
+    origin_node: str = "",
 ) -> list[IngestResult]:
     """Ingest (name, bytes) pairs; zips are expanded. One result per file; failures never stop the batch.
-    `progress(done, name)` is called after each file; the batch is logged once."""
+    `progress(done, name)` is called after each file; the batch is logged once. `origin_node`: the PACS node
+    the files came from; their original-study link is kept (sealed) so results can be sent back there."""
     ctx.require("case.upload")
     key = secret_key(ctx.config.home, "pseudonym")
     results: list[IngestResult] = []
@@ -170,7 +175,7 @@ def ingest_files(
             continue
         for member_name, member, error in _expand(name, data, ctx.config):
             result = (IngestResult(member_name, "error", error=_message(error)) if error
-                      else _ingest_one(member_name, member, key, ctx, source))
+                      else _ingest_one(member_name, member, key, ctx, source, origin_node))
             results.append(result)
             if progress:
                 progress(len(results), member_name)
@@ -211,16 +216,16 @@ def _expand(name: str, data: bytes, config: Config) -> Iterator[tuple[str, bytes
     yield name, data, None
 
 
-def _ingest_one(name: str, data: bytes, key: bytes, ctx: Context, source: str) -> IngestResult:
+def _ingest_one(name: str, data: bytes, key: bytes, ctx: Context, source: str, origin_node: str) -> IngestResult:
     try:
-        prepared = prepare(data, key, ctx.config)
-        case_id, image_id, duplicate = _write(prepared, ctx, source)
+        prepared = prepare(data, key, ctx.config, link=bool(origin_node))
+        case_id, image_id, duplicate = _write(prepared, ctx, source, origin_node)
     except EngineError as error:
         return IngestResult(name, "error", error=_message(error))
     return IngestResult(name, "duplicate" if duplicate else "ok", case_id, image_id)
 
 
-def _write(prepared: Prepared, ctx: Context, source: str) -> tuple[int, int, bool]:
+def _write(prepared: Prepared, ctx: Context, source: str, origin_node: str = "") -> tuple[int, int, bool]:
     """The file and its rows land together: a file whose rows did not commit (an error, a failed COMMIT) is
     removed; one left by a crash in between is swept by remove_orphan_files."""
     target: Path | None = None
@@ -244,6 +249,8 @@ def _write(prepared: Prepared, ctx: Context, source: str) -> tuple[int, int, boo
                 {**prepared.fields, "case_id": case_id, "sha256": prepared.sha256, "path": str(relative),
                  "created_at": utc_now()}
             ).last_pk
+            if prepared.link:
+                db["study_links"].insert({"image_id": image_id, "node": origin_node, "sealed": prepared.link})
             ctx.audit(db, "upload", "image", image_id,
                       {"case_id": case_id, "source": source, "format": prepared.fields["source_format"]})
     except BaseException:

@@ -16,15 +16,16 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import pydicom
 
 from engine.cases.images import load_image
+from engine.cases.results import stored_source
 from engine.config import Config
 from engine.context import Context
 from engine.data.hc18 import MANIFEST_SPACING, DatasetMatch, dataset_match
-from engine.errors import ExportError, NotAnalysed, UnknownCase
+from engine.errors import ExportError, NotAnalysed
 from engine.inference.measure import agreement, with_spacing
 from engine.inference.segment import Segmentation, Segmenter
+from engine.io.derived import Algorithm, segmentation
 from engine.io.study import Spacing
 from engine.models.catalog import active_model, find_model
 from engine.models.checkpoint import load_model
@@ -34,10 +35,6 @@ from engine.store import Store, utc_now
 
 __all__ = ["CaseSegmentation", "raw_segmentation", "load_segmenter", "case_spacing", "segment_case_image",
            "export_seg", "mask_png", "seg_dicom", "segmentation_history"]
-
-_TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                 "ReferringPhysicianName", "AccessionNumber", "StudyID")
-
 
 def case_spacing(image: dict, match: DatasetMatch | None, override_mm: float | None = None) -> Spacing:
     if override_mm:
@@ -161,38 +158,10 @@ def mask_png(mask: np.ndarray) -> bytes:
 
 def seg_dicom(config: Config, image: dict, mask: np.ndarray, model_name: str, model_version: str) -> bytes:
     """A DICOM Segmentation (binary, one segment) referencing the stored, de-identified source image."""
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-
-    if image["source_format"] != "dicom":
-        raise ExportError("DICOM SEG needs a DICOM source image; this case was uploaded as "
-                          f"{image['source_format'].upper()} (export the PNG mask instead)")
-    path = config.home / image["path"]
-    if not path.is_file():
-        raise UnknownCase(f"the stored file of image {image['id']} is missing")
-    source = pydicom.dcmread(path)
-    # De-identification removed some Patient/Study attributes the SEG copies; they are type 2, so an empty
-    # value is valid and keeps the export free of identifiers.
-    for keyword in _TYPE2_COPIED:
-        if keyword not in source:
-            setattr(source, keyword, "")
-    if int(source.get("NumberOfFrames", 1) or 1) != 1 or mask.shape != (source.Rows, source.Columns):
+    source = stored_source(config, image)
+    if mask.shape != (source.Rows, source.Columns):
         raise ExportError("DICOM SEG export handles single-frame images whose size matches the mask; "
                           "export the PNG mask instead")
-    description = hd.seg.SegmentDescription(
-        segment_number=1, segment_label="Fetal head",
-        segmented_property_category=codes.SCT.AnatomicalStructure, segmented_property_type=codes.SCT.Head,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name=model_name, version=model_version, family=codes.DCM.ArtificialIntelligence))
-    seg = hd.seg.Segmentation(
-        source_images=[source], pixel_array=mask[None].astype(np.uint8),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[description],
-        series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
-        manufacturer="RadLens", manufacturer_model_name=model_name, software_versions=model_version,
-        device_serial_number="none", content_description="Research use only", omit_empty_frames=False)
-    if "PatientOrientation" not in seg and "FrameOfReferenceUID" not in seg:
-        seg.PatientOrientation = None  # type 2C: required (empty is valid) when no patient geometry is known
     buffer = io.BytesIO()
-    seg.save_as(buffer)
+    segmentation(source, mask, Algorithm(model_name, model_version, "")).save_as(buffer)
     return buffer.getvalue()

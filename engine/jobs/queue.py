@@ -95,6 +95,8 @@ KINDS: dict[str, JobKind] = {k.name: k for k in (
             "one running audit per device"),
     JobKind("analyse", "Analysis of PACS arrivals", lambda job: ["-m", "engine", "analyse", "--run", str(job.id)],
             "one running analysis per device"),
+    JobKind("send", "Sending results to a PACS", lambda job: ["-m", "engine", "send", "--run", str(job.id)],
+            "one running send per device"),
 )}
 
 

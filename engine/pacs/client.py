@@ -26,7 +26,7 @@ from engine.errors import EngineError, PacsError, TooLarge, UnreadableStudy
 from engine.pacs.nodes import PacsNode, credentials
 
 __all__ = ["StudyMatch", "StudyQuery", "EchoReport", "echo", "find", "instances", "fetch_dicomweb", "fetch_cget",
-           "VIAS", "choose_via", "received_bytes", "count_instances"]
+           "VIAS", "choose_via", "received_bytes", "count_instances", "store_dicomweb", "store_cstore", "STORERS"]
 
 VIAS = ("dicomweb", "dimse")  # how a node is asked: DICOMweb (QIDO/WADO) or DIMSE (C-FIND/C-GET)
 _DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -430,3 +430,51 @@ def fetch_cget(config: Config, node: PacsNode, study_uid: str, on_instance: Call
         code = f"0x{final.Status:04X}" if final is not None else "none"
         raise PacsError(f"{node.name}: the C-GET ended with status {code} after {received[0]} instances")
     return received[0], failed
+
+
+def store_dicomweb(config: Config, node: PacsNode, objects: list[tuple[str, Dataset]]) -> None:
+    """STOW-RS the datasets (name, dataset) in one multipart request; every one must be stored."""
+    import io
+    import uuid
+
+    boundary = uuid.uuid4().hex
+    body = io.BytesIO()
+    for _, ds in objects:
+        body.write(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode())
+        ds.save_as(body, enforce_file_format=True)
+        body.write(b"\r\n")
+    body.write(f"--{boundary}--\r\n".encode())
+    headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+               "Accept": "application/dicom+json"}
+    with _web_errors(node, "a STOW-RS store"), _session(config, node) as session:
+        response = session.post(f"{node.dicomweb_url}/studies", data=body.getvalue(), headers=headers,
+                                timeout=config.dicom.timeout_seconds)
+        _check_status(node, response, "a STOW-RS store")
+        answer = response.json() if response.content else {}
+    failed = (answer.get("00081198") or {}).get("Value") or []  # FailedSOPSequence
+    if failed or response.status_code == 202:
+        raise PacsError(f"{node.name}: the PACS refused {len(failed) or 'some'} of {len(objects)} object(s) sent "
+                        "by STOW-RS")
+
+
+def store_cstore(config: Config, node: PacsNode, objects: list[tuple[str, Dataset]]) -> None:
+    """C-STORE the datasets over one association; every one must be answered 0x0000 (or a warning)."""
+    ae = _ae(config)
+    for sop_class in sorted({str(ds.SOPClassUID) for _, ds in objects}):
+        ae.add_requested_context(sop_class, [str(ds.file_meta.TransferSyntaxUID) for _, ds in objects
+                                             if str(ds.SOPClassUID) == sop_class][:1])
+    assoc = _associate(config, node, ae)
+    try:
+        for name, ds in objects:
+            status = assoc.send_c_store(ds)
+            if not status:
+                raise PacsError(f"{node.name}: the PACS stopped answering while storing the {name}")
+            if status.Status not in (0x0000, 0xB000, 0xB006, 0xB007):
+                raise PacsError(f"{node.name}: the PACS refused the {name} (C-STORE status 0x{status.Status:04X})")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+STORERS: dict[str, Callable[[Config, PacsNode, list[tuple[str, Dataset]]], None]] = {
+    "dicomweb": store_dicomweb, "dimse": store_cstore}

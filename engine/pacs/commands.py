@@ -1,5 +1,6 @@
-"""`python -m engine pacs ...`, `python -m engine listen` and `python -m engine analyse`: PACS nodes, echo,
-find, pull and routing from the shell, the DICOM listener alone, and the analysis job's program."""
+"""`python -m engine pacs ...`, `python -m engine listen`, `python -m engine analyse` and `python -m engine send`:
+PACS nodes, echo, find, pull, push and routing from the shell, the DICOM listener alone, and the programs of
+the analysis and send jobs."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import signal
 import tempfile
 from dataclasses import asdict
 
+from engine.cases.results import OBJECT_KINDS
 from engine.context import Context, User
 from engine.errors import InvalidOption
 from engine.identity.commands import read_password
 from engine.keys import private_dir
 from engine.pacs.client import VIAS, StudyQuery
 from engine.pacs.nodes import PacsNode, list_nodes, remove_node, save_credentials, save_node
+from engine.pacs.push import run_send, send_after_review, send_case, set_send_after_review
 from engine.pacs.routing import routing, run_analysis, set_routing
 from engine.pacs.studies import pull, search, test_connection
 
@@ -91,8 +94,25 @@ def _routing(args, ctx: Context) -> int:
     return 0
 
 
+def _push(args, ctx: Context) -> int:
+    report = send_case(ctx, args.case, args.node, args.via)
+    summary = {"case": report.case_id, "node": report.node, "via": report.via, "objects": report.objects,
+               "seconds": round(report.seconds, 2)}
+    print(json.dumps(summary) if args.json else
+          f"sent {', '.join(OBJECT_KINDS[k][0] for k in report.objects)} of case {report.case_id} to {report.node} "
+          f"({report.via}, {report.seconds:.1f} s)")
+    return 0
+
+
+def _send_after_review(args, ctx: Context) -> int:
+    if args.state:
+        set_send_after_review(ctx, args.state == "on")
+    print(f"send results to the source PACS after each review: {'on' if send_after_review(ctx.store) else 'off'}")
+    return 0
+
+
 _ACTIONS = {"add": _add, "list": _list, "remove": _remove, "echo": _echo, "find": _find, "pull": _pull,
-            "routing": _routing}
+            "routing": _routing, "push": _push, "send-after-review": _send_after_review}
 
 
 def _pacs(args, ctx: Context) -> int:
@@ -130,6 +150,11 @@ def _analyse(args, ctx: Context) -> int:
     return 0
 
 
+def _send(args, ctx: Context) -> int:
+    print(json.dumps(run_send(ctx, args.run)))
+    return 0
+
+
 def add_parsers(sub) -> None:
     pacs = sub.add_parser("pacs", help="PACS nodes (add, list, remove), echo, find, pull, routing of arrivals")
     actions = pacs.add_subparsers(dest="action", required=True)
@@ -156,18 +181,27 @@ def add_parsers(sub) -> None:
     puller.add_argument("node")
     puller.add_argument("--study", required=True, help="Study Instance UID (from find)")
     puller.add_argument("--series", help="only this Series Instance UID of the study")
-    for action in (finder, puller):
+    pusher = actions.add_parser("push", help="send a case's results (SR, secondary capture, SEG) into its original "
+                                             "study on the PACS it came from")
+    pusher.add_argument("case", type=int)
+    pusher.add_argument("--node", help="another configured node (default: the one the study came from)")
+    for action in (finder, puller, pusher):
         action.add_argument("--via", choices=VIAS, help="DICOMweb (QIDO/WADO) or DIMSE (C-FIND/C-GET); default: "
                                                         "DICOMweb when the node has a URL")
         action.add_argument("--json", action="store_true")
     route = actions.add_parser("routing", help="show, or turn on/off, automatic analysis of arrivals per task")
     route.add_argument("task", nargs="?")
     route.add_argument("state", nargs="?", choices=["on", "off"])
+    after = actions.add_parser("send-after-review", help="show, or turn on/off, sending results to the source "
+                                                         "PACS automatically after each review")
+    after.add_argument("state", nargs="?", choices=["on", "off"])
     listen = sub.add_parser("listen", help="run the DICOM listener (C-STORE SCP) in the foreground")
     listen.add_argument("--port", type=int, help="default RADLENS_DICOM_PORT (11112)")
     listen.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # `make run`: stop when the dashboard does
     analyse = sub.add_parser("analyse", help="run a queued analysis job of PACS arrivals (the job queue's program)")
     analyse.add_argument("--run", type=int, required=True, help="job id")
+    send = sub.add_parser("send", help="run a queued job sending a case's results to a PACS (the job queue's program)")
+    send.add_argument("--run", type=int, required=True, help="job id")
 
 
-COMMANDS = {"pacs": _pacs, "listen": _listen, "analyse": _analyse}
+COMMANDS = {"pacs": _pacs, "listen": _listen, "analyse": _analyse, "send": _send}

@@ -72,7 +72,8 @@ class Listener:
 
     def _store(self, event) -> int | Dataset:
         calling = event.assoc.requestor.ae_title.strip()
-        if node_for_ae(self.ctx.store, calling) is None:  # removed while its association was open
+        node = node_for_ae(self.ctx.store, calling)
+        if node is None:  # removed while its association was open
             return self._failure(REFUSED, f"{calling} is not a configured PACS node")
         path = Path(event.dataset_path)
         limit = self.ctx.config.limits.max_upload_bytes
@@ -80,7 +81,8 @@ class Listener:
             return self._failure(OUT_OF_RESOURCES, f"larger than {limit // 2**20} MiB (RADLENS_MAX_UPLOAD_MB)")
         source = f"pushed by {calling}"
         try:
-            [result] = ingest_files([("pushed instance", path.read_bytes())], self.ctx, source=source)
+            [result] = ingest_files([("pushed instance", path.read_bytes())], self.ctx, source=source,
+                                    origin_node=node.name)
         except EngineError as error:  # a store-level failure (disk full): the sender keeps the instance
             return self._failure(OUT_OF_RESOURCES, str(error))
         if not result.ok:

@@ -47,8 +47,8 @@ class PullReport:
         return sum(r.ok for r in self.results)
 
 
-def _ingest_one(ctx: Context, source: str, name: str, data: bytes) -> IngestResult:
-    [result] = ingest_files([(name, data)], ctx, source=source)
+def _ingest_one(ctx: Context, node, source: str, name: str, data: bytes) -> IngestResult:
+    [result] = ingest_files([(name, data)], ctx, source=source, origin_node=node.name)
     if result.status == "ok":  # a new image (a duplicate was analysed when it first came)
         note_arrival(ctx, result.case_id, source)
     return result
@@ -60,7 +60,7 @@ def _pull_web(ctx: Context, node, study_uid: str, series_uid: str, source: str,
     for index, total, data in fetch_dicomweb(ctx.config, node, study_uid, series_uid):
         name = f"instance {index + 1} of {total}"
         result = IngestResult(name, "error", error=f"{type(data).__name__}: {data}") if isinstance(data, EngineError) \
-            else _ingest_one(ctx, source, name, data)
+            else _ingest_one(ctx, node, source, name, data)
         results.append(result)
         progress(len(results), total, result)
     return results
@@ -72,7 +72,7 @@ def _pull_cget(ctx: Context, node, study_uid: str, series_uid: str, source: str,
 
     def on_instance(data: bytes) -> tuple[int, str]:
         name = f"instance {len(results) + 1}" + (f" of {total}" if total else "")
-        result = _ingest_one(ctx, source, name, data)
+        result = _ingest_one(ctx, node, source, name, data)
         results.append(result)
         progress(len(results), total, result)
         return (0, "") if result.ok else (0xC000, result.error)  # C000: cannot understand (failed, not lost)

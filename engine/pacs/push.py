@@ -1,0 +1,118 @@
+"""Send a case's results (SR, secondary captures, SEG) to the PACS its study came from, into that study.
+
+Only a study that arrived from a PACS has an original-study link (engine.io.link, sealed at ingest). The
+push step opens it in memory, puts the original Patient/Study identity and the source image's UIDs back on a
+copy of the stored image, builds the objects over that copy (engine.cases.results), sends them by STOW-RS
+or C-STORE and forgets them: nothing identifying is written to the store, the files or the logs. The audit
+row says who sent which kinds of object for which case to which node, and whether it worked.
+
+After a review, a case is sent automatically when "send after review" is on (an administrator's setting):
+a "send" job of the job machinery does it, so a slow PACS never holds up the reviewer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from engine.cases.diagnosis import add_review
+from engine.cases.results import OBJECT_KINDS, build_objects, case_results, stored_source
+from engine.context import Context
+from engine.errors import NoStudyLink, PacsError, short_reason
+from engine.io.link import reidentify, unseal
+from engine.jobs.queue import claim_job, dispatch, fail_job, finish_job, submit, update_job
+from engine.keys import secret_key
+from engine.pacs.client import STORERS, choose_via
+from engine.pacs.nodes import get_node
+from engine.store import Store
+
+__all__ = ["SendReport", "send_case", "has_link", "send_after_review", "set_send_after_review", "review_case",
+           "run_send"]
+
+_SETTING = "pacs_send_after_review"
+
+
+@dataclass(frozen=True)
+class SendReport:
+    case_id: int
+    node: str
+    via: str
+    objects: list[str]  # kinds sent (keys of engine.cases.results.OBJECT_KINDS)
+    seconds: float
+
+
+def has_link(store: Store, case_id: int) -> bool:
+    """Whether the case came from a PACS (so its results can go back there)."""
+    with store.read() as db:
+        return db.execute("SELECT 1 FROM study_links l JOIN images i ON i.id = l.image_id WHERE i.case_id = ?",
+                          [case_id]).fetchone() is not None
+
+
+def _link(ctx: Context, image: dict) -> tuple[str, dict[str, str]]:
+    with ctx.store.read() as db:
+        row = db.execute("SELECT node, sealed FROM study_links WHERE image_id = ?", [image["id"]]).fetchone()
+    if row is None:
+        raise NoStudyLink(f"case {image['case_id']} was not retrieved from or pushed by a PACS, so there is no "
+                          "original study to send its results to; download the DICOM objects instead")
+    return row[0], unseal(secret_key(ctx.config.home, "pseudonym"), image["sha256"], row[1])
+
+
+def send_case(ctx: Context, case_id: int, node_name: str | None = None, via: str | None = None) -> SendReport:
+    """Build the case's result objects in its original study and store them on the PACS (default: the node
+    the study came from). Audited, success or failure."""
+    ctx.require("pacs.send")
+    started = time.perf_counter()
+    results = case_results(ctx.store, case_id)
+    origin, original = _link(ctx, results.image)
+    node = get_node(ctx.store, node_name or origin)
+    via = choose_via(node, via)
+    objects = build_objects(ctx.config, results, reidentify(stored_source(ctx.config, results.image), original))
+    kinds = [o.kind for o in objects]
+    detail = {"node": node.name, "via": via, "objects": kinds, "reviewed": results.review is not None}
+    try:
+        STORERS[via](ctx.config, node, [(OBJECT_KINDS[o.kind][0].lower(), o.dataset) for o in objects])
+    except PacsError as error:
+        ctx.log("pacs.send", "case", case_id, {**detail, "ok": False, "error": short_reason(error)})
+        raise
+    ctx.log("pacs.send", "case", case_id, {**detail, "ok": True})
+    return SendReport(case_id, node.name, via, kinds, time.perf_counter() - started)
+
+
+def send_after_review(store: Store) -> bool:
+    return store.setting(_SETTING) == "on"
+
+
+def set_send_after_review(ctx: Context, enabled: bool) -> None:
+    ctx.require("pacs.configure")
+    with ctx.store.write() as db:
+        db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", [_SETTING, "on" if enabled else "off"])
+        ctx.audit(db, "pacs.send_after_review", "setting", _SETTING, {"enabled": bool(enabled)})
+
+
+def review_case(ctx: Context, case_id: int, verdict: str, label: str = "", comment: str = "",
+                prediction_id: int | None = None) -> tuple[int, int | None]:
+    """Record a review (engine.cases.diagnosis.add_review) and, when "send after review" is on and the case
+    came from a PACS, queue the sending of its results. Returns (review id, send job id or None)."""
+    review_id = add_review(ctx, case_id, verdict, label, comment, prediction_id)
+    if not (send_after_review(ctx.store) and has_link(ctx.store, case_id)):
+        return review_id, None
+    return review_id, submit(ctx, "send", config={"case_id": case_id}, detail={"case": case_id})
+
+
+def run_send(ctx: Context, job_id: int) -> dict:
+    """Execute a send job in this process (its program: `python -m engine send --run JOB`)."""
+    try:
+        job = claim_job(ctx.store, job_id, os.getpid())
+        case_id = job.config["case_id"]
+        update_job(ctx.store, job_id, {"phase": f"sending case #{case_id}", "done": 0, "total": 1})
+        try:
+            report = send_case(ctx.as_user(job.actor or ctx.actor), case_id)
+        except Exception as error:  # noqa: BLE001 - recorded on the row as one line, never lost
+            fail_job(ctx.store, job_id, short_reason(error))
+            raise
+        summary = {"case": case_id, "node": report.node, "via": report.via, "objects": report.objects}
+        finish_job(ctx.store, job_id, job.actor or ctx.actor, summary)
+        return summary
+    finally:
+        dispatch(ctx)
