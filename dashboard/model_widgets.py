@@ -10,7 +10,7 @@ import streamlit as st
 from dashboard import links, state, widgets
 from dashboard.text import md, plain
 from dashboard.widgets import image_view
-from engine.cases.diagnosis import MAX_COMMENT, VERDICTS, CaseResult, add_review, raw_output
+from engine.cases.diagnosis import MAX_COMMENT, VERDICTS, CaseResult, raw_output
 from engine.context import Context
 from engine.draw import COLORMAPS, DISPLAY_MAX_SIDE, overlay
 from engine.inference.classify import OOD_WARNING, Classifier, Prediction
@@ -18,6 +18,7 @@ from engine.io.study import Rendered
 from engine.models.card import ModelCard
 from engine.models.preprocess import Preprocessing
 from engine.models.scope import Scope
+from engine.pacs.push import review_case
 from engine.tasks import get_task
 
 __all__ = ["overlay_controls", "result_panel", "plain_view", "cam_view", "prediction_panel", "review_form", "history",
@@ -49,8 +50,9 @@ def result_panel(ctx: Context, classifier: Classifier, result: CaseResult) -> Pr
     if not ctx.user.may("case.review"):
         st.caption("Reviews are recorded by clinicians: your role can read results but not review them.")
     elif submitted := review_form(classifier.loaded.labels, key=f"review.{result.case_id}"):
-        add_review(ctx, result.case_id, *submitted, prediction_id=result.prediction_id)
-        st.success("Review saved.", icon=":material/check:")
+        _, job_id = review_case(ctx, result.case_id, *submitted, prediction_id=result.prediction_id)
+        st.success("Review saved." + (f" Its results are being sent to the source PACS (job {job_id})."
+                                      if job_id else ""), icon=":material/check:")
     return prediction
 
 

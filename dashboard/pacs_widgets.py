@@ -15,7 +15,8 @@ from engine.cases.ingest import IngestResult
 from engine.pacs.client import VIAS, EchoReport, StudyMatch, StudyQuery
 from engine.pacs.nodes import PacsNode
 
-__all__ = ["search_form", "matches_table", "pull_progress", "node_form", "nodes_table", "routing_form"]
+__all__ = ["search_form", "matches_table", "pull_progress", "node_form", "nodes_table", "routing_form",
+           "send_after_review_toggle"]
 
 _VIA_NAMES = {"dicomweb": "DICOMweb (QIDO-RS / WADO-RS)", "dimse": "DIMSE (C-FIND / C-GET)"}
 
@@ -109,3 +110,11 @@ def routing_form(rules: dict[str, bool], scopes: dict[str, str]) -> tuple[str, b
         if wanted != enabled:
             return task, wanted
     return None
+
+
+def send_after_review_toggle(enabled: bool) -> bool | None:
+    """Whether reviewed cases go back to their source PACS on their own; the new value when changed."""
+    wanted = st.toggle("Send results (SR and secondary capture) to the source PACS after each review",
+                       value=enabled, key="pacs.send_after_review",
+                       help="Only studies that came from a PACS; the SR carries the reviewer's verdict")
+    return wanted if wanted != enabled else None

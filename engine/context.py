@@ -24,7 +24,7 @@ PERMISSIONS = {
     "case.upload": "upload files into the store",
     "case.analyse": "run a model on a stored case and log the result",
     "case.review": "record a clinical verdict on a model's result",
-    "case.export": "download or export a case's results (DICOM SEG, PNG)",
+    "case.export": "download or export a case's results (PDF report, DICOM SR, secondary capture, SEG, PNG, CSV)",
     "case.raw_output": "see a model's raw output on a case it abstained on (outside its scope), for research",
     "pacs.query": "search a PACS (the results name patients and are never stored)",
     "pacs.retrieve": "retrieve studies from a PACS into the store (de-identified on arrival)",

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import model_widgets, resources, state, widgets
+from dashboard import model_widgets, resources, results_widgets, state, widgets
 from dashboard.text import md
 from engine.cases.diagnosis import case_history, diagnose_cases, diagnose_image, scope_of, unreviewed_cases
 
@@ -20,6 +20,8 @@ with widgets.engine_errors():
     left, right = st.columns([3, 2])
     with right:
         prediction = model_widgets.result_panel(ctx, classifier, result)
+        if result.prediction is not None:
+            results_widgets.case_results_out(ctx, case_id, image)
     with left:
         if prediction is not None:
             show, opacity, colormap = model_widgets.overlay_controls()

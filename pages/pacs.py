@@ -6,6 +6,7 @@ import streamlit as st
 from dashboard import links, pacs_widgets, resources, state, widgets
 from dashboard.text import md
 from engine.pacs.nodes import list_nodes, save_credentials, save_node
+from engine.pacs.push import send_after_review, set_send_after_review
 from engine.pacs.routing import route_descriptions, routing, set_routing
 from engine.pacs.studies import pull, search, test_connection
 
@@ -49,5 +50,7 @@ for tab in admin_tab:
         if change := pacs_widgets.routing_form(routing(ctx.store), route_descriptions(ctx)):
             set_routing(ctx, *change)
             st.rerun()
+        if (after := pacs_widgets.send_after_review_toggle(send_after_review(ctx.store))) is not None:
+            set_send_after_review(ctx, after)
         st.caption(md("RadLens listens for pushed studies as AE title {ae} on port {port}; only configured nodes "
                       "may push.", ae=ctx.config.dicom.ae_title, port=ctx.config.dicom.port))

@@ -3,7 +3,7 @@ agreement with the ground truth for dataset cases, exports, and the region's exp
 
 import streamlit as st
 
-from dashboard import model_widgets, resources, seg_widgets, state, widgets
+from dashboard import model_widgets, resources, results_widgets, seg_widgets, state, widgets
 from engine.cases.segmentation import (
     export_seg,
     raw_segmentation,
@@ -44,9 +44,11 @@ with widgets.engine_errors():
         seg_widgets.agreement_panel(done)
         st.number_input("Pixel size (mm), overrides the file's", min_value=0.0, max_value=10.0, step=0.01,
                         format="%.4f", key=f"seg.pixel.{image['id']}", help="0 = use the file's own pixel size")
-        if ctx.user.may("case.export") and done.result is not None:
-            seg_widgets.exports(image, done, lambda: export_seg(ctx, image, done, segmenter),
-                                widgets.exporter(ctx, case_id))
+        if done.result is not None:
+            if ctx.user.may("case.export"):
+                seg_widgets.exports(image, done, lambda: export_seg(ctx, image, done, segmenter),
+                                    widgets.exporter(ctx, case_id))
+            results_widgets.case_results_out(ctx, case_id, image)
 
     with st.expander("Uncertainty (image vs mirror image)", icon=":material/contrast:"):
         if st.toggle("Compute the uncertainty map", key="seg.uncertainty"):

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import resources, widgets
+from dashboard import resources, results_widgets, widgets
 from dashboard.text import md
 from engine.cases.worklist import (
     COLUMNS,
@@ -28,10 +28,11 @@ sort = c6.selectbox("Sort", list(SORTS))
 page = c7.number_input("Page", min_value=1, value=1, step=1)
 
 dates = [d.isoformat() for d in received] if isinstance(received, (list, tuple)) else [received.isoformat()]
-result = list_worklist(ctx, WorklistQuery(
-    tuple(modalities), tuple(body_parts), dates[0] if dates else None, dates[-1] if dates else None,
-    status, text, sort, int(page)))
+query = WorklistQuery(tuple(modalities), tuple(body_parts), dates[0] if dates else None,
+                      dates[-1] if dates else None, status, text, sort, int(page))
+result = list_worklist(ctx, query)
 
 st.caption(md("{total:,} case(s) - page {page} of {pages}. Select a row to open it.", total=result.total,
               page=result.page, pages=result.pages))
 widgets.worklist_table(result.rows, COLUMNS)
+results_widgets.filter_exports(ctx, query, result.total)

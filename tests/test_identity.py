@@ -49,6 +49,7 @@ from engine.models.catalog import activation_log, active_model, promote
 from engine.models.scope import NOT_ANALYSED, Verdict
 from engine.pacs.client import StudyQuery
 from engine.pacs.nodes import PacsNode, save_node
+from engine.pacs.push import send_case
 from engine.pacs.studies import pull, search
 from engine.tasks.evaluation import compare_for
 
@@ -87,6 +88,7 @@ ACTIONS = {
     "pacs.query": lambda ctx, case, clf: search(ctx, "no-such-node", StudyQuery(modality="CR")),
     "pacs.retrieve": lambda ctx, case, clf: pull(ctx, "no-such-node", "1.2.3"),
     "pacs.configure": lambda ctx, case, clf: save_node(ctx, PacsNode("no-address")),
+    "pacs.send": lambda ctx, case, clf: send_case(ctx, case),  # the case has no result: NotAnalysed after the check
     "explain.audit": lambda ctx, case, clf: start_audit(ctx, "cxr-pneumonia-resnet18", "no-such-method", "x", "test"),
     "job.submit": lambda ctx, case, clf: submit_training(
         ctx, TrainingRequest(TrainConfig(dataset="hc18", model="resnet18"))),
@@ -101,8 +103,9 @@ ACTIONS = {
 def test_the_matrix_names_every_permission_and_the_documented_roles():
     assert set(ACTIONS) == set(PERMISSIONS)
     assert ROLES["clinician"] == {"case.read", "case.upload", "case.analyse", "case.review", "case.export",
-                                  "pacs.query", "pacs.retrieve"}
-    assert not {"pacs.query", "pacs.retrieve", "pacs.configure"} & ROLES["researcher"]  # PACS answers name patients
+                                  "pacs.query", "pacs.retrieve", "pacs.send"}
+    assert not {"pacs.query", "pacs.retrieve", "pacs.configure", "pacs.send"} & ROLES["researcher"]  # PHI
+    assert "pacs.send" in ROLES["admin"]
     assert "case.review" not in ROLES["researcher"] and "model.promote" not in ROLES["researcher"]
     assert not {"case.read", "case.review", "case.upload"} & ROLES["admin"]  # admins run the site, not cases
     assert ROLES["system"] == ROLES["unauthenticated"] == frozenset(PERMISSIONS)

@@ -65,6 +65,7 @@ def test_worklist_lists_cases_and_filters(app_home):
     assert len(at.dataframe[0].value) == 2
     at.multiselect[0].select("CT").run()
     assert list(at.dataframe[0].value["Modality"]) == ["CT"]
+    assert [b.label for b in at.get("download_button")] == ["CSV of these 1 case", "PDF report of these 1 case"]
     at.text_input(key="worklist.search").input("nothing-matches-this").run()
     assert len(at.dataframe[0].value) == 0 and any("0 case(s)" in c.value for c in at.caption)
 
@@ -119,6 +120,9 @@ def test_diagnosis_shows_calibrated_probability_cam_and_saves_a_review(app_home,
     text = " ".join(m.value for m in at.markdown)
     assert "operating threshold" in text and "Uncertainty" in text and "OOD score" in text
     assert any("Grad-CAM (gradcam)" in c.value for c in at.caption)
+    downloads = {b.label: b.proto.disabled for b in at.get("download_button")}
+    assert downloads == {"PDF report": False, "DICOM SR + captures": True}  # a JPEG upload: no DICOM source
+    assert any("only for studies that came from one" in c.value for c in at.caption)  # not from a PACS
     at.radio[0].set_value("disagree")
     at.text_area[0].input("Consolidation is in the left lower lobe, not the right.")
     next(b for b in at.button if b.label == "Save review").click()
@@ -253,7 +257,9 @@ def test_segmentation_shows_contour_circumference_ground_truth_and_exports(ctx, 
     text = " ".join(m.value for m in at.markdown)
     assert "hc18 manifest" in text and "Against the ground truth" in text
     downloads = {b.label: b for b in at.get("download_button")}
-    assert set(downloads) == {"Mask PNG", "DICOM SEG"} and downloads["DICOM SEG"].proto.disabled  # PNG source
+    assert set(downloads) == {"Mask PNG", "DICOM SEG", "PDF report", "DICOM SR + captures"}
+    assert downloads["DICOM SEG"].proto.disabled and downloads["DICOM SR + captures"].proto.disabled  # PNG source
+    assert not downloads["PDF report"].proto.disabled
     assert len(at.dataframe[0].value) == 1  # the logged segmentation, once per opening
     at.toggle(key="seg.uncertainty").set_value(True).run()
     assert not at.exception and any("mirror image" in c.value for c in at.caption)

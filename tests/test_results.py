@@ -245,3 +245,50 @@ def test_the_pdf_report_says_what_a_reader_needs(pacs_ctx, tmp_path):
     assert DISCLAIMER in text and "Pseudonym RL-" in text and MARKER not in text
     subprocess.run(["pdftoppm", "-r", "40", "-png", str(pdf), str(tmp_path / "page")], check=True)
     assert (tmp_path / "page-1.png").stat().st_size > 10_000
+
+
+def test_the_diagnosis_page_sends_results_and_the_pacs_page_turns_on_send_after_review(pacs_ctx, orthanc,
+                                                                                       monkeypatch):
+    import streamlit as st
+
+    from engine.pacs.push import send_after_review
+    from tests.test_pages import _run
+
+    monkeypatch.setenv("RADLENS_HOME", str(pacs_ctx.config.home))
+    st.cache_resource.clear()
+    case_id = _pulled_case(pacs_ctx, STUDY_UID)
+    before = len(_instances(orthanc, STUDY_UID))
+    at = _run("pages/diagnosis.py", role="clinician", **{"radlens.current_case": case_id})
+    downloads = {b.label: b.proto.disabled for b in at.get("download_button")}
+    assert downloads == {"PDF report": False, "DICOM SR + captures": False}
+    next(b for b in at.button if b.label == "Send results to PACS").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.success[0].value.startswith("Sent 2 object(s) to orthanc (dicomweb,")
+    assert len(_instances(orthanc, STUDY_UID)) == before + 2
+
+    admin = _run("pages/pacs.py", role="admin")
+    admin.toggle(key="pacs.send_after_review").set_value(True).run()
+    assert not admin.exception and send_after_review(pacs_ctx.store)
+    st.cache_resource.clear()
+
+
+def test_the_command_line_pushes_a_case_and_says_why_it_cannot(pacs_ctx, orthanc):
+    import json
+    import sys
+
+    case_id = _pulled_case(pacs_ctx, STUDY_UID)
+    env = {"RADLENS_HOME": str(pacs_ctx.config.home), "PATH": "/usr/bin", "RADLENS_USER": "cli:tester"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "engine", "pacs", "push", str(case_id), *args],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    early = cli()
+    assert early.returncode == 2 and early.stderr.startswith(f"error: case {case_id} has no analysed result")
+    diagnose_image(pacs_ctx, load_classifier(pacs_ctx), get_case(pacs_ctx.store, case_id)["images"][0])
+    run = cli("--via", "dimse", "--json")
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["node"] == "orthanc" and summary["via"] == "dimse" and summary["objects"] == ["sr", "sc-cam"]
+    unknown = cli("--node", "elsewhere")
+    assert unknown.returncode == 2 and unknown.stderr.startswith("error: ") and "elsewhere" in unknown.stderr

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from engine.models.catalog import find_model
 from engine.store import Store
 
 __all__ = ["CaseResults", "ResultObject", "case_results", "stored_source", "build_objects", "result_objects",
-           "algorithm_of", "evidence_view", "OBJECT_KINDS"]
+           "algorithm_of", "evidence_view", "result_zip", "OBJECT_KINDS"]
 
 # kind -> (title, SOP class): what each object is, for pages, the CLI and the audit log.
 OBJECT_KINDS = {"sr": ("Structured report (SR)", SR_STORAGE),
@@ -209,6 +210,15 @@ def build_objects(config: Config, results: CaseResults, source: Dataset) -> list
     sr = derived.structured_report(source, algorithm_of(p or results.segmentation), finding, measurements,
                                    _review(results) if p else None, cam_sc, seg)
     return [ResultObject("sr", sr), *objects]
+
+
+def result_zip(ctx: Context, case_id: int) -> bytes:
+    """result_objects as one zip (sr.dcm, sc-cam.dcm, seg.dcm, sc-seg.dcm) for a download."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for obj in result_objects(ctx, case_id):
+            archive.writestr(f"case{case_id}-{obj.filename}", obj.data)
+    return buffer.getvalue()
 
 
 def result_objects(ctx: Context, case_id: int) -> list[ResultObject]:

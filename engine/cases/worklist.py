@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
 from dataclasses import dataclass, field
 
 from engine.context import Context
 from engine.store import Store
 
 __all__ = ["Column", "COLUMNS", "WorklistQuery", "WorklistPage", "query_worklist", "list_worklist", "facet_values",
-           "SORTS", "STATUSES", "search_text", "case_id_of"]
+           "SORTS", "STATUSES", "search_text", "case_id_of", "matching_cases", "worklist_csv", "MAX_EXPORT"]
 
 SORTS = {
     "Newest first": "c.received_at DESC, c.id DESC",
@@ -170,3 +173,32 @@ def facet_values(store: Store, column: str) -> list[str]:
     with store.read() as db:
         return [r[0] for r in db.execute(f"SELECT DISTINCT {column} FROM cases WHERE {column} != '' ORDER BY 1")]
 
+
+
+MAX_EXPORT = 10_000  # rows of one CSV export
+
+
+def matching_cases(ctx: Context, q: WorklistQuery, limit: int = MAX_EXPORT) -> WorklistPage:
+    """Every case the filter matches (all pages, in its sort order), up to `limit`; `total` says how many
+    matched."""
+    ctx.require("case.read")
+    return query_worklist(ctx.store, dataclasses.replace(q, page=1, page_size=limit))
+
+
+def _cell(value) -> object:
+    """A spreadsheet opens a cell starting with = + - @ as a formula: such text is prefixed with a quote."""
+    return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def worklist_csv(ctx: Context, q: WorklistQuery) -> bytes:
+    """The filter's cases as CSV, the worklist's columns and titles (needs `case.export`; audited)."""
+    ctx.require("case.export")
+    found = matching_cases(ctx, q)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow([c.title for c in COLUMNS])
+    for row in found.rows:
+        writer.writerow([_cell(row.get(c.key)) for c in COLUMNS])
+    ctx.log("export.csv", "worklist", "", {"cases": len(found.rows), "matched": found.total, "status": q.status,
+                                             "modalities": list(q.modalities), "text": bool(q.text)})
+    return buffer.getvalue().encode()
