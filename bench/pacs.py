@@ -6,7 +6,11 @@
   exists (quiet period RADLENS_DICOM_QUIET_S=1, then the analysis job's process start, model load, forward);
 - scale: 100 instances (4 studies x 25) sent at once over 4 concurrent associations: instances/s, every
   instance stored exactly once, failures, and the worklist query's latency during the push vs idle (the
-  dashboard's responsiveness).
+  dashboard's responsiveness);
+- round trip: one CR study pulled (WADO-RS) -> analysed -> its SR + secondary capture sent back (STOW-RS or
+  C-STORE) into the original study, each step timed. "dashboard": the classifier already loaded, as in the
+  serving process; "job": the product's automatic path, the analysis job's own process (start, model load);
+- dciodvfy over every object type sent (errors and warnings per type).
 
 Run: python -m bench.pacs [--repeats 7]   (needs Orthanc + orthanc-dicomweb and $RADLENS_DATA_DIR)
 """
@@ -128,6 +132,85 @@ def _scale(work: Path, server, port: int) -> dict:
             "worklist_query_idle": _p50(idle), "worklist_query_during_push": _p50(busy)}
 
 
+def _round_trip(work: Path, server, port: int, via: str, background: bool, classifier, i: int) -> dict:
+    from engine.cases.diagnosis import diagnose_image
+    from engine.cases.images import get_case
+    from engine.pacs.push import send_case
+    from engine.pacs.routing import set_routing
+
+    ctx = _with_node(_ctx(work / f"trip-{via}-{background}-{i}", port), server)
+    if not background:
+        set_routing(ctx, "classification", False)  # analysed here, by the loaded classifier
+    start = time.perf_counter()
+    report_ = pull(ctx, "orthanc", STUDY_UID, "dicomweb", series_uid=f"{STUDY_UID}.1")
+    pulled = time.perf_counter()
+    if background:
+        _wait_for(ctx, "SELECT COUNT(*) FROM predictions", 1)
+    else:
+        diagnose_image(ctx, classifier, get_case(ctx.store, report_.case_ids[0])["images"][0])
+    analysed = time.perf_counter()
+    sent = send_case(ctx, report_.case_ids[0], via=via)
+    end = time.perf_counter()
+    return {"pull": pulled - start, "analyse": analysed - pulled, "send": end - analysed, "total": end - start,
+            "objects": sent.objects}
+
+
+def _round_trips(work: Path, server, port: int, repeats: int) -> dict:
+    from engine.cases.diagnosis import load_classifier
+
+    classifier = load_classifier(_ctx(work / "classifier", port))
+    out = {}
+    for via in ("dicomweb", "dimse"):
+        for background in (False, True):
+            runs = [_round_trip(work, server, port, via, background, classifier, i)
+                    for i in range(repeats if not background else max(3, repeats // 2))]
+            out[f"{'job' if background else 'dashboard'}_send_{via}"] = {
+                step: _p50([r[step] for r in runs]) for step in ("pull", "analyse", "send", "total")}
+    return out
+
+
+def _conformance(work: Path, server) -> dict:
+    """dciodvfy over the objects as stored in Orthanc (errors, warnings per object type)."""
+    import re
+    import shutil
+
+    if shutil.which("dciodvfy") is None:
+        return {"skipped": "dciodvfy not installed"}
+    out = {}
+    names = {"1.2.840.10008.5.1.4.1.1.88.33": "comprehensive SR", "1.2.840.10008.5.1.4.1.1.7": "secondary capture",
+             "1.2.840.10008.5.1.4.1.1.66.4": "segmentation"}
+    for instance in server.rest("GET", "/instances"):
+        tags = server.rest("GET", f"/instances/{instance}/simplified-tags")
+        kind = names.get(tags.get("SOPClassUID"))
+        if not kind or kind in out:
+            continue
+        path = work / f"{instance}.dcm"
+        path.write_bytes(server.raw(f"/instances/{instance}/file"))
+        run = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, timeout=60)
+        lines = (run.stdout + run.stderr).splitlines()
+        out[kind] = {"errors": sum(line.startswith("Error") for line in lines),
+                     "warnings": sum(line.startswith("Warning") for line in lines),
+                     "warning_kinds": sorted({re.sub(r"^Warning - </?[^>]*> - ", "", w)[:70] for w in lines
+                                              if w.startswith("Warning")})[:6]}
+    return out
+
+
+def _head_measurement_sent(work: Path, server, port: int) -> None:
+    """A fetal-head study pulled, segmented and sent back, so its SEG is among the objects checked."""
+    from engine.cases.images import get_case
+    from engine.cases.segmentation import load_segmenter, segment_case_image
+    from engine.pacs.push import send_case
+    from tests.orthanc import head_study
+
+    data = head_study()
+    ds = pydicom.dcmread(io.BytesIO(data))
+    server.upload(data)
+    ctx = _with_node(_ctx(work / "head", port), server)
+    report_ = pull(ctx, "orthanc", ds.StudyInstanceUID, "dicomweb")
+    segment_case_image(ctx, load_segmenter(ctx), get_case(ctx.store, report_.case_ids[0])["images"][0])
+    send_case(ctx, report_.case_ids[0])
+
+
 def main(args) -> None:
     port = pacs.free_port()
     server = pacs.Orthanc("RADLENS", port)
@@ -156,12 +239,16 @@ def main(args) -> None:
                     listener.terminate()
                     listener.wait(10)
             scale = _scale(work, server, port)
+            trips = _round_trips(work, server, port, args.repeats)
+            _head_measurement_sent(work, server, port)
+            conformance = _conformance(work, server)
     finally:
         server.stop()
     report("pacs", {"orthanc": "Debian orthanc 1.10.1 + orthanc-dicomweb, on this machine",
                     "find_one_study": finds, "pull_one_cr_study": pulls,
                     "push_to_analysed_one_cr_study": {**_p50(pushes), "quiet_seconds": 1},
                     "push_100_instances_4_associations": scale,
+                    "round_trip_pull_analyse_send_one_cr_study": trips, "dciodvfy_of_objects_sent": conformance,
                     "command": f"python -m bench.pacs --repeats {args.repeats}"})
 
 

@@ -114,6 +114,7 @@ def routing_form(rules: dict[str, bool], scopes: dict[str, str]) -> tuple[str, b
 
 def send_after_review_toggle(enabled: bool) -> bool | None:
     """Whether reviewed cases go back to their source PACS on their own; the new value when changed."""
+    st.markdown("**Results sent back**")
     wanted = st.toggle("Send results (SR and secondary capture) to the source PACS after each review",
                        value=enabled, key="pacs.send_after_review",
                        help="Only studies that came from a PACS; the SR carries the reviewer's verdict")

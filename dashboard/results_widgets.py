@@ -19,22 +19,23 @@ __all__ = ["case_results_out", "filter_exports"]
 def case_results_out(ctx: Context, case_id: int, image: dict) -> None:
     """The case's downloads and the push to its source PACS (the latest analysed result and review)."""
     st.markdown("**Results out**")
-    c1, c2, c3 = st.columns(3)
+    c1, c2 = st.columns(2)
     if ctx.user.may("case.export"):
         c1.download_button("PDF report", lambda: case_report(ctx, [case_id]), f"case{case_id}-report.pdf",
-                           "application/pdf", on_click="ignore", icon=":material/picture_as_pdf:",
+                           "application/pdf", on_click="ignore", icon=":material/picture_as_pdf:", width="stretch",
                            help="One page: image and evidence, result, model card summary, review")
         is_dicom = image["source_format"] == "dicom"
         c2.download_button("DICOM SR + captures", (lambda: result_zip(ctx, case_id)) if is_dicom else b"",
                            f"case{case_id}-results.zip", "application/zip", on_click="ignore",
-                           icon=":material/folder_zip:", disabled=not is_dicom,
+                           icon=":material/folder_zip:", disabled=not is_dicom, width="stretch",
                            help="Structured report, secondary capture(s) and SEG over the de-identified image"
                            if is_dicom else "Needs a DICOM source image")
     if not ctx.user.may("pacs.send"):
         return
     if not has_link(ctx.store, case_id):
-        c3.caption("Results go back to a PACS only for studies that came from one.")
-    elif c3.button("Send results to PACS", icon=":material/send:", key=f"send.{case_id}"):
+        st.caption("Results go back to a PACS only for studies that came from one.")
+    elif st.button("Send results to PACS", icon=":material/send:", key=f"send.{case_id}", width="stretch",
+                   help="The SR and secondary capture(s) (and the SEG) into this study's original study"):
         with st.spinner("Building and sending the SR and captures..."):
             report = send_case(ctx, case_id)
         st.success(md("Sent {n} object(s) to {node} ({via}, {seconds:.1f} s) into the original study.",
@@ -46,7 +47,7 @@ def filter_exports(ctx: Context, query: WorklistQuery, total: int) -> None:
     """CSV of every case the filter matches, and one PDF with a page per case (up to MAX_REPORT_CASES)."""
     if not ctx.user.may("case.export") or not total:
         return
-    c1, c2, _ = st.columns([1, 1, 3])
+    c1, c2, _ = st.columns([2, 2, 1])
     cases = f"{total:,} case{'s' if total != 1 else ''}"
     c1.download_button(f"CSV of these {cases}", lambda: worklist_csv(ctx, query),
                        "radlens-worklist.csv", "text/csv", on_click="ignore", icon=":material/table_view:")

@@ -95,6 +95,11 @@ class Orthanc:
         response.raise_for_status()
         return response.json() if response.content else None
 
+    def raw(self, path: str) -> bytes:
+        response = requests.get(f"{self.url}{path}", auth=(USER, PASSWORD), timeout=120)
+        response.raise_for_status()
+        return response.content
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()

@@ -233,6 +233,9 @@ def _write(prepared: Prepared, ctx: Context, source: str, origin_node: str = "")
         with ctx.store.write() as db:
             row = db.execute("SELECT case_id, id FROM images WHERE sha256 = ?", [prepared.sha256]).fetchone()
             if row:
+                if prepared.link:  # first uploaded, now also retrieved from a PACS: results may go back there
+                    db.execute("INSERT OR IGNORE INTO study_links (image_id, node, sealed) VALUES (?, ?, ?)",
+                               [row[1], origin_node, prepared.link])
                 ctx.audit(db, "upload.duplicate", "image", row[1], {"case_id": row[0], "source": source})
                 return row[0], row[1], True
             relative = Path("files") / uuid.uuid4().hex[:2] / f"{uuid.uuid4().hex}.{prepared.extension}"

@@ -154,7 +154,9 @@ def _prediction(pdf: _Report, p: dict, positive: str, card: ModelCard | None) ->
                   11, _WARN if flagged else _INK, bold=True)
     pdf.probability_bar(p["probability"], p["threshold"])
     calibrator = Calibrator.from_card(card.calibration) if card and card.calibration else None
-    calibration = f"{calibrator.method} ({calibrator.summary()})" if calibrator else "none"
+    summary = calibrator.summary() if calibrator else "none"
+    calibration = summary if not calibrator or summary.startswith(calibrator.method) else \
+        f"{calibrator.method} ({summary})"
     pdf.line_text(f"Calibration: {calibration}; uncalibrated probability {_percent(p['probability_raw'])}.", 8.5,
                   _GREY)
     spread = (f"+/- {p['uncertainty']:.1%} (spread over test-time augmentation)"

@@ -6,8 +6,9 @@ The SR tree (root "Diagnostic imaging report", LOINC 18748-4):
   HAS OBS CONTEXT  the device observer (the model: name, version, RadLens)
   CONTAINS         Algorithm Name / Version / Parameters (weights SHA-256)
   CONTAINS         Finding (CODE: pneumonia / normal ...), INFERRED FROM the source image
-                   Probability, operating threshold, uncertainty, OOD score and threshold (NUM), OOD flag (CODE),
-                   explanation method (TEXT), the secondary capture (IMAGE, "Illustration of ROI")
+                   Probability (NUM; HAS CONCEPT MOD: the positive label it is the probability of), operating
+                   threshold, uncertainty, OOD score and threshold (NUM), OOD flag (CODE), explanation method
+                   (TEXT), the secondary capture (IMAGE, "Illustration of ROI")
   CONTAINS         Circumference and area (NUM, mm / mm2, or pixels), each INFERRED FROM segment 1 of the SEG;
                    the pixel-spacing source (TEXT)
   CONTAINS         Clinician review: person observer (name) and verdict, when reviewed

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss, HausdorffDTLoss
 from torch import nn
 
 from engine.data.catalog import MaskSet, mask_augmentation
@@ -38,6 +37,8 @@ class _WithBoundary(nn.Module):
     distance to the true and predicted boundaries: the error a circumference measured on the outline feels."""
 
     def __init__(self, weight: float):
+        from monai.losses import HausdorffDTLoss
+
         super().__init__()
         self.region, self.boundary, self.weight = seg_loss(), HausdorffDTLoss(to_onehot_y=True, softmax=True), weight
 
@@ -47,7 +48,9 @@ class _WithBoundary(nn.Module):
 
 def seg_loss(boundary_weight: float = 0.0) -> nn.Module:
     """Dice + cross-entropy on (N, C, S, S) logits against (N, 1, S, S) class indices (plus the boundary
-    loss when weighted)."""
+    loss when weighted). MONAI is imported here, for training: it costs ~1.6 s in every process that imports it."""
+    from monai.losses import DiceCELoss
+
     return _WithBoundary(boundary_weight) if boundary_weight else DiceCELoss(to_onehot_y=True, softmax=True)
 
 
