@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import time
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -180,6 +181,13 @@ def test_a_fetal_head_measurement_goes_back_with_its_seg_and_secondary_capture(p
     assert values["Pixel spacing source"] == m.spacing_source
     seg = pydicom.dcmread(io.BytesIO(_retrieved(orthanc, found["1.2.840.10008.5.1.4.1.1.66.4"])))
     assert seg.StudyInstanceUID == HEAD_STUDY and np.array_equal(seg.pixel_array.astype(bool), done.result.mask)
+    # highdicom reads both back: the segment as written, and the SR's measurement referencing it
+    read_seg = hd.seg.Segmentation.from_dataset(seg)
+    assert read_seg.get_segment_description(1).segment_label == "Fetal head"
+    read_sr = hd.sr.ComprehensiveSR.from_dataset(sr)
+    assert read_sr.SOPInstanceUID == sr.SOPInstanceUID and seg.SOPInstanceUID in {
+        i.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
+        for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
     _assert_no_original_identifier(pacs_ctx)
 
 
