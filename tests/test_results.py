@@ -80,9 +80,14 @@ def _instances(orthanc, study_uid: str) -> list[dict]:
     return response.json()
 
 
-def _series_in_study(orthanc, study_uid: str) -> dict[str, dict]:
-    """SOP class -> the newest instance of it in the original study."""
-    return {item["00080016"]["Value"][0]: item for item in _instances(orthanc, study_uid)}
+def _sop_uid(item: dict) -> str:
+    return item["00080018"]["Value"][0]
+
+
+def _series_in_study(orthanc, study_uid: str, before: set[str] = frozenset()) -> dict[str, dict]:
+    """SOP class -> the instance of it in the original study that was not there `before` (SOP UIDs)."""
+    return {item["00080016"]["Value"][0]: item for item in _instances(orthanc, study_uid)
+            if _sop_uid(item) not in before}
 
 
 def _retrieved(orthanc, item: dict) -> bytes:
@@ -124,10 +129,12 @@ def test_a_reviewed_chest_film_goes_back_into_its_original_study(pacs_ctx, ortha
     image = get_case(pacs_ctx.store, case_id)["images"][0]
     result = diagnose_image(pacs_ctx, load_classifier(pacs_ctx), image)
     add_review(pacs_ctx, case_id, "agree", comment="consolidation right lower lobe", prediction_id=result.prediction_id)
+    before = {_sop_uid(item) for item in _instances(orthanc, STUDY_UID)}
     report = send_case(pacs_ctx, case_id, via=via)
     assert report.objects == ["sr", "sc-cam"] and report.node == "orthanc"
 
-    found = _series_in_study(orthanc, STUDY_UID)  # QIDO-RS, in the patient's real study
+    found = _series_in_study(orthanc, STUDY_UID, before)  # QIDO-RS, in the patient's real study
+    assert set(found) == {"1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.7"}  # exactly the two sent
     sr_item, sc_item = found["1.2.840.10008.5.1.4.1.1.88.33"], found["1.2.840.10008.5.1.4.1.1.7"]
     sr, sc = (pydicom.dcmread(io.BytesIO(_retrieved(orthanc, item))) for item in (sr_item, sc_item))
     for ds in (sr, sc):
@@ -167,9 +174,10 @@ def test_a_reviewed_chest_film_goes_back_into_its_original_study(pacs_ctx, ortha
 def test_a_fetal_head_measurement_goes_back_with_its_seg_and_secondary_capture(pacs_ctx, orthanc, tmp_path):
     case_id = _pulled_case(pacs_ctx, HEAD_STUDY)
     done = segment_case_image(pacs_ctx, load_segmenter(pacs_ctx), get_case(pacs_ctx.store, case_id)["images"][0])
+    before = {_sop_uid(item) for item in _instances(orthanc, HEAD_STUDY)}
     report = send_case(pacs_ctx, case_id)
     assert report.objects == ["sr", "seg", "sc-seg"]
-    found = _series_in_study(orthanc, HEAD_STUDY)
+    found = _series_in_study(orthanc, HEAD_STUDY, before)
     assert {"1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.7"} <= set(found)
     for name, sop_class in (("sr", "1.2.840.10008.5.1.4.1.1.88.33"), ("seg", "1.2.840.10008.5.1.4.1.1.66.4")):
         _no_new_errors(tmp_path, name, _retrieved(orthanc, found[sop_class]))

@@ -115,10 +115,13 @@ def algorithm_of(row: dict) -> derived.Algorithm:
 
 @functools.lru_cache(maxsize=4)
 def _classifier(path: Path, sha256: str):
+    import torch
+
     from engine.inference.classify import Classifier
     from engine.models.checkpoint import load_model
 
-    return Classifier(load_model(path, "cpu"), "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return Classifier(load_model(path, device), device)
 
 
 def _verified_classifier(config: Config, prediction: dict):
