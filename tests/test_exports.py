@@ -112,3 +112,35 @@ def test_the_worklist_filter_exports_as_csv_without_formulas(ctx):
     assert len(everything) == 3  # every matching case, not one page
     with pytest.raises(PermissionDenied):
         worklist_csv(ctx.as_user(User("local:ada", "Ada", "admin")), WorklistQuery())
+
+
+@needs_data
+def test_the_original_study_link_is_sealed_to_its_key_and_image(ctx):
+    from engine.errors import KeyUnavailable
+    from engine.io.link import LINK_KEYWORDS, reidentify, seal, unseal
+    from engine.keys import secret_key
+    from engine.pacs.push import has_link
+    from tests.orthanc import MARKER, chest_study
+
+    data = chest_study(study_uid="1.2.826.0.1.3680043.9.4417.7")[0]
+    [uploaded] = ingest_files([("film.dcm", data)], ctx)
+    assert not has_link(ctx.store, uploaded.case_id)  # an upload never keeps its original identity
+    [again] = ingest_files([("film.dcm", data)], ctx, origin_node="orthanc")  # the same film, now from a PACS
+    assert again.status == "duplicate" and has_link(ctx.store, uploaded.case_id)
+    with ctx.store.read() as db:
+        sealed, sha = db.execute("SELECT l.sealed, i.sha256 FROM study_links l JOIN images i ON i.id = l.image_id"
+                                 ).fetchone()
+    assert MARKER.encode() not in sealed and b"4417" not in sealed  # ciphertext only
+    key = secret_key(ctx.config.home, "pseudonym")
+    original = unseal(key, sha, sealed)
+    assert original["PatientID"] == f"{MARKER}-MRN" and original["StudyInstanceUID"] == "1.2.826.0.1.3680043.9.4417.7"
+    assert set(original) <= set(LINK_KEYWORDS)
+    with pytest.raises(KeyUnavailable, match="another image"):
+        unseal(key, "0" * 64, sealed)  # bound to its own stored file
+    with pytest.raises(KeyUnavailable):
+        unseal(bytes(32), sha, sealed)  # and to the de-identification key
+    stored = pydicom.dcmread(ctx.config.home / get_case(ctx.store, uploaded.case_id)["images"][0]["path"])
+    restored = reidentify(stored, original)
+    assert restored.PatientID == f"{MARKER}-MRN" and "PatientIdentityRemoved" not in restored
+    assert stored.PatientID.startswith("RL-")  # the stored copy is untouched
+    assert unseal(key, sha, seal(key, sha, {"PatientID": "x"})) == {"PatientID": "x"}

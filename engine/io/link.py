@@ -11,6 +11,7 @@ link cannot be moved onto another image.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import json
@@ -63,7 +64,7 @@ def unseal(deid_key: bytes, sha256: str, sealed: bytes) -> dict[str, str]:
 
 def reidentify(ds: Dataset, values: dict[str, str]) -> Dataset:
     """A copy of the de-identified `ds` carrying the original values again (in memory only)."""
-    out = ds.copy()
+    out = copy.deepcopy(ds)  # Dataset.copy() is shallow: the caller's dataset would be re-identified too
     for keyword, value in values.items():
         setattr(out, keyword, value)
     for keyword in ("PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
