@@ -27,6 +27,7 @@ from engine.io.derived import DISCLAIMER, SR_CODES
 from engine.jobs.queue import get_job
 from engine.pacs.nodes import PacsNode, save_credentials, save_node
 from engine.pacs.push import review_case, send_case, set_send_after_review
+from engine.pacs.routing import set_routing
 from engine.pacs.studies import pull
 from engine.store import open_store
 from tests import orthanc as pacs
@@ -62,6 +63,8 @@ def pacs_ctx(tmp_path, orthanc) -> Context:
     ctx = Context(config, open_store(config), User("cli:test", "test", "system"))
     save_node(ctx, PacsNode("orthanc", orthanc.dicomweb, pacs.AE_TITLE, "127.0.0.1", orthanc.dicom_port))
     save_credentials(ctx, "orthanc", pacs.USER, pacs.PASSWORD)
+    for task in ("classification", "segmentation"):  # each test analyses its case itself, no background job races it
+        set_routing(ctx, task, False)
     return ctx.as_user(CLINICIAN)
 
 
@@ -308,3 +311,6 @@ def test_the_command_line_pushes_a_case_and_says_why_it_cannot(pacs_ctx, orthanc
     assert summary["node"] == "orthanc" and summary["via"] == "dimse" and summary["objects"] == ["sr", "sc-cam"]
     unknown = cli("--node", "elsewhere")
     assert unknown.returncode == 2 and unknown.stderr.startswith("error: ") and "elsewhere" in unknown.stderr
+    log = (pacs_ctx.config.log_dir / "radlens.log").read_text()
+    assert "Store Response (Status: 0x0000" in log  # the CLI logs the C-STORE ...
+    _assert_no_original_identifier(pacs_ctx)  # ... and no original identifier, there or anywhere in the home

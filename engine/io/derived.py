@@ -18,6 +18,7 @@ Concepts without a standard code use the private scheme 99RADLENS (declared in t
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -35,6 +36,9 @@ SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.33"
 _PRIVATE = "99RADLENS"
+# highdicom logs, at INFO, the UIDs of the datasets it copies the patient and study from: over a re-identified
+# source (a push) those are the original identifiers, and the CLI writes INFO to RADLENS_HOME/logs.
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 
 def _private(value: str, meaning: str) -> Code:
