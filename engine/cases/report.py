@@ -16,7 +16,7 @@ import pydicom
 from fpdf import FPDF
 from PIL import Image
 
-from engine.cases.results import CaseResults, case_results, evidence_view
+from engine.cases.results import CaseResults, area_unit, case_results, evidence_view
 from engine.config import Config
 from engine.context import Context
 from engine.draw import fit_within, font_path
@@ -170,8 +170,8 @@ def _prediction(pdf: _Report, p: dict, positive: str, card: ModelCard | None) ->
 
 def _segmentation(pdf: _Report, s: dict) -> None:
     pdf.heading("Result")
-    area = "mm\u00b2" if s["unit"] == "mm" else "px\u00b2"
-    pdf.line_text(f"Head circumference {s['circumference']:.1f} {s['unit']}, area {s['area']:.0f} {area}", 11,
+    pdf.line_text(f"Head circumference {s['circumference']:.1f} {s['unit']}, area {s['area']:.0f} "
+                  f"{area_unit(s['unit'])}", 11,
                   bold=True)
     pdf.line_text(f"Measured on the ellipse fitted to the model's mask; pixel size: {s['spacing_source']}.", 8.5,
                   _GREY)

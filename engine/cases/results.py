@@ -34,7 +34,7 @@ from engine.models.catalog import find_model
 from engine.store import Store
 
 __all__ = ["CaseResults", "ResultObject", "case_results", "stored_source", "build_objects", "result_objects",
-           "algorithm_of", "evidence_view", "result_zip", "OBJECT_KINDS"]
+           "algorithm_of", "evidence_view", "area_unit", "result_zip", "OBJECT_KINDS"]
 
 # kind -> (title, SOP class): what each object is, for pages, the CLI and the audit log.
 OBJECT_KINDS = {"sr": ("Structured report (SR)", SR_STORAGE),
@@ -156,9 +156,19 @@ def evidence_view(config: Config, results: CaseResults) -> tuple[np.ndarray, np.
         classifier = _verified_classifier(config, p)
         return gray, overlay(gray, classifier.classify(gray).cam), classifier.loaded.card.positive_label
     if s := results.segmentation:
-        ellipse = Ellipse(**json.loads(s["ellipse"])) if s["ellipse"] else None
-        return gray, draw_segmentation(gray, _mask(s), ellipse=ellipse), ""
+        return gray, _outline(gray, s), ""
     return gray, None, ""
+
+
+def _outline(gray: np.ndarray, segmentation: dict) -> np.ndarray:
+    """The segmentation's mask outlined over the image, with the ellipse its measurement was fitted on."""
+    ellipse = Ellipse(**json.loads(segmentation["ellipse"])) if segmentation["ellipse"] else None
+    return draw_segmentation(gray, _mask(segmentation), ellipse=ellipse)
+
+
+def area_unit(unit: str) -> str:
+    """The unit of an area measured in `unit` (mm or px)."""
+    return f"{unit}\u00b2"
 
 
 def _cam_capture(results: CaseResults, source: Dataset, rgb: np.ndarray, positive: str) -> Dataset:
@@ -178,13 +188,11 @@ def _mask(segmentation: dict) -> np.ndarray:
     return mask > 127
 
 
-def _seg_capture(results: CaseResults, source: Dataset, gray: np.ndarray, mask: np.ndarray) -> Dataset:
+def _seg_capture(results: CaseResults, source: Dataset, rgb: np.ndarray) -> Dataset:
     s = results.segmentation
-    ellipse = Ellipse(**json.loads(s["ellipse"])) if s["ellipse"] else None
-    area_unit = "mm\u00b2" if s["unit"] == "mm" else "px\u00b2"
-    rgb = with_banner(draw_segmentation(gray, mask, ellipse=ellipse), BURNED_IN, [
+    rgb = with_banner(rgb, BURNED_IN, [
         f"RadLens {s['model_name']} v{s['model_version']}: head circumference {s['circumference']:.1f} {s['unit']}, "
-        f"area {s['area']:.0f} {area_unit}",
+        f"area {s['area']:.0f} {area_unit(s['unit'])}",
         f"Model mask (green), fitted ellipse (white); pixel size: {s['spacing_source']}"])
     return derived.secondary_capture(source, rgb, "RadLens segmentation (research use only)", algorithm_of(s),
                                      "Segmentation outline and fitted ellipse over the source image")
@@ -208,7 +216,8 @@ def build_objects(config: Config, results: CaseResults, source: Dataset) -> list
         if mask.shape != (source.Rows, source.Columns):
             raise ExportError("the mask and the source image differ in size; download the PDF report instead")
         seg = derived.segmentation(source, mask, algorithm_of(s))
-        objects += [ResultObject("seg", seg), ResultObject("sc-seg", _seg_capture(results, source, gray, mask))]
+        outline = _outline(gray, s) if p else evidence  # evidence_view drew it unless there is a prediction
+        objects += [ResultObject("seg", seg), ResultObject("sc-seg", _seg_capture(results, source, outline))]
         measurements = derived.Measurements(s["circumference"], s["area"], s["unit"], s["spacing_source"])
     sr = derived.structured_report(source, algorithm_of(p or results.segmentation), finding, measurements,
                                    _review(results) if p else None, cam_sc, seg)
