@@ -31,6 +31,7 @@ PAGES = (
     PageSpec("pages/diagnosis.py", "Diagnosis", ":material/diagnosis:", "diagnosis", "case.analyse"),
     PageSpec("pages/segmentation.py", "Segmentation", ":material/donut_large:", "segmentation", "case.analyse"),
     PageSpec("pages/explainability.py", "Explainability", ":material/blur_on:", "explainability", "explain.audit"),
+    PageSpec("pages/batch.py", "Batch", ":material/dataset:", "batch", "batch.run"),
     PageSpec("pages/training.py", "Training", ":material/monitoring:", "training", "job.submit"),
     PageSpec("pages/models.py", "Models", ":material/model_training:", "models", "model.compare"),
     PageSpec("pages/admin.py", "Admin", ":material/admin_panel_settings:", "admin", "user.manage"),

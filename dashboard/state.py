@@ -11,6 +11,7 @@ AUDIT_RUNNING = "radlens.audit.running"  # an audit was running at the last refr
 RAW_OUTPUT = "radlens.raw_output"  # {(prediction or segmentation id,): the revealed raw output}, logged once
 SEGMENTATION = "radlens.segmentation"  # {(image id, weights sha, pixel size): CaseSegmentation}, as DIAGNOSIS
 TRAIN_JOB = "radlens.train.job"  # the job the Training page shows
+BATCH_JOB = "radlens.batch.job"  # the run the Batch page shows
 SESSION = "radlens.session"  # the sign-in session's token (only its hash is in the store)
 SIGN_IN_NOTE = "radlens.sign_in_note"  # why the user is looking at the sign-in form (expired, signed out)
 VIEWED = "radlens.viewed"  # cases whose view is already in the audit trail this sitting

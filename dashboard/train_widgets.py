@@ -18,13 +18,13 @@ from engine.data.catalog import datasets
 from engine.data.reviews import usable_review_ids
 from engine.errors import UnknownModel
 from engine.inference.batch import PRECISIONS
-from engine.jobs.queue import RESUMABLE, Job, JobStatus, get_job, job_metrics, log_tail
+from engine.jobs.queue import Job, JobStatus, get_job, job_metrics, log_tail
 from engine.jobs.training import TrainConfig, TrainingRequest, visible_gpus
 from engine.models.catalog import active_model, find_model
 from engine.models.registry import get_spec, list_models
 from engine.tasks import get_task, task_names
 
-__all__ = ["job_form", "queue_table", "job_title", "job_actions", "live_job", "REFRESH_S"]
+__all__ = ["job_form", "queue_table", "job_title", "live_job", "compare_link", "REFRESH_S"]
 
 REFRESH_S = 2.0
 _BADGES = {"queued": ":gray-badge[queued]", "running": ":blue-badge[running]", "finished": ":green-badge[finished]",
@@ -166,18 +166,10 @@ def _progress(job: Job) -> None:
     c[4].metric("Machine RAM in use", f"{p['ram_percent']:.0f} %" if "ram_percent" in p else "-")
 
 
-def job_actions(job: Job) -> str | None:
-    """The buttons a job offers; returns "cancel" or "resume" when one is pressed (the page acts)."""
-    row = st.container(horizontal=True)  # buttons as wide as their labels, side by side
-    if job.active and row.button("Cancel job", icon=":material/stop:", key=f"cancel.{job.id}"):
-        return "cancel"
-    if job.status in RESUMABLE and row.button("Resume from the last checkpoint", icon=":material/replay:",
-                                              key=f"resume.{job.id}", type="primary"):
-        return "resume"
-    if job.status is JobStatus.FINISHED:
-        links.page_link("models", label=f"Compare {job.model_name} with the active model and promote it",
-                     icon=":material/compare_arrows:", query_params={"model": job.model_name})
-    return None
+def compare_link(job: Job) -> None:
+    """A finished training job's next step: its model against the active one, on the Models page."""
+    links.page_link("models", label=f"Compare {job.model_name} with the active model and promote it",
+                    icon=":material/compare_arrows:", query_params={"model": job.model_name})
 
 
 def _render(ctx: Context, job_id: int, was_active: bool) -> None:

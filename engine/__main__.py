@@ -13,6 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from engine.batch import commands as batch_commands
 from engine.cases.demo import seed_demo
 from engine.cases.ingest import IngestResult, ingest_paths, prepare, remove_orphan_files, render_untrusted
 from engine.config import Config
@@ -248,12 +249,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="folder to write the .dcm files to")
     identity_commands.add_parsers(sub)
     pacs_commands.add_parsers(sub)
+    batch_commands.add_parsers(sub)
     return parser
 
 
 COMMANDS = {"init": _init, "ingest": _ingest, "render": _render, "classify": _classify, "segment": _segment,
             "audit": _audit, "report": _report, "export": _export, **identity_commands.COMMANDS,
-            **pacs_commands.COMMANDS}
+            **pacs_commands.COMMANDS, **batch_commands.COMMANDS}
 
 
 # C0/C1 control characters (ESC starts terminal escape sequences) and bidirectional overrides: a value from

@@ -155,6 +155,13 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     auth: AuthSettings = field(default_factory=AuthSettings)
     dicom: DicomSettings = field(default_factory=DicomSettings)
+    # where a signed-in user may point a batch run (RADLENS_BATCH_ROOTS, separated by ':'); default: the data
+    # folder and $RADLENS_HOME/batch. The CLI, run by someone with shell access, may read any path.
+    batch_roots: tuple[Path, ...] = ()
+
+    @property
+    def allowed_batch_roots(self) -> tuple[Path, ...]:
+        return self.batch_roots or tuple(p for p in (self.data_dir, self.home / "batch") if p)
 
     @property
     def db_path(self) -> Path:
@@ -187,4 +194,5 @@ class Config:
             limits=limits,
             auth=AuthSettings.from_env(env),
             dicom=DicomSettings.from_env(env),
+            batch_roots=tuple(Path(p).resolve() for p in env.get("RADLENS_BATCH_ROOTS", "").split(os.pathsep) if p),
         )

@@ -30,6 +30,8 @@ PERMISSIONS = {
     "pacs.retrieve": "retrieve studies from a PACS into the store (de-identified on arrival)",
     "pacs.configure": "add, change or remove PACS nodes and the routing of arriving studies",
     "pacs.send": "send a case's results (SR, secondary capture, SEG) to the PACS its study came from",
+    "batch.run": "run a model over a folder, zip or manifest of images on the server (a batch job) and read its "
+                 "results",
     "explain.audit": "compare explanation methods and start dataset-level heatmap audits",
     "job.submit": "start a training job",
     "job.manage": "cancel or resume a training or audit job",
@@ -42,10 +44,10 @@ _ALL = frozenset(PERMISSIONS)
 ROLES: dict[str, frozenset[str]] = {
     # reads and analyses cases, and is the only role whose verdicts become reviews (training labels)
     "clinician": frozenset({"case.read", "case.upload", "case.analyse", "case.review", "case.export",
-                            "pacs.query", "pacs.retrieve", "pacs.send"}),
+                            "pacs.query", "pacs.retrieve", "pacs.send", "batch.run"}),
     # works on de-identified data and models, never writes a clinical verdict or changes the active model
     "researcher": frozenset({"case.read", "case.analyse", "case.export", "case.raw_output", "explain.audit",
-                             "job.submit",
+                             "job.submit", "batch.run",
                              "job.manage", "model.compare"}),
     # runs the installation: people, models in service, the audit trail; reads no cases
     "admin": frozenset({"user.manage", "audit.read", "model.compare", "model.promote", "job.manage",

@@ -196,6 +196,10 @@ class NoStudyLink(EngineError):
     """The case did not come from a PACS, so there is no original study to send its results to."""
 
 
+class BatchSourceError(EngineError):
+    """A batch run's source cannot be listed (missing, unsupported, outside the allowed folders, changed)."""
+
+
 class DiskFull(EngineError):
     """A write failed because the disk (or the user's quota) is full; nothing half-written was kept."""
 

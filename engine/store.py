@@ -257,6 +257,28 @@ def _m011_study_links(db: Database) -> None:
                              foreign_keys=[("image_id", "images")])
 
 
+def _m012_batch(db: Database) -> None:
+    """Batch runs (jobs of kind 'batch'): their fixed shards, the results keyed by (input hash, weights hash) so
+    a retried shard or a re-run never adds a row twice, and a reason row per item that could not be read."""
+    db["batch_shards"].create({"job_id": int, "shard": int, "start": int, "stop": int, "status": str,
+                               "analysed": int, "not_analysed": int, "failed": int, "new_rows": int,
+                               "labels": str, "seconds": float, "worker": str, "loaded_at": str, "cases_at": str},
+                              pk=("job_id", "shard"), foreign_keys=[("job_id", "jobs")])
+    db["batch_results"].create({
+        "id": int, "job_id": int, "item": int, "input_sha256": str, "weights_sha256": str, "task": str,
+        "model_name": str, "model_version": str, "status": str, "status_reason": str, "modality": str,
+        "body_part": str, "rows": int, "cols": int, "label": str, "probability": float, "probabilities": str,
+        "probabilities_raw": str, "threshold": float, "uncertainty": float, "uncertainty_method": str,
+        "ood_score": float, "ood_threshold": float, "ood_flag": int, "cam_method": str, "mask_pixels": int,
+        "circumference": float, "area": float, "unit": str, "spacing_mm": float, "spacing_source": str,
+        "overlay_png": bytes, "latency_ms": float, "device": str, "case_id": int, "image_id": int, "created_at": str,
+    }, pk="id", foreign_keys=[("job_id", "jobs")])
+    db["batch_results"].create_index(["input_sha256", "weights_sha256"], unique=True)
+    db["batch_results"].create_index(["job_id"])
+    db["batch_failures"].create({"job_id": int, "item": int, "reason": str, "created_at": str},
+                                pk=("job_id", "item"), foreign_keys=[("job_id", "jobs")])
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (1, "initial schema", _m001_initial),
     (2, "prediction provenance", _m002_prediction_provenance),
@@ -269,6 +291,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (9, "results are analysed or not analysed (outside the model's scope)", _m009_abstention),
     (10, "PACS nodes and arrivals", _m010_pacs),
     (11, "sealed links to original studies", _m011_study_links),
+    (12, "batch runs: shards, results, reason rows", _m012_batch),
 )
 _AUDIT_HEAD = "audit_head"
 

@@ -20,7 +20,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 # A test is slow when it trains, runs a background job or a browser, renders whole pages, or evaluates a
 # model on a whole dataset split. Whole modules first, then single tests (by name prefix).
 SLOW_MODULES = {"test_jobs", "test_browser", "test_auth_browser", "test_pages", "test_lifecycle", "test_train",
-                "test_store", "test_pacs", "test_results"}
+                "test_store", "test_pacs", "test_results", "test_batch"}
 SLOW_TESTS = (
     "test_shipped_card_numbers_reproduce", "test_calibration_lowers", "test_classify_command",
     "test_the_boundary_offset", "test_segmentation_training", "test_cli_segment", "test_audit_",

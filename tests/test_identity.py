@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engine.batch.run import BatchRequest, start_batch
 from engine.cases.diagnosis import CaseResult, add_review, diagnose_image, load_classifier, raw_output
 from engine.cases.heatmap_audit import start_audit
 from engine.cases.images import get_case, record_export, view_case
@@ -89,6 +90,7 @@ ACTIONS = {
     "pacs.retrieve": lambda ctx, case, clf: pull(ctx, "no-such-node", "1.2.3"),
     "pacs.configure": lambda ctx, case, clf: save_node(ctx, PacsNode("no-address")),
     "pacs.send": lambda ctx, case, clf: send_case(ctx, case),  # the case has no result: NotAnalysed after the check
+    "batch.run": lambda ctx, case, clf: start_batch(ctx, BatchRequest("/no/such/archive")),
     "explain.audit": lambda ctx, case, clf: start_audit(ctx, "cxr-pneumonia-resnet18", "no-such-method", "x", "test"),
     "job.submit": lambda ctx, case, clf: submit_training(
         ctx, TrainingRequest(TrainConfig(dataset="hc18", model="resnet18"))),
@@ -103,7 +105,7 @@ ACTIONS = {
 def test_the_matrix_names_every_permission_and_the_documented_roles():
     assert set(ACTIONS) == set(PERMISSIONS)
     assert ROLES["clinician"] == {"case.read", "case.upload", "case.analyse", "case.review", "case.export",
-                                  "pacs.query", "pacs.retrieve", "pacs.send"}
+                                  "pacs.query", "pacs.retrieve", "pacs.send", "batch.run"}
     assert not {"pacs.query", "pacs.retrieve", "pacs.configure", "pacs.send"} & ROLES["researcher"]  # PHI
     assert "pacs.send" in ROLES["admin"]
     assert "case.review" not in ROLES["researcher"] and "model.promote" not in ROLES["researcher"]

@@ -24,6 +24,7 @@ LAYERS = (
     ("engine.jobs",),
     ("engine.cases",),
     ("engine.pacs",),
+    ("engine.batch",),
     ("engine.train",),
     ("engine.__main__",),
     ("dashboard",),
@@ -33,6 +34,7 @@ FORBIDDEN = {
     "engine.inference": ("engine.store", "engine.cases", "engine.jobs"),
     "engine.cases": ("engine.train",),
     "engine.pacs": ("engine.train",),
+    "engine.batch": ("engine.train",),
     "dashboard": ("engine.train",),
     "pages": ("engine.train",),
 }

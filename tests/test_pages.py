@@ -308,6 +308,42 @@ def test_training_page_starts_a_job_from_the_form_and_cancels_it(app_home, tmp_p
     assert _widget(at.button, "Resume from the last checkpoint")  # a cancelled job can go on
 
 
+@needs_data
+def test_batch_page_runs_a_folder_and_shows_each_file_once(app_home, tmp_path):
+    import shutil
+    import time
+
+    from engine.jobs.queue import get_job
+    from engine.store import open_store
+
+    inbox = app_home.home / "batch" / "films"  # a signed-in user's run reads only under the batch roots
+    films = sorted((app_home.data_dir / "cxr_pneumonia" / "train" / "normal").glob("*.jpg"))[:5]
+    for film in films:
+        shutil.copyfile(film, (inbox.mkdir(parents=True, exist_ok=True), inbox / film.name)[1])
+    (inbox / "broken.dcm").write_bytes(b"DICM but not really")
+    at = _run("pages/batch.py")
+    assert at.title[0].value == "Batch" and "No batch run yet" in at.info[0].value
+    at.text_input(key="batch.source").set_value(str(tmp_path))  # outside the batch roots: refused
+    _widget(at.button, "Start the batch run").click().run()
+    assert any("RADLENS_BATCH_ROOTS" in shown(e.value) for e in at.error) and not at.exception
+    at.text_input(key="batch.source").set_value(str(inbox))
+    _widget(at.number_input, "Workers").set_value(1)
+    _widget(at.button, "Start the batch run").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    store = open_store(app_home)
+    deadline = time.monotonic() + 180
+    while get_job(store, 1).active and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert get_job(store, 1).status == "finished"
+    at.run()
+    runs = at.dataframe[0].value
+    assert (runs.iloc[0]["Files"], runs.iloc[0]["Analysed"] + runs.iloc[0]["Not analysed"],
+            runs.iloc[0]["Failed"]) == (6, 5, 1)
+    files = at.dataframe[1].value
+    assert len(files) == 6 and sorted(files["Path"]) == sorted(str(p) for p in inbox.iterdir())
+    assert [b.label for b in at.get("download_button")] == ["Download the results (CSV, one line per file)"]
+
+
 def test_models_page_promotes_and_rolls_back_with_history(app_home):
     make_model_file(app_home.home / "models" / "candidate.safetensors")
     at = _run("pages/models.py", role="admin")

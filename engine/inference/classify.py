@@ -12,6 +12,7 @@ import torch
 from torchvision.transforms import v2
 
 from engine.errors import ModelMismatch
+from engine.inference.batch import autocast
 from engine.inference.cam import single_pass_cam
 from engine.metrics import Calibrator
 from engine.models.checkpoint import LoadedModel
@@ -38,7 +39,7 @@ class Prediction:
     ood_score: float
     ood_threshold: float
     latency_ms: float  # preprocessing + forward + CAM (+ TTA), excluding decoding
-    cam: np.ndarray = field(repr=False)  # (size, size) in [0, 1], evidence for `label`
+    cam: np.ndarray | None = field(repr=False)  # (size, size) in [0, 1], evidence for `label`; None: not asked
     cam_method: str = "gradcam"
 
     @property
@@ -78,18 +79,30 @@ class Classifier:
     def classify(self, gray: np.ndarray, tta: int = 0) -> Prediction:
         return self.classify_batch([gray], tta)[0]
 
-    def classify_batch(self, grays: list[np.ndarray], tta: int = 0) -> list[Prediction]:
-        """(H, W) uint8 display images -> predictions; one forward for the whole batch (+ tta per image)."""
+    def classify_batch(self, grays: list[np.ndarray], tta: int = 0, cam: bool = True,
+                       timings: dict[str, float] | None = None) -> list[Prediction]:
+        """(H, W) uint8 display images -> predictions; one forward for the whole batch (+ tta per image).
+        `cam=False` skips the explanation (a plain forward; batch runs that do not keep CAMs); `timings`
+        accumulates seconds of preprocessing and of the forward (+ CAM)."""
         start = time.perf_counter()
         prep = self.loaded.preprocessing
         x = torch.cat([prep(g) for g in grays]).to(self.device, memory_format=torch.channels_last)
+        prepared = time.perf_counter()
         with self.lock:
-            logits, cams, chosen, activations = single_pass_cam(self.model, self.layer, x, self.choose)
+            if cam:
+                logits, cams, chosen, activations = single_pass_cam(self.model, self.layer, x, self.choose)
+            else:
+                logits, activations = self._forward(x)
+                cams, chosen = [None] * len(grays), [self.choose(z) for z in logits.float().cpu()]
             spreads = self._tta_spread(x, tta) if tta else None
         features = pooled(activations)
         ood = mahalanobis(features, self.loaded.extras["ood_mean"].cpu(), self.loaded.extras["ood_precision"].cpu())
         raw = torch.softmax(logits.float().cpu(), dim=1)
         cal = self.calibrator.probabilities(logits.float().cpu())
+        if timings is not None:
+            timings["preprocess"] = timings.get("preprocess", 0.0) + prepared - start
+            timings["forward_cam" if cam else "forward"] = (timings.get("forward_cam" if cam else "forward", 0.0)
+                                                            + time.perf_counter() - prepared)
         each_ms = (time.perf_counter() - start) * 1000 / len(grays)
         labels = self.loaded.labels
         out = []
@@ -105,6 +118,18 @@ class Classifier:
                 ood_score=float(ood[i]), ood_threshold=self.ood_threshold, latency_ms=each_ms, cam=cams[i],
             ))
         return out
+
+    @torch.inference_mode()
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the CAM layer's activations (the OOD gate's features), without any backward."""
+        captured: list[torch.Tensor] = []
+        handle = self.layer.register_forward_hook(lambda m, i, o: captured.append(o))
+        try:
+            with autocast(self.device):
+                logits = self.model(x)
+        finally:
+            handle.remove()
+        return logits, captured[0]
 
     @torch.no_grad()
     def _tta_spread(self, x: torch.Tensor, n: int) -> np.ndarray:

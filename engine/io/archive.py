@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from engine.config import Limits
 from engine.errors import EngineError, UnreadableStudy, UnsafeArchive, short_reason
 
-__all__ = ["Member", "iter_zip"]
+__all__ = ["Member", "iter_zip", "member_names", "read_member"]
 
 _SKIP_PREFIXES = ("__MACOSX/",)
 _SKIP_NAMES = {"DICOMDIR", "Thumbs.db", ".DS_Store"}
@@ -32,7 +32,7 @@ def iter_zip(data: bytes, limits: Limits) -> Iterator[Member]:
     """Yield each file member. Unsafe members come back with an error; the rest still load."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-        infos = [i for i in archive.infolist() if not i.is_dir() and not _skipped(i.filename)]
+        infos = [archive.getinfo(name) for name in member_names(archive)]
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as exc:
         raise UnreadableStudy(f"not a readable zip archive ({short_reason(exc)})") from None
     if len(infos) > limits.max_zip_members:
@@ -52,6 +52,21 @@ def iter_zip(data: bytes, limits: Limits) -> Iterator[Member]:
             continue
         budget -= len(member)
         yield Member(name, member)
+
+
+def member_names(archive: zipfile.ZipFile) -> list[str]:
+    """The file members worth reading, in the archive's order (no folders, no OS clutter)."""
+    return [i.filename for i in archive.infolist() if not i.is_dir() and not _skipped(i.filename)]
+
+
+def read_member(archive: zipfile.ZipFile, name: str, limits: Limits) -> bytes:
+    """One member under the same checks as an upload's (safe name, size, compression ratio)."""
+    _check_name(name)
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        raise UnreadableStudy("the zip no longer holds this member") from None
+    return _read(archive, info, limits, limits.max_upload_bytes)
 
 
 def _skipped(name: str) -> bool:

@@ -71,6 +71,8 @@ class JobProgress(TypedDict, total=False):
     ram_percent: float
     gpu_memory_mb: float
     gpu_util_percent: float
+    failures: int  # batch runs: items that could not be read or decoded
+    stage_seconds: dict  # batch runs: worker seconds per stage (read, decode, preprocess, forward, ...)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ KINDS: dict[str, JobKind] = {k.name: k for k in (
             "one running analysis per device"),
     JobKind("send", "Sending results to a PACS", lambda job: ["-m", "engine", "send", "--run", str(job.id)],
             "one running send per device"),
+    JobKind("batch", "Batch run", lambda job: ["-m", "engine", "batch", "--run", str(job.id)],
+            "one running batch run per device (its workers share the machine)"),
 )}
 
 
@@ -237,8 +241,9 @@ def cancel_job(ctx: Context, job_id: int) -> None:
     dispatch(ctx)
 
 
-def resume_job(ctx: Context, job_id: int) -> None:
-    """Queue an interrupted, cancelled or failed job again; it continues from what it last saved."""
+def resume_job(ctx: Context, job_id: int, here: bool = False) -> None:
+    """Queue an interrupted, cancelled or failed job again; it continues from what it last saved. `here=True`
+    records it as running in this process (the CLI's foreground resume) instead of queueing it."""
     ctx.require("job.manage")
     get_job(ctx.store, job_id)  # a clear error for an unknown id
     with ctx.store.write() as db:
@@ -246,11 +251,14 @@ def resume_job(ctx: Context, job_id: int) -> None:
         status = db["jobs"].get(job_id)["status"]
         if status not in RESUMABLE:
             raise JobError(f"job {job_id} is {status}; only {', '.join(RESUMABLE)} jobs can be resumed")
-        db.execute("UPDATE jobs SET status = 'queued', resumes = coalesce(resumes, 0) + 1, pid = NULL, "
-                   "pid_started = NULL, error = NULL, finished_at = NULL, updated_at = ? WHERE id = ?",
-                   [utc_now(), job_id])
+        pid = os.getpid() if here else None
+        db.execute("UPDATE jobs SET status = ?, resumes = coalesce(resumes, 0) + 1, pid = ?, "
+                   "pid_started = ?, error = NULL, finished_at = NULL, updated_at = ? WHERE id = ?",
+                   [(JobStatus.RUNNING if here else JobStatus.QUEUED).value, pid, start_time(pid) if pid else None,
+                    utc_now(), job_id])
         ctx.audit(db, "job.resume", "job", job_id, {"was": status})
-    dispatch(ctx)
+    if not here:
+        dispatch(ctx)
 
 
 def claim_job(store: Store, job_id: int, pid: int | None = None) -> Job:

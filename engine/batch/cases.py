@@ -1,0 +1,84 @@
+"""On request (`--cases`), a batch run's analysed images become cases: each file goes through the normal ingest
+(decoded in the sandbox, de-identified, stored) and its batch result is logged as the case's prediction or
+segmentation, as if it had been analysed on the Diagnosis or Segmentation page. Nothing is computed twice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from engine.batch.sources import read_item
+from engine.cases.ingest import ingest_files
+from engine.context import Context
+from engine.errors import EngineError
+from engine.models.checkpoint import read_card
+from engine.models.preprocess import Preprocessing
+from engine.store import utc_now
+
+__all__ = ["land_as_cases"]
+
+
+def _prediction(row: dict, card) -> dict:
+    raw = json.loads(row["probabilities_raw"] or "{}")
+    return {"table": "predictions", "values": {
+        "task": "classification", "label": row["label"], "probability": row["probability"],
+        "probabilities": row["probabilities"], "probability_raw": raw.get(card.positive_label),
+        "probabilities_raw": row["probabilities_raw"], "threshold": row["threshold"],
+        "uncertainty": row["uncertainty"], "uncertainty_method": row["uncertainty_method"],
+        "ood_score": row["ood_score"], "ood_threshold": row["ood_threshold"], "ood_flag": row["ood_flag"],
+        "cam_method": row["cam_method"]}}
+
+
+def _segmentation(row: dict, card) -> dict:
+    return {"table": "segmentations", "values": {
+        "mask_png": row["overlay_png"], "mask_pixels": row["mask_pixels"], "circumference": row["circumference"],
+        "area": row["area"], "unit": row["unit"] or "", "spacing_mm": row["spacing_mm"],
+        "spacing_source": row["spacing_source"]}}
+
+
+RECORDS = {"classification": _prediction, "segmentation": _segmentation}  # the case-path row each task logs
+
+
+def land_as_cases(ctx: Context, job_id: int, config: dict, names: tuple[str, ...], rows: list[dict]) -> int:
+    """Ingest the files of the rows that have a result and log each result on its case; returns how many landed.
+    A row whose result is already on a case is skipped (its case id is set in the same transaction as the logged
+    result), so a resumed run never logs one twice. A file that does not land now (changed since, disk full) is
+    left out; its batch result stays."""
+    ctx.require("case.upload")
+    card = read_card(Path(config["model_path"]))
+    preprocessing = Preprocessing.from_dict(card.preprocessing).summary()
+    landed = 0
+    for row in rows:
+        if not row.get("input_sha256") or _on_a_case(ctx, row["input_sha256"], config["weights_sha256"]):
+            continue
+        try:
+            data = read_item(config["source_kind"], Path(config["source"]), names[row["item"]], ctx.config.limits)
+        except EngineError:
+            continue
+        result = ingest_files([(f"batch {job_id} item {row['item']}", data)], ctx, source="batch")[0]
+        if not result.ok:
+            continue
+        record = RECORDS[config["task"]](row, card)
+        with ctx.store.write() as db:
+            sha = db.execute("SELECT sha256 FROM images WHERE id = ?", [result.image_id]).fetchone()[0]
+            record_id = db[record["table"]].insert({
+                **record["values"], "status": row["status"], "status_reason": row["status_reason"] or "",
+                "case_id": result.case_id, "image_id": result.image_id, "image_sha256": sha,
+                "model_name": config["model"], "model_version": config["model_version"],
+                "weights_sha256": config["weights_sha256"], "preprocessing": preprocessing,
+                "device": config["device"], "latency_ms": row["latency_ms"], "actor": ctx.actor,
+                "created_at": utc_now()}).last_pk
+            db.execute("UPDATE batch_results SET case_id = ?, image_id = ? WHERE input_sha256 = ? AND "
+                       "weights_sha256 = ?", [result.case_id, result.image_id, row["input_sha256"],
+                                              config["weights_sha256"]])
+            ctx.audit(db, "predict" if record["table"] == "predictions" else "segment", "case", result.case_id,
+                      {f"{record['table'][:-1]}_id": record_id, "model": config["model"],
+                       "version": config["model_version"], "batch": job_id})
+        landed += 1
+    return landed
+
+
+def _on_a_case(ctx: Context, input_sha256: str, weights_sha256: str) -> bool:
+    with ctx.store.read() as db:
+        return db.execute("SELECT case_id IS NOT NULL FROM batch_results WHERE input_sha256 = ? AND "
+                          "weights_sha256 = ?", [input_sha256, weights_sha256]).fetchone() in ((1,),)

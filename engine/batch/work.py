@@ -1,0 +1,233 @@
+"""The work of one batch worker, whichever backend runs it: read a list of items of a source, decode each in
+the decoder sandbox (a hostile file fails alone, as a reason row), run the task's model on a batch of them and
+return one plain row per item. No store here: rows go back to the run's single writer (engine.batch.run).
+
+A row's key is (input_sha256, weights_sha256): the hash of everything the model's output depends on (the
+rendered pixels, the header values of the scope rule, the pixel spacing) and of the weights, so the same image
+analysed twice by the same model is one row, whatever its file is called or wherever it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from engine.batch.decode import decode_plain
+from engine.batch.sources import read_item
+from engine.config import Limits
+from engine.draw import overlay
+from engine.errors import EngineError, short_reason
+from engine.inference.classify import Classifier
+from engine.inference.measure import with_spacing
+from engine.inference.segment import Segmenter
+from engine.io.sandbox import sandbox_for
+from engine.io.study import Spacing
+from engine.models.checkpoint import load_model
+from engine.models.preprocess import to_gray_uint8
+from engine.models.scope import Scope
+
+__all__ = ["Options", "Item", "Decoded", "Decoder", "Analyser", "BATCH_TASKS", "ERROR", "COLUMNS", "STAGES",
+           "device_for"]
+
+ERROR = "error"  # the status of an item that could not be read or decoded (a reason row)
+STAGES = ("read", "decode", "preprocess", "forward", "forward_cam", "encode")  # worker seconds, summed per shard
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything a worker needs, as plain data (it travels to other processes and nodes)."""
+
+    task: str
+    model_path: str
+    weights_sha256: str
+    source_kind: str
+    source_location: str
+    limits: dict = field(default_factory=lambda: asdict(Limits()))
+    cam: bool = False  # classification: keep the Grad-CAM overlay (PNG) of each analysed image
+    pixel_mm: float | None = None  # segmentation: pixel size when the file gives none
+    batch_size: int = 16
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class Item:
+    shard: int
+    index: int  # the item's position in the source listing
+    name: str
+
+
+def device_for(requested: str = "auto") -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if requested == "auto" else requested
+
+
+OVERLAY_MAX_SIDE = 512  # a CAM overlay kept by a batch run: a screen's worth (the CAM itself is 1/32 of the input)
+
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)  # level 6 cost 3x the forward pass
+    return buffer.getvalue()
+
+
+def _input_hash(gray: np.ndarray, modality: str, body_part: str, spacing: Spacing) -> str:
+    digest = hashlib.sha256(json.dumps([gray.shape, modality, body_part, spacing.row_mm, spacing.col_mm]).encode())
+    digest.update(np.ascontiguousarray(gray).tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class Decoded:
+    item: Item
+    gray: np.ndarray
+    modality: str
+    body_part: str
+    spacing: Spacing
+
+
+class _TaskModel:
+    """A task's loaded model (`runner`: Classifier or Segmenter) and its scope."""
+
+    runner: type = Classifier
+
+    def __init__(self, options: Options):
+        self.model = self.runner(load_model(Path(options.model_path), options.device), options.device)
+        self.loaded, self.options = self.model.loaded, options
+        self.scope = Scope.from_card(self.loaded.card)
+
+
+class _Classification(_TaskModel):
+    runner = Classifier
+
+    def rows(self, batch: list[Decoded], timings: dict[str, float]) -> list[dict]:
+        predictions = self.model.classify_batch([d.gray for d in batch], cam=self.options.cam, timings=timings)
+        out = []
+        for d, p in zip(batch, predictions):
+            verdict = self.scope.judge(d.modality, d.body_part, p.ood_score, p.ood_threshold)
+            start = time.perf_counter()
+            cam_png = _png(overlay(d.gray, p.cam, max_side=OVERLAY_MAX_SIDE)) \
+                if p.cam is not None and verdict.analysed else None
+            timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - start
+            out.append({
+                "status": verdict.status, "status_reason": verdict.reason, "label": p.label,
+                "probability": p.probability, "probabilities": json.dumps(p.probabilities),
+                "probabilities_raw": json.dumps(p.probabilities_raw), "threshold": p.threshold,
+                "uncertainty": p.uncertainty, "uncertainty_method": p.uncertainty_method,
+                "ood_score": p.ood_score, "ood_threshold": p.ood_threshold, "ood_flag": int(p.out_of_distribution),
+                "cam_method": p.cam_method if p.cam is not None else "", "overlay_png": cam_png,
+                "latency_ms": p.latency_ms})
+        return out
+
+
+class _Segmentation(_TaskModel):
+    runner = Segmenter
+
+    def rows(self, batch: list[Decoded], timings: dict[str, float]) -> list[dict]:
+        out = []
+        for d in batch:
+            spacing = d.spacing if d.spacing.known else with_spacing(self.options.pixel_mm, "entered by the user")
+            start = time.perf_counter()
+            result = self.model.segment(d.gray, spacing)
+            timings["forward"] = timings.get("forward", 0.0) + time.perf_counter() - start
+            verdict, m = self.scope.judge(d.modality, d.body_part), result.measurement
+            start = time.perf_counter()
+            mask_png = _png(np.where(result.mask, 255, 0).astype(np.uint8)) if verdict.analysed else None
+            timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - start
+            out.append({
+                "status": verdict.status, "status_reason": verdict.reason, "mask_pixels": int(result.mask.sum()),
+                "circumference": m.circumference if m else None, "area": m.area if m else None,
+                "unit": m.unit if m else "", "spacing_mm": spacing.row_mm, "spacing_source": spacing.source,
+                "overlay_png": mask_png, "latency_ms": result.latency_ms})
+        return out
+
+
+# One entry per task a batch run can do: the class that loads its model and turns decoded images into rows.
+BATCH_TASKS: dict[str, Callable[[Options], _TaskModel]] = {
+    "classification": _Classification, "segmentation": _Segmentation}
+
+# Every column a row may carry (the Parquet schema and the `batch_results` table); a task leaves the others None.
+COLUMNS = {"shard": int, "item": int, "input_sha256": str, "status": str, "status_reason": str,
+           "modality": str, "body_part": str, "rows": int, "cols": int,
+           "label": str, "probability": float, "probabilities": str, "probabilities_raw": str, "threshold": float,
+           "uncertainty": float, "uncertainty_method": str, "ood_score": float, "ood_threshold": float,
+           "ood_flag": int, "cam_method": str, "mask_pixels": int, "circumference": float, "area": float,
+           "unit": str, "spacing_mm": float, "spacing_source": str, "overlay_png": bytes, "latency_ms": float}
+
+
+class Decoder:
+    """Reads items of the source and decodes them in this process's decoder sandbox."""
+
+    def __init__(self, options: Options):
+        self.options = options
+        self.limits = Limits(**options.limits)
+        self.sandbox = sandbox_for(self.limits.decode_memory_mb * 2**20, self.limits.decode_seconds,
+                                   preload=(decode_plain.__module__,))
+        self.pid = os.getpid()
+
+    def decode(self, item: Item, timings: dict[str, float]) -> Decoded:
+        start = time.perf_counter()
+        data = read_item(self.options.source_kind, Path(self.options.source_location), item.name, self.limits)
+        read = time.perf_counter()
+        decoded = self.sandbox.call(decode_plain, data, asdict(self.limits))
+        timings["read"] = timings.get("read", 0.0) + read - start
+        timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - read
+        return Decoded(item, to_gray_uint8(decoded["image"]), decoded["modality"], decoded["body_part"],
+                        Spacing(**decoded["spacing"]))
+
+    def decode_all(self, items: list[Item], timings: dict[str, float]) -> tuple[list[Decoded], list[dict]]:
+        """The items decoded, and a reason row (status 'error') for each one that could not be."""
+        decoded, failed = [], []
+        for item in items:
+            try:
+                decoded.append(self.decode(item, timings))
+            except EngineError as error:
+                failed.append(_row(item, status=ERROR, status_reason=f"{type(error).__name__}: {error}"))
+            except Exception as error:  # a decoder bug must not take the shard down with it
+                failed.append(_row(item, status=ERROR,
+                                   status_reason=f"unexpected error while decoding ({short_reason(error)})"))
+        return decoded, failed
+
+
+
+class Analyser(Decoder):
+    """One worker's model and decoder sandbox, loaded once and used for many batches of items."""
+
+    def __init__(self, options: Options):
+        if options.task not in BATCH_TASKS:
+            raise EngineError(f"batch runs do {', '.join(BATCH_TASKS)}; not {options.task!r}")
+        super().__init__(options)
+        self.task = BATCH_TASKS[options.task](options)
+
+    def infer(self, decoded: list[Decoded], timings: dict[str, float]) -> list[dict]:
+        """One row per decoded image, `batch_size` images per forward."""
+        rows = []
+        for start in range(0, len(decoded), self.options.batch_size):
+            batch = decoded[start:start + self.options.batch_size]
+            for d, values in zip(batch, self.task.rows(batch, timings)):
+                rows.append(_row(d.item, input_sha256=_input_hash(d.gray, d.modality, d.body_part, d.spacing),
+                                 modality=d.modality, body_part=d.body_part, rows=d.gray.shape[0],
+                                 cols=d.gray.shape[1], **values))
+        return rows
+
+    def analyse(self, items: list[Item], timings: dict[str, float] | None = None) -> list[dict]:
+        """One row per item, in the items' order; an unreadable item gives a reason row (status 'error')."""
+        timings = {} if timings is None else timings
+        rows = {}
+        for start in range(0, len(items), self.options.batch_size):
+            decoded, failed = self.decode_all(items[start:start + self.options.batch_size], timings)
+            rows.update({r["item"]: r for r in failed + self.infer(decoded, timings)})
+        return [rows[item.index] for item in items]
+
+
+def _row(item: Item, **values) -> dict:
+    return {**dict.fromkeys(COLUMNS), "shard": item.shard, "item": item.index, **values}
