@@ -78,7 +78,7 @@ def test_cross_validated_card_numbers_reproduce(recomputed_cv, split):
 
 
 def test_cross_validated_calibration_refits_from_its_out_of_fold_predictions_and_beats_the_old_method():
-    from engine.metrics import fit_calibrator, threshold_for_specificity
+    from engine.metrics import Calibrator, fit_calibrator, threshold_for_specificity
     from engine.tasks.classification import OutOfFold, _cross_validated_ece
 
     loaded = load_model(CROSS_VALIDATED)
@@ -86,14 +86,19 @@ def test_cross_validated_calibration_refits_from_its_out_of_fold_predictions_and
     assert card.data["cross_validation"]["folds"] == 5 and len(oof.labels) == 1408 and int(oof.in_val.sum()) == 163
     assert len(np.unique(oof.fold)) == 5
     calibrator = fit_calibrator(card.calibration["method"], oof.logits, oof.labels)
-    assert list(calibrator.scale) == pytest.approx(card.calibration["scale"], abs=1e-3)
-    assert list(calibrator.bias) == pytest.approx(card.calibration["bias"], abs=1e-3)
+    # LBFGS in float32 lands on a slightly different point of a flat optimum on another CPU (measured: scale
+    # 1.9524 on an AMD EPYC vs the card's 1.9558 fitted on an Intel CPU): the parameters agree to 0.5 %, and
+    # the probabilities a user sees to 0.001.
+    assert list(calibrator.scale) == pytest.approx(card.calibration["scale"], rel=5e-3)
+    assert list(calibrator.bias) == pytest.approx(card.calibration["bias"], rel=5e-3)
     p = calibrator.probabilities(oof.logits)[:, 1].numpy()
+    stated = Calibrator.from_card(card.calibration, 2).probabilities(oof.logits)[:, 1].numpy()
+    assert np.abs(p - stated).max() < 1e-3
     assert threshold_for_specificity(oof.labels.numpy(), p, 0.90) == pytest.approx(card.operating_point["threshold"],
-                                                                                  abs=1e-4)
+                                                                                  abs=1e-3)
     compared = _cross_validated_ece(oof)
     for method, by_data in card.calibration["cross_validated_ece"].items():
-        assert compared[method] == pytest.approx(by_data, abs=1e-6), method
+        assert compared[method] == pytest.approx(by_data, abs=1e-4), method  # cards print ECE to 0.001
     # Same out-of-fold predictions, each fold calibrated without itself: the shipped method's ECE is lower
     # than the previous method's (temperature scaling on the validation split's images only).
     assert compared[card.calibration["method"]]["train + val"] < compared["temperature scaling"]["val split only"]

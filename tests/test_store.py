@@ -40,7 +40,7 @@ def test_an_old_database_keeps_its_audits_as_jobs(tmp_path):
             "method": "gradcam", "layer": "layer4", "dataset": "cxr_pneumonia", "split": "test", "limit_n": 4,
             "status": "finished", "done": 4, "total": 4, "summary": json.dumps({"n": 4, "border_share": [0.1, 0, 0.2]}),
             "heatmaps": b"", "actor": "ana", "created_at": "2026-11-30T10:00:00", "finished_at": "2026-11-30T10:01:00"})
-    assert old.migrate() == [6, 7, 8, 9, 10, 11]
+    assert old.migrate() == [6, 7, 8, 9, 10, 11, 12]
     [listed] = list_audits(old)
     assert listed["status"] == "finished" and listed["border_share"] == 0.1 and listed["done"] == listed["total"] == 4
     row = get_audit(old, listed["id"])
