@@ -210,6 +210,19 @@ def test_the_ray_backend_gives_the_same_rows_as_the_local_one(ctx, tmp_path):
         [(r["item"], r["status"], r["label"], r["input_sha256"]) for r in a]
 
 
+def test_a_ray_actor_killed_mid_run_is_restarted_and_every_image_lands_once(ctx, tmp_path):
+    folder = _folder(tmp_path, 96)
+    run = _cli("batch", str(folder), "--backend", "ray", "--shard-size", "8", "--workers", "2", "--batch-size",
+               "4", home=ctx.config.home, wait=False)
+    _wait(lambda: _rows(ctx.store, "SELECT count(*) FROM jobs")[0][0] and _loaded_shards(ctx.store, 1) >= 1)
+    actors = [p for p in psutil.process_iter(["cmdline"]) if "_RayAnalyser" in " ".join(p.info["cmdline"] or [])]
+    assert actors, "Ray runs the model in actor processes"
+    actors[0].send_signal(signal.SIGKILL)
+    assert run.wait(timeout=300) == 0, run.stdout.read().decode()[-2000:]
+    assert get_job(ctx.store, 1).status is JobStatus.FINISHED
+    _exactly_once(ctx, 1, 96)
+
+
 def test_a_segmentation_batch_measures_each_head(ctx, tmp_path):
     with open(DATA_DIR / "hc18" / "manifest.csv", newline="") as f:
         chosen = [r for r in csv.DictReader(f) if r["split"] == "test"][:6]

@@ -18,6 +18,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -167,15 +168,12 @@ def _run(ctx: Context, job_id: int, progress: Callable[[JobProgress], None] | No
                 _land(ctx, job, source, _read_shard(_shard_file(ctx, job_id, number), number))
         shards = [Shard(n, tuple(Item(n, i, source.names[i]) for i in range(a, b))) for n, a, b in pending]
         meter = _Meter(ctx.store, job_id, config["items"], progress)
-        backend = BACKENDS[config["backend"]]
-        for result in backend(shards, worker_options(config, ctx), config["workers"], config["address"]):
-            write_start = time.perf_counter()
-            _write_shard(_shard_file(ctx, job_id, result.number), result)
-            _load(ctx, job, result)
-            result.timings["write"] = time.perf_counter() - write_start
-            if config.get("cases"):
-                _land(ctx, job, source, result)
-            meter.shard_done(result)
+        backend = BACKENDS[config["backend"]](shards, worker_options(config, ctx), config["workers"],
+                                              config["address"])
+        with closing(backend):  # a cancel or Ctrl-C shuts the pool or the Ray cluster down at once
+            for result in backend:
+                _store_shard(ctx, job, source, result)
+                meter.shard_done(result)
     except (Exception, SystemExit) as error:  # noqa: BLE001 - recorded on the row as one line, never lost
         message = "stopped (cancelled or terminated)" if isinstance(error, SystemExit) else short_reason(error)
         fail_job(ctx.store, job_id, message)
@@ -187,6 +185,15 @@ def _run(ctx: Context, job_id: int, progress: Callable[[JobProgress], None] | No
                {k: counts[k] for k in ("items", "analysed", "not_analysed", "failed", "new_rows")},
                progress=json.dumps({**meter.progress, "phase": "finished"}))
     return batch_summary(ctx.store, job_id)
+
+
+def _store_shard(ctx: Context, job: Job, source: Source, result: ShardResult) -> None:
+    start = time.perf_counter()
+    _write_shard(_shard_file(ctx, job.id, result.number), result)
+    _load(ctx, job, result)
+    result.timings["write"] = time.perf_counter() - start
+    if job.config.get("cases"):
+        _land(ctx, job, source, result)
 
 
 def _land(ctx: Context, job: Job, source: Source, result: ShardResult) -> None:
