@@ -30,7 +30,7 @@ from engine.cases.ingest import ingest_files
 from engine.context import Context, User
 from engine.errors import BatchSourceError, PermissionDenied
 from engine.jobs.queue import JobStatus, cancel_job, get_job, resume_job
-from tests.conftest import DATA_DIR, needs_data
+from tests.conftest import DATA_DIR, dicom_path, needs_data
 from tests.hostile import deflate_bomb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -303,14 +303,18 @@ def test_who_may_run_a_batch_and_where(ctx, tmp_path):
 
 def test_cli_batch_writes_results_with_paths(ctx, tmp_path):
     folder = _folder(tmp_path, 8, corrupt=True)
+    shutil.copyfile(dicom_path("CT_small.dcm"), folder / "part0" / "ct.dcm")  # outside the classifier's scope
     done = _cli("batch", str(folder), "--workers", "1", home=ctx.config.home)
     assert done.returncode == 1, done.stdout + done.stderr  # three files failed: the exit code says so
-    assert "11 items, " in done.stdout and "3 failed" in done.stdout
+    assert "12 items, 8 analysed, 1 not analysed" in done.stdout and "3 failed" in done.stdout
     out = tmp_path / "results.csv"
     assert _cli("batch", "--results", "1", "--out", str(out), home=ctx.config.home).returncode == 0
     rows = list(csv.DictReader(out.open()))
-    assert len(rows) == 11 and {r["status"] for r in rows} >= {"analysed", "error"}
+    assert len(rows) == 12 and {r["status"] for r in rows} == {"analysed", "not_analysed", "error"}
     assert all(Path(r["path"]).is_file() for r in rows) and batch_summary(ctx.store, 1)["failed"] == 3
+    (ct,) = [r for r in rows if r["path"].endswith("ct.dcm")]
+    assert (ct["status"], ct["label"], ct["probability"]) == ("not_analysed", "", "")  # no result outside scope
+    assert ct["status_reason"].startswith("not analysed: outside what this model was trained on (modality CT")
 
 
 def test_the_gpu_check_runs_its_code_on_a_cpu(tmp_path):

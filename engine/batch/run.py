@@ -40,7 +40,7 @@ from engine.jobs.queue import (
     update_job,
 )
 from engine.models.catalog import active_model, find_model
-from engine.models.scope import ANALYSED
+from engine.models.scope import ANALYSED, NOT_ANALYSED, abstention_text
 from engine.store import Store, utc_now
 
 __all__ = ["BatchRequest", "start_batch", "run_batch", "batch_summary", "batch_rows", "list_batches",
@@ -342,7 +342,19 @@ def batch_rows(ctx: Context, job_id: int, with_paths: bool = False) -> Iterator[
             row.pop("overlay_png", None)
             if source is not None:
                 row["path"] = source.path_of(source.names[row["item"]])
-            yield row
+            yield _as_shown(row)
+
+
+RESULT_FIELDS = ("label", "probability", "probabilities", "probabilities_raw", "uncertainty", "circumference", "area",
+                 "mask_pixels")
+
+
+def _as_shown(row: dict) -> dict:
+    """An abstention as every surface shows it: the reason in words, no label, probability or measurement (the
+    network's output stays in the store and the Parquet files, for research)."""
+    if row["status"] != NOT_ANALYSED:
+        return row
+    return {**row, **dict.fromkeys(RESULT_FIELDS), "status_reason": abstention_text(row["status_reason"])}
 
 
 def _shards(store: Store, job_id: int) -> list[tuple[int, int, int]]:
