@@ -206,8 +206,9 @@ def test_the_ray_backend_gives_the_same_rows_as_the_local_one(ctx, tmp_path):
               for n, a, b in _rows(ctx.store, "SELECT shard, start, stop FROM batch_shards WHERE job_id = ?", [local])]
     split = sorted((r for s in run_ray(shards, worker_options(job.config, ctx), 2, split=True) for r in s.rows),
                    key=lambda r: r["item"])
-    assert [(r["item"], r["status"], r["label"], r["input_sha256"]) for r in split] == \
-        [(r["item"], r["status"], r["label"], r["input_sha256"]) for r in a]
+    def key(r):  # batch_rows shows an abstention without its label; the raw rows keep it
+        return r["item"], r["status"], r["label"] if r["status"] == "analysed" else None, r["input_sha256"]
+    assert [key(r) for r in split] == [key(r) for r in a]
 
 
 def test_a_ray_actor_killed_mid_run_is_restarted_and_every_image_lands_once(ctx, tmp_path):
