@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import os
 import statistics
 import subprocess
@@ -31,6 +32,7 @@ from engine.batch.sources import open_source
 from engine.batch.work import Analyser, Item
 from engine.config import Config
 from engine.context import Context
+from engine.jobs.queue import get_job
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,11 +71,7 @@ def _loop(home: Path, manifest: Path, cam: bool) -> dict:
     """The plain loop: this process, one image per forward, one row written per image."""
     ctx = _context(home)
     job_id = start_batch(ctx, BatchRequest(str(manifest), cam=cam, workers=1), background=False)
-    from engine.jobs.queue import get_job
-
     options = worker_options(get_job(ctx.store, job_id).config, ctx)
-    import dataclasses
-
     analyser = Analyser(dataclasses.replace(options, batch_size=1))
     source = open_source(manifest)
     timings: dict[str, float] = {}

@@ -23,6 +23,7 @@ import numpy as np
 from engine.batch.work import COLUMNS, STAGES, Analyser, Decoded, Decoder, Item, Options
 from engine.errors import JobError
 from engine.io.study import Spacing
+from engine.jobs.queue import lower_priority
 
 __all__ = ["Shard", "ShardResult", "BACKENDS", "run_local", "run_ray"]
 
@@ -53,7 +54,7 @@ def _start_worker(options: Options, threads: int) -> None:
     global _ANALYSER
     import torch
 
-    os.nice(max(0, 19 - os.nice(0)))  # the job's priority (engine.jobs.queue.NICENESS), whatever the parent's
+    lower_priority()  # the job's priority, whatever the parent's (a foreground CLI run, a test)
     torch.set_num_threads(threads)
     _ANALYSER = Analyser(options)
 
@@ -166,16 +167,16 @@ class _RayModel:
 def _pipeline(dataset, options: Options, workers: int, split: bool):
     if not split:  # CPU-only: each actor reads, decodes and infers (no copy of the decoded image between processes)
         return dataset.map_batches(_RayAnalyser, fn_constructor_args=(options,), batch_size=options.batch_size,
-                                   batch_format="numpy", compute=ray_actors(workers), num_cpus=1)
+                                   batch_format="numpy", compute=_actors(workers), num_cpus=1)
     decoded = dataset.map_batches(_ray_decode, fn_args=(options,), batch_size=options.batch_size,
                                   batch_format="numpy", num_cpus=1)
     return decoded.map_batches(_RayModel, fn_constructor_args=(options,), batch_size=options.batch_size,
-                               batch_format="numpy", compute=ray_actors(workers),
+                               batch_format="numpy", compute=_actors(workers),
                                num_gpus=1 if options.device == "cuda" else 0, num_cpus=0 if options.device == "cuda"
                                else 1)
 
 
-def ray_actors(size: int):
+def _actors(size: int):
     import ray.data
 
     return ray.data.ActorPoolStrategy(size=size)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from engine.batch.run import (
 from engine.batch.work import BATCH_TASKS
 from engine.context import Context
 from engine.errors import JobError
-from engine.jobs.queue import NICENESS, resume_job
+from engine.jobs.queue import lower_priority, resume_job
 
 __all__ = ["add_parsers", "COMMANDS", "EXPORT_COLUMNS"]
 
@@ -100,7 +99,7 @@ def _batch(args, ctx: Context) -> int:
             count = sum(writer.writerow(row) is not None for row in batch_rows(ctx, args.results, with_paths=True))
         print(f"wrote {args.out} ({count:,} items)")
         return 0
-    os.nice(max(0, NICENESS - os.nice(0)))  # a batch run is background work, even in the foreground
+    lower_priority()  # a batch run is background work, even in the foreground
     if args.run is not None:
         job_id = args.run
     elif args.resume is not None:

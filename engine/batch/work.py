@@ -98,7 +98,7 @@ class Decoded:
 class _TaskModel:
     """A task's loaded model (`runner`: Classifier or Segmenter) and its scope."""
 
-    runner: type = Classifier
+    runner: type  # set by each task
 
     def __init__(self, options: Options):
         self.model = self.runner(load_model(Path(options.model_path), options.device), options.device)

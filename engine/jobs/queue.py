@@ -30,11 +30,17 @@ from engine.store import Store, utc_now
 
 __all__ = ["JobStatus", "ACTIVE", "RESUMABLE", "JobProgress", "JobKind", "KINDS", "Job", "submit",
            "dispatch", "get_job", "list_jobs", "cancel_job", "resume_job", "claim_job", "update_job",
-           "finish_job", "fail_job", "job_metrics", "log_tail", "job_folder", "NICENESS"]
+           "finish_job", "fail_job", "job_metrics", "log_tail", "job_folder", "NICENESS", "lower_priority"]
 
 # Jobs run at the lowest CPU priority: the dashboard's inference threads preempt them, so a job can use
 # every core while the dashboard is idle and the dashboard stays fast while it trains (bench.train serving).
 NICENESS = 19
+
+
+def lower_priority() -> None:
+    """This process to the jobs' priority (from any lower niceness; never raised back)."""
+    os.nice(max(0, NICENESS - os.nice(0)))
+
 _DIED = "the job's process ended without finishing (killed, or the machine stopped); resume continues " \
         "from the last complete step it saved"
 

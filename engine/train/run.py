@@ -40,7 +40,7 @@ from engine.errors import (
     is_disk_full,
     short_reason,
 )
-from engine.jobs.queue import NICENESS, dispatch, get_job
+from engine.jobs.queue import dispatch, get_job, lower_priority
 from engine.jobs.training import TrainConfig, get_args_parser
 from engine.models.card import ModelCard
 from engine.models.checkpoint import (
@@ -396,7 +396,7 @@ def run_job(ctx: Context, job_id: int) -> None:
     cfg = TrainConfig.from_dict(job.config["train"])
     ctx = ctx.as_user(job.actor)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    os.nice(NICENESS - os.nice(0))
+    lower_priority()
     reporter = None
     try:
         if rank == 0:
