@@ -86,6 +86,8 @@ train: $(RUNTIME_STAMP)
 		--version 2.0.0 --output $(RADLENS_HOME)/runs/cxr-pneumonia-resnet18-v2
 	$(PY) -m engine.train.run --dataset hc18 --model unet --size 256 --epochs 40 --patience 10 --batch-size 16 \
 		--threads 2 --name hc18-unet --output $(RADLENS_HOME)/runs/hc18-unet
+	$(PY) -m engine.train.run --dataset adrenalmnist3d_64 --size 32 --depth 32 --model slice_rnn --precision bf16 \
+		--patience 40 --threads 1 --name adrenal64-slice-rnn --output $(RADLENS_HOME)/runs/adrenal64-slice-rnn
 
 # Removes what can be rebuilt (the virtual environment, caches); never cases, reviews, audit rows or models.
 clean:

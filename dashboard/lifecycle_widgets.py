@@ -126,7 +126,7 @@ def _classification_comparison(reports: dict[str, dict]) -> None:
 
 # How each task's two reports are drawn side by side.
 COMPARISON_VIEWS = {"classification": _classification_comparison,
-                    "segmentation": model_widgets.seg_card_metrics}
+                    "segmentation": model_widgets.seg_card_metrics, "sequence": _classification_comparison}
 
 
 def history(store: Store) -> None:

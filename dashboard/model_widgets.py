@@ -141,7 +141,8 @@ def history(records: dict[str, list[dict]]) -> None:
         c2.caption("No review yet.")
 
 
-_METRICS = (("auc", "AUC"), ("accuracy", "Accuracy"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
+_METRICS = (("auc", "AUC"), ("accuracy", "Accuracy"), ("accuracy_at_0.5", "Accuracy at p >= 0.5"),
+            ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
             ("precision", "Precision"), ("f1", "F1"), ("sensitivity_at_specificity_0.90", "Sensitivity @ spec 0.90"),
             ("specificity_at_sensitivity_0.95", "Specificity @ sens 0.95"),
             ("negatives_above_0.9", "Negatives called positive at p >= 0.9 (count)"),
@@ -237,7 +238,8 @@ def _classification_charts(metrics: dict) -> None:
 
 
 # How each task's held-out metrics are drawn (its decision rules come from the task itself).
-CARD_VIEWS = {"classification": _classification_charts, "segmentation": seg_card_metrics}
+CARD_VIEWS = {"classification": _classification_charts, "segmentation": seg_card_metrics,
+              "sequence": _classification_charts}
 
 
 def card_summary(card: ModelCard) -> None:

@@ -30,6 +30,7 @@ PAGES = (
     PageSpec("pages/viewer.py", "Viewer", ":material/radiology:", "viewer", "case.read"),
     PageSpec("pages/diagnosis.py", "Diagnosis", ":material/diagnosis:", "diagnosis", "case.analyse"),
     PageSpec("pages/segmentation.py", "Segmentation", ":material/donut_large:", "segmentation", "case.analyse"),
+    PageSpec("pages/sequence.py", "Sequence", ":material/view_in_ar:", "sequence", "case.analyse"),
     PageSpec("pages/explainability.py", "Explainability", ":material/blur_on:", "explainability", "explain.audit"),
     PageSpec("pages/batch.py", "Batch", ":material/dataset:", "batch", "batch.run"),
     PageSpec("pages/training.py", "Training", ":material/monitoring:", "training", "job.submit"),

@@ -9,6 +9,8 @@ from dashboard import state
 from engine.cases.diagnosis import load_classifier
 from engine.cases.images import load_image
 from engine.cases.segmentation import load_segmenter
+from engine.cases.sequence import TASK as SEQUENCE_TASK
+from engine.cases.sequence import load_sequence_classifier
 from engine.config import Config
 from engine.context import Context, User
 from engine.errors import SessionExpired
@@ -16,6 +18,7 @@ from engine.identity.sessions import check_session
 from engine.inference.classify import Classifier
 from engine.inference.explainer import Explainer
 from engine.inference.segment import Segmenter
+from engine.inference.sequence import SequenceClassifier
 from engine.io.study import Study
 from engine.models.catalog import active_model
 from engine.store import Store
@@ -84,6 +87,12 @@ def segmenter(name: str) -> Segmenter:
     return segmenter
 
 
+@st.cache_resource(max_entries=2, show_spinner="Loading sequence model...")
+def sequence_classifier(name: str) -> SequenceClassifier:
+    """A loaded sequence model shared by every session (its calls are serialised by its lock)."""
+    return load_sequence_classifier(_base_context(), name)
+
+
 def active_classifier(ctx: Context) -> Classifier:
     """The task's active model, loaded once and shared: what Diagnosis runs."""
     return classifier(active_model(ctx, "classification").name)
@@ -93,9 +102,13 @@ def active_segmenter(ctx: Context) -> Segmenter:
     return segmenter(active_model(ctx, "segmentation").name)
 
 
+def active_sequence_classifier(ctx: Context) -> SequenceClassifier:
+    return sequence_classifier(active_model(ctx, SEQUENCE_TASK).name)
+
+
 def release_models() -> None:
     """Drop every loaded model, so the next page run loads the newly active one (after promote / roll back)."""
-    for cached in (classifier, explainer, segmenter):
+    for cached in (classifier, explainer, segmenter, sequence_classifier):
         cached.clear()
 
 

@@ -9,6 +9,7 @@ DIAGNOSIS = "radlens.diagnosis"  # {(image id, weights sha, tta): CaseResult} so
 EXPLAIN_METHODS = "radlens.explain.methods"  # the methods the Explainability grid shows
 AUDIT_RUNNING = "radlens.audit.running"  # an audit was running at the last refresh
 RAW_OUTPUT = "radlens.raw_output"  # {(prediction or segmentation id,): the revealed raw output}, logged once
+SEQUENCE = "radlens.sequence"  # {(image id, weights sha): SequenceResult}, as DIAGNOSIS
 SEGMENTATION = "radlens.segmentation"  # {(image id, weights sha, pixel size): CaseSegmentation}, as DIAGNOSIS
 TRAIN_JOB = "radlens.train.job"  # the job the Training page shows
 BATCH_JOB = "radlens.batch.job"  # the run the Batch page shows

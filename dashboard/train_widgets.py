@@ -48,8 +48,12 @@ def job_form(ctx: Context) -> TrainingRequest | None:
                                        "datasets folder, RADLENS_DATA_DIR; no other path on the server")
         c1, c2, c3, c4, c5 = st.columns(5)
         size = c1.number_input("Input width (px)", 16, 1024, defaults.size, 16)
-        height = c2.number_input("Input height (px)", 0, 1024, defaults.height or 0, 16,
-                                 help="0: square (the width). Images are resized to width x height")
+        if defaults.depth:  # a sequence task: volumes are resampled to depth x width x width
+            depth, height = c2.number_input("Slices per volume", 2, 1024, defaults.depth,
+                                            help="Each volume (or cine loop) is resampled to this many slices"), 0
+        else:
+            depth, height = None, c2.number_input("Input height (px)", 0, 1024, defaults.height or 0, 16,
+                                                  help="0: square (the width). Images are resized to width x height")
         epochs = c3.number_input("Epochs", 1, 500, defaults.epochs)
         batch = c4.number_input("Batch size", 2, 1024, defaults.batch_size)
         lr = c5.number_input("Learning rate", 1e-6, 1.0, TrainConfig.lr, format="%.0e")
@@ -80,6 +84,7 @@ def job_form(ctx: Context) -> TrainingRequest | None:
         if not st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:"):
             return None
     config = TrainConfig(dataset=dataset, model=arch, size=int(size), height=int(height) or None,
+                         depth=int(depth) if depth else None,
                          epochs=int(epochs), batch_size=int(batch),
                          lr=float(lr), augment=augment, balance=balance, device=device, precision=precision,
                          label_smoothing=float(smoothing), folds=int(folds), boundary_loss=float(boundary),

@@ -1,4 +1,4 @@
-"""Command line: python -m engine {init,ingest,render,classify,segment,audit} ... (see README)."""
+"""Command line: python -m engine {init,ingest,render,classify,segment,sequence,audit} ... (see README)."""
 
 from __future__ import annotations
 
@@ -154,6 +154,41 @@ def _segment(args, ctx: Context) -> int:
     return 1 if failed else 0
 
 
+def _sequence(args, ctx: Context) -> int:
+    from engine.cases.sequence import analyse_sequence, load_sequence_classifier
+
+    failed = []
+    classifier = load_sequence_classifier(ctx, args.model)
+    loaded = classifier.loaded
+    for result, image in _landed(args.paths, ctx, failed):
+        try:
+            done = analyse_sequence(ctx, classifier, image)
+        except EngineError as error:
+            failed.append(result)
+            print(json.dumps({"file": result.file, "case_id": result.case_id, "error": str(error)}), flush=True)
+            continue
+        p, verdict = done.raw, done.verdict
+        record = {
+            "file": result.file, "case_id": done.case_id, "prediction_id": done.prediction_id,
+            "status": verdict.status, "slices": done.volume.n_slices,
+            **({"reason": verdict.text} if not verdict.analysed else {
+                "label": p.label, "probability": round(p.probability, 4), "threshold": round(p.threshold, 4),
+                "contribution": [round(float(w), 4) for w in p.contribution] if p.contribution is not None
+                else None}),
+            "ood_score": round(p.ood_score, 2), "ood_threshold": round(p.ood_threshold, 2),
+            "model": loaded.name, "model_version": loaded.version, "latency_ms": round(p.latency_ms, 1),
+        }
+        if args.json:
+            print(json.dumps(record), flush=True)
+        elif verdict.analysed:
+            top = f", most weight on slice {int(p.contribution.argmax()) + 1}" if p.contribution is not None else ""
+            print(f"{result.file}: {p.label} (p={p.probability:.3f}, {done.volume.n_slices} slices{top}, "
+                  f"{p.latency_ms:.0f} ms)", flush=True)
+        else:
+            print(f"{result.file}: {verdict.text}", flush=True)
+    return 1 if failed else 0
+
+
 def _segment_fields(done) -> dict:
     m = done.raw.measurement
     return {"head_circumference": round(m.circumference, 2) if m else None,
@@ -230,6 +265,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     segment.add_argument("--json", action="store_true", help="one JSON object per line")
     segment.add_argument("--show-raw", action="store_true", help="research: also print the mask measurements on "
                          "images outside the model's scope (marked raw_output_outside_scope; audited)")
+    sequence = sub.add_parser("sequence", help="ingest volumes or cine loops (multi-frame DICOM, NIfTI, .npy/.npz) "
+                              "and classify each as one sequence, with each slice's contribution")
+    sequence.add_argument("paths", nargs="+", type=Path)
+    sequence.add_argument("--model", help="installed sequence model (default: the active one)")
+    sequence.add_argument("--json", action="store_true", help="one JSON object per line")
     audit = sub.add_parser("audit", help="where the model looks across a dataset split (explanation audit)")
     audit.add_argument("--model", help="installed classifier (default: the active one)")
     audit.add_argument("--method", default="gradcam", help="explanation method (default: gradcam)")
@@ -254,6 +294,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"init": _init, "ingest": _ingest, "render": _render, "classify": _classify, "segment": _segment,
+            "sequence": _sequence,
             "audit": _audit, "report": _report, "export": _export, **identity_commands.COMMANDS,
             **pacs_commands.COMMANDS, **batch_commands.COMMANDS}
 

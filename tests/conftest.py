@@ -24,7 +24,8 @@ SLOW_MODULES = {"test_jobs", "test_browser", "test_auth_browser", "test_pages", 
 SLOW_TESTS = (
     "test_shipped_card_numbers_reproduce", "test_calibration_lowers", "test_classify_command",
     "test_the_boundary_offset", "test_segmentation_training", "test_cli_segment", "test_audit_",
-    "test_a_failing_audit", "test_cli_audit", "test_gradcam_is_more_faithful",
+    "test_a_failing_audit", "test_cli_audit", "test_gradcam_is_more_faithful", "test_sequence_training",
+    "test_the_shipped_sequence_card",
     "test_every_method_gives_an_input_sized_map_in_0_1_and_releases_its_hooks[scorecam]",  # ~50 s on 2 cores
 )
 

@@ -65,17 +65,12 @@ def _settle(page) -> None:
 
 
 @contextmanager
-def _chest_film_page(server: str, tmp_path: Path, path: str, height: int):
-    """A pediatric chest X-ray (one of the demo's full-resolution films, inside the classifier's scope)
-    ingested as case 1, and a browser page open at `path`."""
+def _case_page(server: str, tmp_path: Path, file: Path, path: str, height: int):
+    """`file` ingested through the CLI as case 1, and a browser page open at `path`."""
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     OUTPUT.mkdir(parents=True, exist_ok=True)
-    data = Path(os.environ.get("RADLENS_DATA_DIR", "/nonexistent")) / "cxr_pneumonia_fullres"
-    if not data.is_dir():
-        pytest.skip("RADLENS_DATA_DIR (../shared/data) is not present: no pediatric film to classify")
-    film = data / "person1597_bacteria_4190.jpeg"
     env = {**os.environ, "RADLENS_HOME": str(tmp_path / "home")}
-    subprocess.run([sys.executable, "-m", "engine", "ingest", str(film)], cwd=ROOT, env=env, check=True)
+    subprocess.run([sys.executable, "-m", "engine", "ingest", str(file)], cwd=ROOT, env=env, check=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": height})
@@ -84,6 +79,17 @@ def _chest_film_page(server: str, tmp_path: Path, path: str, height: int):
             yield page
         finally:
             browser.close()
+
+
+@contextmanager
+def _chest_film_page(server: str, tmp_path: Path, path: str, height: int):
+    """A pediatric chest X-ray (one of the demo's full-resolution films, inside the classifier's scope)
+    ingested as case 1, and a browser page open at `path`."""
+    data = Path(os.environ.get("RADLENS_DATA_DIR", "/nonexistent")) / "cxr_pneumonia_fullres"
+    if not data.is_dir():
+        pytest.skip("RADLENS_DATA_DIR (../shared/data) is not present: no pediatric film to classify")
+    with _case_page(server, tmp_path, data / "person1597_bacteria_4190.jpeg", path, height) as page:
+        yield page
 
 
 def _upload(page, server: str, paths: list[Path], summary: str, screenshot: str) -> None:
@@ -207,19 +213,12 @@ def test_segmentation_of_an_hc18_case_shows_contour_and_circumference(server, tm
     data = Path(os.environ.get("RADLENS_DATA_DIR", "/nonexistent")) / "hc18"
     if not data.is_dir():
         pytest.skip("RADLENS_DATA_DIR (../shared/data) is not present")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    OUTPUT.mkdir(parents=True, exist_ok=True)
     with open(data / "manifest.csv", newline="") as f:
         row = [r for r in csv.DictReader(f) if r["split"] == "test"][10]
     gray = cv2.imread(str(data / row["image"]), cv2.IMREAD_GRAYSCALE)
     dcm = tmp_path / "head.dcm"
     dcm.write_bytes(ultrasound_dicom(gray, float(row["pixel_size_mm"]), "Fetal head ultrasound"))
-    env = {**os.environ, "RADLENS_HOME": str(tmp_path / "home")}
-    subprocess.run([sys.executable, "-m", "engine", "ingest", str(dcm)], cwd=ROOT, env=env, check=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 1200})
-        page.goto(server + "/segmentation?case=1")
+    with _case_page(server, tmp_path, dcm, "/segmentation?case=1", 1200) as page:
         _settle(page)
         page.get_by_text("Head circumference").wait_for(timeout=90_000)
         page.wait_for_selector(".js-plotly-plot", timeout=60_000)
@@ -228,7 +227,6 @@ def test_segmentation_of_an_hc18_case_shows_contour_and_circumference(server, tm
         source = page.get_by_text("UltrasoundRegions").count()
         image = np.asarray(Image.open(io.BytesIO(page.locator(".js-plotly-plot").first.screenshot())).convert("RGB"))
         page.screenshot(path=OUTPUT / "segmentation.png", full_page=True)
-        browser.close()
     assert value.endswith(" mm") and float(value.split()[0]) == pytest.approx(float(row["head_circumference_mm"]),
                                                                               rel=0.1)
     assert source >= 1
@@ -237,6 +235,37 @@ def test_segmentation_of_an_hc18_case_shows_contour_and_circumference(server, tm
     magenta = ((r - g > 80) & (b - g > 80)).sum()  # the ground truth outline (same pixels as the PNG)
     assert green > 500 and magenta > 500, (green, magenta)
     assert (OUTPUT / "segmentation.png").stat().st_size > 50_000
+
+
+_RED_BAR = """() => { for (const plot of document.querySelectorAll('.js-plotly-plot'))
+    for (const t of (plot._fullData || [])) if (t.type === 'bar' && Array.isArray(t.marker.color))
+        return t.marker.color.findIndex(c => String(c).startsWith('rgb(214')); return -1; }"""
+
+
+def test_a_volume_on_the_sequence_page_follows_the_slider_in_the_contribution_plot(server, tmp_path):
+    """An AdrenalMNIST3D test volume (a .npy upload, stored as multi-frame DICOM) on the Sequence page: the
+    three planes, the probability, and the contribution plot whose highlighted slice follows the slider."""
+    data = Path(os.environ.get("RADLENS_DATA_DIR", "/nonexistent")) / "adrenalmnist3d" / "adrenalmnist3d_64.npz"
+    if not data.is_file():
+        pytest.skip("RADLENS_DATA_DIR (../shared/data) is not present")
+    with np.load(data) as arrays:
+        np.save(tmp_path / "gland.npy", arrays["test_images"][0])
+    with _case_page(server, tmp_path, tmp_path / "gland.npy", "/sequence?case=1", 1200) as page:
+        _settle(page)
+        page.get_by_text("Contribution of each slice").wait_for(timeout=90_000)
+        before = page.evaluate(_RED_BAR)
+        page.get_by_role("slider").first.focus()
+        for _ in range(5):
+            page.keyboard.press("ArrowLeft")
+        page.get_by_text(f"Slice {before + 1 - 5} in red").wait_for(timeout=60_000)
+        _settle(page)
+        after = page.evaluate(_RED_BAR)
+        probability = page.locator('[data-testid="stMetricValue"]').first.inner_text()
+        planes = page.locator('[data-testid="stImage"]').count()
+        page.screenshot(path=OUTPUT / "sequence.png", full_page=True)
+    assert before >= 0 and after == before - 5
+    assert probability.endswith("%") and planes == 3
+    assert (OUTPUT / "sequence.png").stat().st_size > 30_000
 
 
 _POINTS = """name => Math.max(0, ...[...document.querySelectorAll('.js-plotly-plot')].flatMap(

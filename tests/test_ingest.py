@@ -185,9 +185,14 @@ def test_demo_seed_lands_every_study_once_and_names_the_chest_films_and_heads(ct
     from engine.cases.worklist import WorklistQuery, query_worklist
 
     results = seed_demo(ctx)
-    assert len(results) == 22 and all(r.status == "ok" for r in results)
+    assert len(results) == 25 and all(r.status == "ok" for r in results)
     assert seed_demo(ctx) == []  # a second start adds nothing
     chest = query_worklist(store, WorklistQuery(body_parts=("CHEST",), text="pediatric"))
     assert chest.total == 12 and all(r["modality"] == "OT" for r in chest.rows)
     heads = query_worklist(store, WorklistQuery(body_parts=("HEAD",), text="fetal"))
     assert heads.total == 4 and all(r["modality"] == "US" for r in heads.rows)
+    glands = query_worklist(store, WorklistQuery(body_parts=("ADRENAL",), text="AdrenalMNIST3D"))
+    assert glands.total == 3
+    with store.read() as db:  # each a 64-slice volume (one multi-frame DICOM)
+        frames = [r[0] for r in db.execute("SELECT frames FROM images WHERE body_part = 'ADRENAL'")]
+    assert frames == [64, 64, 64]

@@ -172,6 +172,38 @@ def test_segmentation_does_not_analyse_a_chest_film(app_home):
 
 
 @needs_data
+def test_sequence_page_opens_on_a_volume_follows_the_slider_and_abstains_on_an_mr_loop(ctx, app_home):
+    import io
+
+    import numpy as np
+
+    from tests.conftest import DATA_DIR
+
+    with np.load(DATA_DIR / "adrenalmnist3d" / "adrenalmnist3d_64.npz") as arrays:
+        buffer = io.BytesIO()
+        np.save(buffer, arrays["test_images"][0])
+    [volume, mr] = ingest_files([("gland.npy", buffer.getvalue()), ("mr.dcm", dicom_bytes("emri_small.dcm"))], ctx)
+    at = _run("pages/sequence.py")
+    assert at.title[0].value == "Sequence" and at.selectbox(key="sequence.case").value == volume.case_id
+    assert at.metric[0].label == "Calibrated probability of hyperplasia"
+    assert len(at.get("plotly_chart")) == 2  # the contribution plot and the cine player
+    planes = [c for image in at.get("image") for c in image.captions]
+    assert planes[0] == "Slice (as acquired)" and len(planes) == 3 and "red: the slice" in planes[1]
+    slider = at.slider(key=f"sequence.slice.{volume.image_id}")
+    first = slider.value  # the slice the model drew most on
+    assert any(f"Slice {first} in red" in c.value for c in at.caption)
+    slider.set_value(10).run()
+    assert not at.exception and any("Slice 10 in red" in c.value for c in at.caption)
+    at.selectbox(key="sequence.case").set_value(mr.case_id).run()
+    _abstains(at, "modality MR")
+    from engine.store import open_store
+
+    with open_store(app_home).read() as db:
+        rows = {r["case_id"]: r for r in db.query("SELECT case_id, task, status FROM predictions")}
+    assert rows[volume.case_id]["task"] == "sequence" and rows[mr.case_id]["status"] == "not_analysed"
+
+
+@needs_data
 def test_diagnosis_opens_on_the_newest_case_the_model_applies_to(ctx, app_home, child_film):
     from tests.conftest import DATA_DIR
 

@@ -29,10 +29,10 @@ from engine.errors import EngineError, short_reason
 from engine.inference.classify import Classifier
 from engine.inference.measure import with_spacing
 from engine.inference.segment import Segmenter
+from engine.io.display import to_gray_uint8
 from engine.io.sandbox import sandbox_for
 from engine.io.study import Spacing
 from engine.models.checkpoint import load_model
-from engine.models.preprocess import to_gray_uint8
 from engine.models.scope import Scope
 
 __all__ = ["Options", "Item", "Decoded", "Decoder", "Analyser", "BATCH_TASKS", "ERROR", "COLUMNS", "STAGES",

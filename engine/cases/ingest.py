@@ -38,6 +38,7 @@ from engine.io.link import capture, seal
 from engine.io.sandbox import sandbox_for
 from engine.io.sniff import is_zip
 from engine.io.study import Study, Window
+from engine.io.volume import is_array_volume, volume_as_dicom
 from engine.keys import secret_key
 from engine.store import utc_now
 
@@ -104,7 +105,10 @@ def _render_plain(data: bytes, limits: dict, frame: int, window: list | None) ->
 
 
 def prepare_here(data: bytes, key: bytes, limits: Limits, link: bool = False) -> Prepared:
-    """prepare() in this process: only for code already running inside the sandbox, and for tests."""
+    """prepare() in this process: only for code already running inside the sandbox, and for tests. A NumPy
+    or NIfTI volume is stored as a multi-frame DICOM of its voxels (engine.io.volume)."""
+    if is_array_volume(data):
+        data = volume_as_dicom(data, limits)
     study = read_study(data, limits)
     if study.dataset is not None:
         stored, fields, key_uid = _deidentified_dicom(study, key)

@@ -20,19 +20,20 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from engine.errors import DatasetError, UnknownDataset
+from engine.errors import DatasetError, EngineError, UnknownDataset
 from engine.io import read_study
+from engine.io.volume import read_volume
 from engine.models.preprocess import Preprocessing, model_view
 
 __all__ = ["ImageSet", "MaskSet", "Splits", "Dataset", "DATASETS", "datasets", "load_dataset", "gray_of_file",
-           "augmentation", "mask_augmentation", "SPLITS"]
+           "augmentation", "mask_augmentation", "VolumeShift", "SPLITS"]
 
 SPLITS = ("train", "val", "test")
 
 
 @dataclass
 class ImageSet:
-    images: torch.Tensor  # (N, 1, S, S) float in [0, 1], before normalisation
+    images: torch.Tensor  # (N, 1, S, S), or (N, 1, D, S, S) volumes, float in [0, 1], before normalisation
     labels: torch.Tensor  # (N,) int64 class indices
     names: list[str]  # file name (or array index) of each image, for error analysis
     groups: list[str] | None = None  # patient of each image, where known (cross-validation keeps one together)
@@ -128,20 +129,32 @@ def _cxr_pneumonia(root: Path, prep: Preprocessing, only: tuple[str, ...]) -> Sp
                   "demo_split: patient-grouped 80/10/10, seed 2018", _KERMANY_LIMITS)
 
 
-def _pneumoniamnist(root: Path, prep: Preprocessing, only: tuple[str, ...]) -> Splits:
-    arrays = np.load(root / "pneumoniamnist.npz")
-    sets = {}
-    for split in only:
-        images = arrays[f"{split}_images"]
-        sets[split] = ImageSet(torch.stack([prep.resize_uint8(im) for im in images]),
-                               torch.from_numpy(arrays[f"{split}_labels"].reshape(-1).astype(np.int64)),
-                               [f"{split}[{i}]" for i in range(len(images))])
-    return Splits(["normal", "pneumonia"], sets, "PneumoniaMNIST (MedMNIST v2) 28x28, official train/val/test split",
-                  _KERMANY_LIMITS)
+def _medmnist(file: str, label_names: list[str], description: str, limitations: tuple[str, ...]):
+    """A loader of a MedMNIST v2 file (official train/val/test split): 2-D images or 3-D volumes."""
+
+    def load(root: Path, prep: Preprocessing, only: tuple[str, ...]) -> Splits:
+        with np.load(root / file) as arrays:
+            sets = {split: ImageSet(torch.stack([prep.resize_uint8(im) for im in arrays[f"{split}_images"]]),
+                                    torch.from_numpy(arrays[f"{split}_labels"].reshape(-1).astype(np.int64)),
+                                    [f"{split}[{i}]" for i in range(len(arrays[f"{split}_labels"]))])
+                    for split in only}
+        return Splits(label_names, sets, description, limitations)
+
+    return load
 
 
-def _folder(root: Path, prep: Preprocessing, only: tuple[str, ...]) -> Splits:
-    """The user's own data: root/manifest.csv (path,label,split) or root/<split>/<label>/<image>."""
+_ADRENAL_LIMITS = (
+    "Shape masks only: every voxel is 0 or 255 (the gland as segmented on CT by an endocrinologist); the CT "
+    "intensities were withheld by the dataset's authors, so a CT volume itself is outside what the model has seen.",
+    "One hospital (Zhongshan Hospital, Fudan University), one annotation protocol.",
+    "Normal vs adrenal hyperplasia only; tumours and other adrenal findings are out of scope.",
+    "Each volume is a 64 mm cube centred on one gland, resized; other crops or scales were never seen.",
+)
+_ADRENAL = "AdrenalMNIST3D (MedMNIST v2, CC BY 4.0) adrenal gland shape masks {0}^3, official patient-level split"
+
+
+def _manifest_rows(root: Path) -> list[dict]:
+    """root/manifest.csv (path,label,split) or root/<split>/<label>/<file>."""
     manifest = root / "manifest.csv"
     if manifest.is_file():
         with open(manifest, newline="") as f:
@@ -152,10 +165,40 @@ def _folder(root: Path, prep: Preprocessing, only: tuple[str, ...]) -> Splits:
     else:
         rows = [{"path": str(p.relative_to(root)), "label": p.parent.name, "split": p.parent.parent.name}
                 for split in SPLITS for p in sorted((root / split).glob("*/*")) if p.is_file()]
+    return rows
+
+
+def _label_names(root: Path, rows: list[dict]) -> list[str]:
     names = sorted({r["label"] for r in rows})  # alphabetical: the second label is the positive class
     if len(names) < 2:
         raise DatasetError(f"{root}: need at least two labels, found {names or 'none'}")
+    return names
+
+
+def _folder(root: Path, prep: Preprocessing, only: tuple[str, ...]) -> Splits:
+    """The user's own images: root/manifest.csv (path,label,split) or root/<split>/<label>/<image>."""
+    rows = _manifest_rows(root)
+    names = _label_names(root, rows)
     return Splits(names, _from_rows(rows, root, prep, names, only), f"folder {root}")
+
+
+def _volume_folder(root: Path, prep: Preprocessing, only: tuple[str, ...]) -> Splits:
+    """The user's own volumes (multi-frame DICOM, NIfTI, .npy, .npz), laid out as a `folder` dataset."""
+    rows, sets = _manifest_rows(root), {}
+    names = _label_names(root, rows)
+    for split in only:
+        chosen = [r for r in rows if r["split"] == split]
+        if not chosen:
+            raise DatasetError(f"the {split} split is empty: every dataset needs train, val and test volumes")
+        volumes = []
+        for r in chosen:
+            try:
+                volumes.append(prep.resize_uint8(read_volume((root / r["path"]).read_bytes()).voxels))
+            except EngineError as error:
+                raise DatasetError(f"{r['path']}: {error}") from None
+        sets[split] = ImageSet(torch.stack(volumes), torch.tensor([names.index(r["label"]) for r in chosen]),
+                               [r["path"] for r in chosen])
+    return Splits(names, sets, f"volume folder {root}")
 
 
 _HC18_LIMITS = (
@@ -189,14 +232,21 @@ def _hc18(root: Path, prep: Preprocessing, only: tuple[str, ...]) -> Splits:
 class Dataset:
     loader: Callable[[Path, Preprocessing, tuple[str, ...]], Splits]
     folder: str | None  # under RADLENS_DATA_DIR; None when --data-path names it
-    task: str  # classification or segmentation: which models can train on it
+    task: str  # a key of engine.tasks.TASKS: which models can train on it
 
 
 DATASETS: dict[str, Dataset] = {  # each one's scope (where its models may answer): engine.models.scope
     "cxr_pneumonia": Dataset(_cxr_pneumonia, "cxr_pneumonia", "classification"),
-    "pneumoniamnist": Dataset(_pneumoniamnist, "pneumoniamnist", "classification"),
+    "pneumoniamnist": Dataset(_medmnist("pneumoniamnist.npz", ["normal", "pneumonia"], "PneumoniaMNIST (MedMNIST "
+                                        "v2) 28x28, official train/val/test split", _KERMANY_LIMITS),
+                              "pneumoniamnist", "classification"),
     "folder": Dataset(_folder, None, "classification"),
     "hc18": Dataset(_hc18, "hc18", "segmentation"),
+    "adrenalmnist3d_64": Dataset(_medmnist("adrenalmnist3d_64.npz", ["normal", "hyperplasia"], _ADRENAL.format(64),
+                                           _ADRENAL_LIMITS), "adrenalmnist3d", "sequence"),
+    "adrenalmnist3d": Dataset(_medmnist("adrenalmnist3d.npz", ["normal", "hyperplasia"], _ADRENAL.format(28),
+                                        _ADRENAL_LIMITS), "adrenalmnist3d", "sequence"),
+    "volume_folder": Dataset(_volume_folder, None, "sequence"),
 }
 
 
@@ -232,3 +282,24 @@ def mask_augmentation() -> v2.Transform:
         v2.RandomAffine(degrees=15, translate=(0.05, 0.05), scale=(0.9, 1.1)),
         v2.ColorJitter(brightness=0.2, contrast=0.2),
     ])
+
+
+class VolumeShift:
+    """A random shift of a (1, D, H, W) volume by up to `fraction` of each axis, zero-filled: where the gland
+    sits in its crop varies a little. No flips or rotations: left and right adrenal glands differ in shape,
+    and a mirrored one is not a real gland."""
+
+    def __init__(self, fraction: float = 0.08):
+        self.fraction = fraction
+
+    def __call__(self, volume: torch.Tensor) -> torch.Tensor:
+        out = volume
+        for axis in (1, 2, 3):
+            most = max(1, round(self.fraction * volume.shape[axis]))
+            k = int(torch.randint(-most, most + 1, ()))
+            if k:
+                out = torch.roll(out, k, axis)
+                band = [slice(None)] * 4
+                band[axis] = slice(0, k) if k > 0 else slice(k, None)
+                out[tuple(band)] = 0
+        return out

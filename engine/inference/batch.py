@@ -11,9 +11,20 @@ from torch import nn
 from engine.models.ood import pooled
 from engine.models.preprocess import Preprocessing
 
-__all__ = ["autocast", "predict", "PRECISIONS"]
+__all__ = ["autocast", "on_device", "model_on_device", "predict", "PRECISIONS"]
 
 PRECISIONS = ("auto", "bf16")
+
+
+def on_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch moved to the device: 2-D images channels_last (faster convolutions), volumes as they are."""
+    return x.to(device, memory_format=torch.channels_last) if x.dim() == 4 else x.to(device)
+
+
+def model_on_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """A model moved to the device: channels_last unless it holds 3-D convolutions (which have no such format)."""
+    volumetric = any(p.dim() == 5 for p in model.parameters())
+    return model.to(device) if volumetric else model.to(device, memory_format=torch.channels_last)
 
 
 def autocast(device: torch.device, precision: str = "auto"):
@@ -35,7 +46,7 @@ def predict(model: nn.Module, images: torch.Tensor, prep: Preprocessing, feature
     logits = []
     try:
         for start in range(0, len(images), batch_size):
-            x = prep.normalize(images[start:start + batch_size]).to(device, memory_format=torch.channels_last)
+            x = on_device(prep.normalize(images[start:start + batch_size]), device)
             with autocast(device):
                 logits.append(model(x).float().cpu())
     finally:

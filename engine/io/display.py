@@ -12,7 +12,7 @@ from pydicom.pixels import apply_voi_lut, apply_windowing
 from engine.errors import FrameOutOfRange
 from engine.io.study import Rendered, Study, Window
 
-__all__ = ["render", "presets", "auto_window", "CT_PRESETS"]
+__all__ = ["render", "presets", "auto_window", "CT_PRESETS", "to_gray_uint8"]
 
 CT_PRESETS = (
     Window(-600, 1500, name="Lung"),
@@ -99,3 +99,11 @@ def _color_to_uint8(arr: np.ndarray, bits: int) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr
     return np.clip(np.round(arr.astype(np.float64) / (2**bits - 1) * 255.0), 0, 255).astype(np.uint8)
+
+
+def to_gray_uint8(image: np.ndarray) -> np.ndarray:
+    """A rendered (H, W) or (H, W, 3) uint8 image as (H, W) luminance (ITU-R BT.601 weights)."""
+    if image.ndim == 2:
+        return image
+    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return np.clip(image[..., :3].astype(np.float32) @ weights + 0.5, 0, 255).astype(np.uint8)

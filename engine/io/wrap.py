@@ -12,7 +12,8 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-__all__ = ["ultrasound_dicom", "radiograph_dicom", "encoded", "US_IMAGE_STORAGE", "CR_IMAGE_STORAGE"]
+__all__ = ["ultrasound_dicom", "radiograph_dicom", "volume_dicom", "encoded", "US_IMAGE_STORAGE", "CR_IMAGE_STORAGE",
+           "MF_GRAYSCALE_BYTE_SC"]
 
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
@@ -72,3 +73,31 @@ def radiograph_dicom(gray: np.ndarray, description: str, patient_id: str = "ANON
     for keyword, value in attributes.items():
         setattr(ds, keyword, value)
     return ds
+
+
+MF_GRAYSCALE_BYTE_SC = "1.2.840.10008.5.1.4.1.1.7.2"
+_SLICE_LOCATION_VECTOR, _PAGE_NUMBER_VECTOR = 0x00182005, 0x00182001
+
+
+def volume_dicom(volume: np.ndarray, spacing_mm: tuple[float, float, float] | None, description: str,
+                 body_part: str = "", patient_id: str = "ANON") -> bytes:
+    """A (slices, rows, cols) uint8 volume as a Multi-frame Grayscale Byte Secondary Capture Image: one frame
+    per slice, in order. With `spacing_mm` (slice, row, col) the slice positions go in the Slice Location
+    Vector and the in-plane size in Pixel Spacing; without, the frames are only numbered (Page Number Vector)."""
+    volume = np.ascontiguousarray(volume, dtype=np.uint8)
+    ds = _wrapped(volume[0], MF_GRAYSCALE_BYTE_SC, "OT", body_part, description, patient_id, None)
+    ds.ImageType, ds.ConversionType, ds.BurnedInAnnotation = ["DERIVED", "SECONDARY"], "WSD", "NO"
+    ds.PresentationLUTShape, ds.PatientOrientation = "IDENTITY", None
+    ds.NumberOfFrames = len(volume)
+    if spacing_mm:
+        ds.FrameIncrementPointer = _SLICE_LOCATION_VECTOR
+        ds.SliceLocationVector = [round(i * spacing_mm[0], 4) for i in range(len(volume))]
+        ds.PixelSpacing = [round(spacing_mm[1], 6), round(spacing_mm[2], 6)]
+    else:
+        ds.FrameIncrementPointer = _PAGE_NUMBER_VECTOR
+        ds.PageNumberVector = list(range(1, len(volume) + 1))
+    ds.Laterality = ""  # type 2C: present and empty while the side (or the body part) is not known
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
+    ds.WindowCenter, ds.WindowWidth = 127.5, 256  # the full byte range: a 0/255 mask shows as black and white
+    ds.PixelData = volume.tobytes()
+    return encoded(ds)

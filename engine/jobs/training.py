@@ -45,12 +45,15 @@ class TrainConfig:
     dataset: str = _opt("a dataset of the catalogue", "cxr_pneumonia", choices=lambda: list(DATASETS))
     model: str = _opt("a registered architecture; its task (classification or segmentation) must be the "
                       "dataset's", "resnet18", choices=list_models)
-    data_path: Path | None = _opt("folder for --dataset folder (manifest.csv or split/label/files)", type=Path)
+    data_path: Path | None = _opt("folder for --dataset folder or volume_folder (manifest.csv or split/label/files)",
+                                  type=Path)
     pretrained: bool = _opt("start from ImageNet weights in the local torch cache", False)
     size: int | None = _opt("input size in pixels: the side of a square input, or its width when --height is "
                             "given (default: the task's)", type=int)
     height: int | None = _opt("input height in pixels, for a model trained on images of one aspect (default: "
                               "square)", type=int)
+    depth: int | None = _opt("sequence models: slices (frames) each volume is resampled to (default: the task's)",
+                             type=int)
     epochs: int | None = _opt("most epochs to train (default: the task's)", type=int)
     patience: int = _opt("stop after this many epochs without a better validation score (AUC for "
                          "classification, Dice for segmentation)", 8, type=int)
@@ -101,13 +104,16 @@ class TrainConfig:
         defaults = get_task(self.task).defaults
         done = dataclasses.replace(
             self, size=self.size or defaults.size, height=self.height if self.size else self.height or defaults.height,
-            epochs=self.epochs or defaults.epochs,
+            depth=self.depth or defaults.depth, epochs=self.epochs or defaults.epochs,
             batch_size=self.batch_size or defaults.batch_size, name=self.name or f"{self.dataset}-{self.model}")
         for label, value, low in (("epochs", done.epochs, 1), ("batch size", done.batch_size, 2),
                                   ("image size", done.size, 16), ("image height", done.height or 16, 16),
+                                  ("depth", done.depth or 2, 2),
                                   ("patience", done.patience, 1)):
             if value < low:
                 raise JobError(f"{label} must be at least {low} (got {value})")
+        if done.depth is not None and defaults.depth is None:
+            raise JobError(f"--depth applies to sequence models only; {done.model} reads one 2-D image")
         if done.folds and (done.folds < 3 or not get_task(done.task).cross_validates):
             raise JobError(f"cross-validation needs a classification model and at least 3 folds (got {done.folds})")
         task = get_task(done.task)

@@ -10,8 +10,8 @@ __all__ = ["fit_gaussian", "mahalanobis", "pooled"]
 
 
 def pooled(activations: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) layer output -> (N, C) global average."""
-    return activations.float().mean(dim=(2, 3))
+    """(N, C, ...) layer output -> (N, C) global average over every spatial (or slice) axis; (N, C) as is."""
+    return activations.float().flatten(2).mean(dim=2) if activations.dim() > 2 else activations.float()
 
 
 def fit_gaussian(features: torch.Tensor, shrinkage: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:

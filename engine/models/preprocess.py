@@ -20,9 +20,10 @@ import torch
 
 from engine.errors import BadCheckpoint
 from engine.io import render
+from engine.io.display import to_gray_uint8
 from engine.io.study import Study
 
-__all__ = ["Preprocessing", "to_gray_uint8", "model_view"]
+__all__ = ["Preprocessing", "to_gray_uint8", "model_view"]  # to_gray_uint8 lives in engine.io.display
 
 
 @dataclass(frozen=True)
@@ -32,32 +33,51 @@ class Preprocessing:
     std: float = 0.25
     resize: str = "cv2-area"  # interpolation; the only one implemented, recorded for the card
     height: int | None = None  # input height in pixels; None: square
+    depth: int | None = None  # slices (frames) of a sequence model's input; None: one 2-D image
 
     @property
     def shape(self) -> tuple[int, int]:
-        """(rows, cols) of the model's input."""
+        """(rows, cols) of the model's input (of each slice, for a sequence model)."""
         return (self.height or self.size, self.size)
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        if self.height is None:  # square: the card reads as it always has
-            del data["height"]
+        for key in ("height", "depth"):
+            if data[key] is None:  # square 2-D: the card reads as it always has
+                del data[key]
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "Preprocessing":
-        prep = cls(**{k: data[k] for k in ("size", "mean", "std", "resize")}, height=data.get("height"))
+        prep = cls(**{k: data[k] for k in ("size", "mean", "std", "resize")}, height=data.get("height"),
+                   depth=data.get("depth"))
         if prep.resize != cls.resize:
             raise BadCheckpoint(f"preprocessing resize {prep.resize!r} is not implemented (only {cls.resize!r})")
         return prep
 
     def summary(self) -> str:
-        return f"gray {self.size}x{self.shape[0]} {self.resize}, (x/255 - {self.mean:.4f}) / {self.std:.4f}"
+        slices = f"{self.depth} slices of " if self.depth else ""
+        return f"gray {slices}{self.size}x{self.shape[0]} {self.resize}, (x/255 - {self.mean:.4f}) / {self.std:.4f}"
 
     def resize_uint8(self, gray: np.ndarray) -> torch.Tensor:
-        """(H, W) uint8 -> (1, rows, cols) float in [0, 1]: the part shared with training's cache."""
+        """(H, W) uint8 -> (1, rows, cols) float in [0, 1]: the part shared with training's cache. A sequence
+        model's (D, H, W) volume -> (1, depth, rows, cols): each slice resized in-plane, then the slice axis."""
+        if self.depth:
+            return self._resize_volume(gray)
         small = cv2.resize(np.ascontiguousarray(gray), self.shape[::-1], interpolation=cv2.INTER_AREA)
         return torch.from_numpy(small).to(torch.float32).div_(255.0)[None]
+
+    def _resize_volume(self, volume: np.ndarray) -> torch.Tensor:
+        if volume.ndim != 3:
+            raise ValueError(f"a sequence model needs a (slices, rows, cols) volume, got shape {volume.shape}")
+        rows, cols = self.shape
+        if volume.shape[1:] != (rows, cols):
+            volume = np.stack([cv2.resize(np.ascontiguousarray(s), (cols, rows), interpolation=cv2.INTER_AREA)
+                               for s in volume])
+        if len(volume) != self.depth:  # the slice axis as the rows of a (D, rows * cols) image
+            volume = cv2.resize(volume.reshape(len(volume), -1), (rows * cols, self.depth),
+                                interpolation=cv2.INTER_AREA).reshape(self.depth, rows, cols)
+        return torch.from_numpy(np.ascontiguousarray(volume)).to(torch.float32).div_(255.0)[None]
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
@@ -65,14 +85,6 @@ class Preprocessing:
     def __call__(self, gray: np.ndarray) -> torch.Tensor:
         """(H, W) uint8 -> (1, 1, rows, cols) model input."""
         return self.normalize(self.resize_uint8(gray))[None]
-
-
-def to_gray_uint8(image: np.ndarray) -> np.ndarray:
-    """A rendered (H, W) or (H, W, 3) uint8 image as (H, W) luminance (ITU-R BT.601 weights)."""
-    if image.ndim == 2:
-        return image
-    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    return np.clip(image[..., :3].astype(np.float32) @ weights + 0.5, 0, 255).astype(np.uint8)
 
 
 def model_view(study: Study) -> np.ndarray:

@@ -171,3 +171,32 @@ def _lraspp(num_classes: int = 2, pretrained: bool = False) -> nn.Module:
                                                                     num_classes=num_classes)
     net.backbone.set_submodule("0.0", _gray_conv(net.backbone.get_submodule("0.0")))
     return OutTensor(net)
+
+
+# Sequence models (engine/models/sequence.py): input (N, 1, D, H, W), slices along D. Their "CAM layer" is
+# the module whose output the OOD gate pools: the pooled sequence vector, or the 3-D ResNet's last stage.
+@register_model("slice_rnn", "sequence", "features",
+                "Slice CNN + bidirectional GRU + attention pooling, 0.38 M parameters: the attention weights are "
+                "each slice's contribution")
+def _slice_rnn(num_classes: int = 2, pretrained: bool = False) -> nn.Module:
+    from engine.models.sequence import SliceRNN
+
+    _no_pretrained("slice_rnn", pretrained)
+    return SliceRNN(num_classes)
+
+
+@register_model("slice_mean", "sequence", "features",
+                "2.5-D baseline: the same slice CNN, slices mean-pooled (no order), 0.29 M parameters")
+def _slice_mean(num_classes: int = 2, pretrained: bool = False) -> nn.Module:
+    from engine.models.sequence import SliceMean
+
+    _no_pretrained("slice_mean", pretrained)
+    return SliceMean(num_classes)
+
+
+@register_model("resnet3d", "sequence", "layer4", "3-D baseline: MONAI 3-D ResNet-10 at half width, 3.6 M parameters")
+def _resnet3d(num_classes: int = 2, pretrained: bool = False) -> nn.Module:
+    from monai.networks.nets import resnet10
+
+    _no_pretrained("resnet3d", pretrained)
+    return resnet10(spatial_dims=3, n_input_channels=1, num_classes=num_classes, widen_factor=0.5)

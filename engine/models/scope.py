@@ -96,6 +96,11 @@ SCOPES: dict[str, Scope] = {
     "chest radiograph": Scope(("CR", "DX"), ("CHEST",), "frontal chest radiographs (CR/DX, chest) of children"),
     "fetal head ultrasound": Scope(("US",), ("HEAD", "FETUS", "ABDOMEN", "PELVIS", "UTERUS", "OBSTETRIC"),
                                    "2-D fetal head ultrasound in the transthalamic plane"),
+    # A shape mask has no modality of its own: a SEG object or a header-less volume (npy, NIfTI) is left to the
+    # OOD gate; a CT or MR volume (intensities, not a mask) is refused by the header rule.
+    "adrenal shape mask": Scope(("SEG",), ("ADRENAL", "ABDOMEN"),
+                                "binary shape masks (0/255 voxels) of one adrenal gland in a 64 mm cube"),
 }
 DATASET_SCOPES = {"cxr_pneumonia": "chest radiograph", "pneumoniamnist": "chest radiograph",
-                  "hc18": "fetal head ultrasound"}
+                  "hc18": "fetal head ultrasound", "adrenalmnist3d": "adrenal shape mask",
+                  "adrenalmnist3d_64": "adrenal shape mask"}

@@ -1,13 +1,13 @@
-"""Tasks: everything that differs between classification and segmentation (and the next task) lives here;
+"""Tasks: everything that differs between classification, segmentation and sequence classification lives here;
 nothing outside this package tests a task's name. `TASKS` is the registry; `get_task(name)` the lookup."""
 
 from engine.errors import UnknownTask
-from engine.tasks import classification, segmentation
+from engine.tasks import classification, segmentation, sequence
 from engine.tasks.base import FormDefaults, Scored, Task
 
 __all__ = ["Task", "Scored", "FormDefaults", "TASKS", "get_task", "task_names"]
 
-TASKS: dict[str, Task] = {t.name: t for t in (classification.TASK, segmentation.TASK)}
+TASKS: dict[str, Task] = {t.name: t for t in (classification.TASK, segmentation.TASK, sequence.TASK)}
 
 
 def get_task(name: str) -> Task:

@@ -30,6 +30,7 @@ class FormDefaults:
     batch_size: int
     epochs: int
     height: int | None = None  # input height in pixels; None: square
+    depth: int | None = None  # slices (frames) of a sequence task's input; None: a 2-D task
 
 
 @dataclass(frozen=True)

@@ -104,9 +104,9 @@ def _cross_validated_ece(oof) -> dict[str, dict[str, float]]:
     return out
 
 
-def _describe_classifier(model, arch, splits, prep, device, oof=None) -> dict:
-    """Temperature, operating threshold and OOD threshold fitted on validation, or, after cross-validation
-    (`oof`), on the out-of-fold predictions over train + val; the test split reported once."""
+def _describe_classifier(model, arch, splits, prep, device, oof=None, calibrator: str = "temperature scaling") -> dict:
+    """The calibrator (`calibrator`), operating threshold and OOD threshold fitted on validation, or, after
+    cross-validation (`oof`), on the out-of-fold predictions over train + val; the test split reported once."""
     sets, feature_layer = splits.sets, cam_layer(model, arch)
     outputs = {s: predict(model, sets[s].images, prep, feature_layer, device) for s in ("train", "test")}
     mean, precision = fit_gaussian(outputs["train"][1])
@@ -125,7 +125,7 @@ def _describe_classifier(model, arch, splits, prep, device, oof=None) -> dict:
         extras = oof.extras()
     compared = _cross_validated_ece(oof) if oof is not None else None
     # After cross-validation the calibrator is chosen by its cross-validated ECE; else the original method.
-    method = min(compared, key=lambda m: compared[m]["train + val"]) if compared else "temperature scaling"
+    method = min(compared, key=lambda m: compared[m]["train + val"]) if compared else calibrator
     calibrator, threshold = _calibration_rules(method, fit_logits, fit_labels)
     ood_threshold = float(np.quantile(val_ood, OOD_QUANTILE))
     labels = {"val": oof.labels[oof.in_val].numpy() if oof is not None else sets["val"].labels.numpy(),

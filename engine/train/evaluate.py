@@ -42,14 +42,15 @@ def main(args: argparse.Namespace) -> dict:
     if args.write and task.refit_on_rewrite:
         splits = load_dataset(card["data"]["dataset"], loaded.preprocessing, data_dir, args.data_path)
         card.update(task.describe(loaded.model, card["arch"], splits, loaded.preprocessing, torch.device("cpu")))
+        extras = {**loaded.extras, **card.pop("_extras", {})}  # e.g. the OOD statistics, refitted with the rules
         metrics = card["metrics"]
     else:
-        metrics = evaluate(loaded, data_dir, data_path=args.data_path)
+        metrics, extras = evaluate(loaded, data_dir, data_path=args.data_path), loaded.extras
     if args.write:
         card["metrics"] = metrics
         card["evaluation_command"] = f"python -m engine.train.evaluate {args.weights} --write"
         half = card.get("training", {}).get("weights_dtype") == "float16"
-        save_model(args.weights, loaded.model.to(torch.device("cpu")), card, loaded.extras, half=half)
+        save_model(args.weights, loaded.model.to(torch.device("cpu")), card, extras, half=half)
     print(json.dumps(metrics))
     return metrics
 

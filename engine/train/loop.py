@@ -10,7 +10,7 @@ from torch import nn
 
 from engine.data.catalog import ImageSet, MaskSet
 from engine.errors import TrainingDiverged
-from engine.inference.batch import autocast
+from engine.inference.batch import autocast, on_device
 from engine.models.preprocess import Preprocessing
 
 __all__ = ["train_one_epoch", "warmup_cosine"]
@@ -44,7 +44,7 @@ def train_one_epoch(model: nn.Module, data: ImageSet | MaskSet, prep: Preprocess
         if len(idx) < 2:  # BatchNorm cannot train on a batch of one
             continue
         x, y = data.batch(idx, augment)
-        x, y = prep.normalize(x).to(device, memory_format=torch.channels_last), y.to(device)
+        x, y = on_device(prep.normalize(x), device), y.to(device)
         with autocast(device, precision):
             loss = loss_fn(model(x).float(), y)
         if not torch.isfinite(loss):

@@ -40,6 +40,7 @@ from engine.errors import (
     is_disk_full,
     short_reason,
 )
+from engine.inference.batch import model_on_device
 from engine.jobs.queue import dispatch, get_job, lower_priority
 from engine.jobs.training import TrainConfig, get_args_parser
 from engine.models.card import ModelCard
@@ -156,7 +157,7 @@ def _load_data(run: _Run) -> None:
     if run.job:
         run.job.phase("loading data")
     # Normalisation statistics come from the training split at the model's input size.
-    shape = Preprocessing(size=cfg.size, height=cfg.height)
+    shape = Preprocessing(size=cfg.size, height=cfg.height, depth=cfg.depth)
     run.splits = load_dataset(cfg.dataset, shape, run.ctx.config.data_dir, cfg.data_path)
     run.base = load_model(cfg.init_from) if cfg.init_from else None
     if cfg.review_ids:
@@ -177,7 +178,7 @@ def _build_model(run: _Run) -> None:
         if run.base.card.arch != cfg.model:
             raise ModelMismatch(f"--init-from {run.base.name} is a {run.base.card.arch}, not a {cfg.model}")
         model.load_state_dict(run.base.model.state_dict())
-    run.model = model.to(run.device, memory_format=torch.channels_last)
+    run.model = model_on_device(model, run.device)
 
 
 def _train(run: _Run, generator: torch.Generator, resume: bool) -> None:
