@@ -52,10 +52,11 @@ def volume_of(ctx: Context, image: dict) -> Volume:
     slice, the slices of its series in this case, stacked in order (engine.io.series)."""
     if (image.get("frames") or 1) > 1:
         return read_volume((ctx.config.home / image["path"]).read_bytes(), ctx.config.limits)
-    slices = [i for i in get_case(ctx.store, image["case_id"])["images"] if (i.get("frames") or 1) == 1]
-    studies = [load_image(ctx.config, i) for i in slices]
-    series = getattr(load_image(ctx.config, image).dataset, "SeriesInstanceUID", None)
-    same = [s for s in studies if s.dataset is not None and getattr(s.dataset, "SeriesInstanceUID", None) == series]
+    studies = {i["id"]: load_image(ctx.config, i) for i in get_case(ctx.store, image["case_id"])["images"]
+               if (i.get("frames") or 1) == 1}  # the chosen slice is one of them: each file is decoded once
+    series = getattr(studies[image["id"]].dataset, "SeriesInstanceUID", None)
+    same = [s for s in studies.values()
+            if s.dataset is not None and getattr(s.dataset, "SeriesInstanceUID", None) == series]
     if len(same) < 2:
         raise NotAnalysed(f"image {image['id']} is a single image, not a volume, a cine loop or a series of slices")
     return assemble_series(same, ctx.config.limits)
