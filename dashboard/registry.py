@@ -34,6 +34,7 @@ PAGES = (
     PageSpec("pages/explainability.py", "Explainability", ":material/blur_on:", "explainability", "explain.audit"),
     PageSpec("pages/batch.py", "Batch", ":material/dataset:", "batch", "batch.run"),
     PageSpec("pages/training.py", "Training", ":material/monitoring:", "training", "job.submit"),
+    PageSpec("pages/synthetic.py", "Synthetic data", ":material/auto_awesome:", "synthetic", "synthetic.generate"),
     PageSpec("pages/models.py", "Models", ":material/model_training:", "models", "model.compare"),
     PageSpec("pages/admin.py", "Admin", ":material/admin_panel_settings:", "admin", "user.manage"),
 )

@@ -20,8 +20,11 @@ from engine.inference.explainer import Explainer
 from engine.inference.segment import Segmenter
 from engine.inference.sequence import SequenceClassifier
 from engine.io.study import Study
-from engine.models.catalog import active_model
+from engine.models.catalog import active_model, find_model
+from engine.models.checkpoint import load_model
 from engine.store import Store
+from engine.synthetic.evaluation import References, load_references
+from engine.synthetic.generator import LoadedGenerator, find_generator, load_generator
 from engine.tasks.evaluation import compare_models
 
 NOBODY = User("nobody", "nobody", "none")  # holds no permission
@@ -106,9 +109,22 @@ def active_sequence_classifier(ctx: Context) -> SequenceClassifier:
     return sequence_classifier(active_model(ctx, SEQUENCE_TASK).name)
 
 
+@st.cache_resource(max_entries=2, show_spinner="Loading the generator...")
+def generator(name: str) -> LoadedGenerator:
+    return load_generator(find_generator(_base_config(), name))
+
+
+@st.cache_resource(max_entries=2, show_spinner="Preparing the real reference images and their features (the first "
+                   "time only: a few minutes on a laptop CPU)...")
+def references(generator_name: str, classifier_name: str) -> References:
+    """The generator's dataset at its size with features in the classifier's spaces (also cached on disk)."""
+    config = _base_config()
+    return load_references(config, generator(generator_name), load_model(find_model(config, classifier_name).path))
+
+
 def release_models() -> None:
     """Drop every loaded model, so the next page run loads the newly active one (after promote / roll back)."""
-    for cached in (classifier, explainer, segmenter, sequence_classifier):
+    for cached in (classifier, explainer, segmenter, sequence_classifier, references):
         cached.clear()
 
 

@@ -20,3 +20,5 @@ CONFIRM = "radlens.models.confirm"  # the promotion / roll back awaiting confirm
 USER = "radlens.user"  # the User the login gate let in on this run
 PACS_MATCHES = "radlens.pacs.matches"  # (node, via, [StudyMatch]) of the last search: PHI, this session only
 PACS_ECHO = "radlens.pacs.echo"  # {node name: EchoReport} of the connection tests this session
+SYNTHETIC = "radlens.synthetic"  # {(generator, classifier, label, count, seed): Gallery}: generated (and logged) once
+SYNTHETIC_ASKED = "radlens.synthetic.asked"  # the (label, count, seed) the page shows

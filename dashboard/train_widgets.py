@@ -22,6 +22,7 @@ from engine.jobs.queue import Job, JobStatus, get_job, job_metrics, log_tail
 from engine.jobs.training import TrainConfig, TrainingRequest, visible_gpus
 from engine.models.catalog import active_model, find_model
 from engine.models.registry import get_spec, list_models
+from engine.synthetic.generator import installed_generators
 from engine.tasks import get_task, task_names
 
 __all__ = ["job_form", "queue_table", "job_title", "live_job", "compare_link", "REFRESH_S"]
@@ -74,6 +75,13 @@ def job_form(ctx: Context) -> TrainingRequest | None:
                                 help="0: calibrate on the validation split. K >= 3: calibrate and set the "
                                      "thresholds on out-of-fold predictions over train + val, then train the "
                                      "model on all of them (K + 1 trainings)")
+        c1, c2 = st.columns(2)
+        generators = [name for name, _ in installed_generators(ctx.config)] if task.synthetic_images else []
+        synthetic = c1.number_input("Synthetic minority images", 0, 5000, 0, disabled=not generators,
+                                    help="Add this many GAN images of the training split's smallest class "
+                                         "(screened for memorisation; validation and test stay real). See the "
+                                         "Synthetic data page")
+        generator = c2.selectbox("Generator", generators or ["none installed"], disabled=not generators)
         fine_tune = st.toggle(f"Fine-tune from the active model ({active.name})", value=False)
         reviews = len(usable_review_ids(ctx.store, active.card.labels)) if task.uses_reviews else 0
         c1, c2 = st.columns(2)
@@ -88,6 +96,7 @@ def job_form(ctx: Context) -> TrainingRequest | None:
                          epochs=int(epochs), batch_size=int(batch),
                          lr=float(lr), augment=augment, balance=balance, device=device, precision=precision,
                          label_smoothing=float(smoothing), folds=int(folds), boundary_loss=float(boundary),
+                         synthetic=int(synthetic), generator=generator if synthetic else None,
                          data_path=Path(data_path.strip()) if data_path.strip() else None)
     return TrainingRequest(config, fine_tune=fine_tune, use_reviews=use_reviews, with_base_train=with_base,
                            gpus=int(gpus))

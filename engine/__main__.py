@@ -23,6 +23,7 @@ from engine.identity import commands as identity_commands
 from engine.io.study import Window
 from engine.keys import secret_key
 from engine.pacs import commands as pacs_commands
+from engine.synthetic import commands as synthetic_commands
 
 
 def _init(args, ctx: Context) -> int:
@@ -290,13 +291,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     identity_commands.add_parsers(sub)
     pacs_commands.add_parsers(sub)
     batch_commands.add_parsers(sub)
+    synthetic_commands.add_parsers(sub)
     return parser
 
 
 COMMANDS = {"init": _init, "ingest": _ingest, "render": _render, "classify": _classify, "segment": _segment,
             "sequence": _sequence,
             "audit": _audit, "report": _report, "export": _export, **identity_commands.COMMANDS,
-            **pacs_commands.COMMANDS, **batch_commands.COMMANDS}
+            **pacs_commands.COMMANDS, **batch_commands.COMMANDS, **synthetic_commands.COMMANDS}
 
 
 # C0/C1 control characters (ESC starts terminal escape sequences) and bidirectional overrides: a value from

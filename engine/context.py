@@ -35,6 +35,7 @@ PERMISSIONS = {
     "explain.audit": "compare explanation methods and start dataset-level heatmap audits",
     "job.submit": "start a training job",
     "job.manage": "cancel or resume a training or audit job",
+    "synthetic.generate": "generate synthetic images, see their memorisation checks and export them (research)",
     "model.compare": "see model cards and compare models on a held-out split",
     "model.promote": "promote or roll back the active model of a task",
     "user.manage": "add users, change roles, disable accounts, reset passwords, end sessions",
@@ -47,7 +48,7 @@ ROLES: dict[str, frozenset[str]] = {
                             "pacs.query", "pacs.retrieve", "pacs.send", "batch.run"}),
     # works on de-identified data and models, never writes a clinical verdict or changes the active model
     "researcher": frozenset({"case.read", "case.analyse", "case.export", "case.raw_output", "explain.audit",
-                             "job.submit", "batch.run",
+                             "job.submit", "batch.run", "synthetic.generate",
                              "job.manage", "model.compare"}),
     # runs the installation: people, models in service, the audit trail; reads no cases
     "admin": frozenset({"user.manage", "audit.read", "model.compare", "model.promote", "job.manage",

@@ -38,6 +38,7 @@ __all__ = [
     "TrainingDiverged",
     "JobError",
     "DiskFull",
+    "SyntheticImage",
     "is_disk_full",
     "short_reason",
 ]
@@ -69,6 +70,10 @@ class TooLarge(EngineError):
 
 class UnsafeArchive(EngineError):
     """A zip member is unsafe (path traversal, bomb, nesting) and was refused."""
+
+
+class SyntheticImage(EngineError):
+    """The image carries RadLens' SYNTHETIC mark (pixels or metadata): a generated image is never a case."""
 
 
 class NotAnImage(EngineError):

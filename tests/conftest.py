@@ -25,7 +25,8 @@ SLOW_TESTS = (
     "test_shipped_card_numbers_reproduce", "test_calibration_lowers", "test_classify_command",
     "test_the_boundary_offset", "test_segmentation_training", "test_cli_segment", "test_audit_",
     "test_a_failing_audit", "test_cli_audit", "test_gradcam_is_more_faithful", "test_sequence_training",
-    "test_the_shipped_sequence_card",
+    "test_the_shipped_sequence_card", "test_a_gallery_is_generated", "test_training_with_synthetic",
+    "test_the_gan_program", "test_memorisation_flags",
     "test_every_method_gives_an_input_sized_map_in_0_1_and_releases_its_hooks[scorecam]",  # ~50 s on 2 cores
 )
 
@@ -138,3 +139,26 @@ def write_cxr_subset(folder: Path, per_label: dict[str, int] | None = None) -> P
         writer.writerows([str(DATA_DIR / "cxr_pneumonia" / r["path"]), r["label"], r["demo_split"], r["patient_id"]]
                          for r in chosen)
     return folder
+
+
+@pytest.fixture(scope="session")
+def reference_cache(tmp_path_factory) -> Path:
+    """The shipped generator's real reference images and their features in the default classifier's spaces,
+    computed once per session (about a minute and a half on 2 cores) and copied into a test's home by
+    `install_references`."""
+    from engine.models.catalog import find_model
+    from engine.models.checkpoint import load_model
+    from engine.synthetic.evaluation import load_references
+    from engine.synthetic.generator import find_generator, load_generator
+
+    config = Config(home=tmp_path_factory.mktemp("synthetic-home"), data_dir=DATA_DIR)
+    load_references(config, load_generator(find_generator(config)),
+                    load_model(find_model(config, DEFAULT_CLASSIFIER).path))
+    return next((config.home / "synthetic").glob("references-*.npz"))
+
+
+def install_references(config: Config, cache: Path) -> None:
+    import shutil
+
+    (config.home / "synthetic").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(cache, config.home / "synthetic" / cache.name)

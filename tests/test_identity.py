@@ -52,6 +52,7 @@ from engine.pacs.client import StudyQuery
 from engine.pacs.nodes import PacsNode, save_node
 from engine.pacs.push import send_case
 from engine.pacs.studies import pull, search
+from engine.synthetic.export import synthesise
 from engine.tasks.evaluation import compare_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,6 +96,7 @@ ACTIONS = {
     "job.submit": lambda ctx, case, clf: submit_training(
         ctx, TrainingRequest(TrainConfig(dataset="hc18", model="resnet18"))),
     "job.manage": lambda ctx, case, clf: cancel_job(ctx, 999),
+    "synthetic.generate": lambda ctx, case, clf: synthesise(ctx, None, None, "normal", 0, 0),  # 0 images: invalid
     "model.compare": lambda ctx, case, clf: compare_for(ctx, ["no-such-model", "cxr-pneumonia-resnet18"]),
     "model.promote": lambda ctx, case, clf: promote(ctx, "cxr-pneumonia-resnet18", "re-activating the shipped model"),
     "user.manage": lambda ctx, case, clf: add_account(ctx, f"made-by-{ctx.user.role}", PASSWORD, "clinician"),

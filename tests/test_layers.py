@@ -22,6 +22,7 @@ LAYERS = (
     ("engine.draw", "engine.data"),
     ("engine.tasks",),
     ("engine.jobs",),
+    ("engine.synthetic",),
     ("engine.cases",),
     ("engine.pacs",),
     ("engine.batch",),

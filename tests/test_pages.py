@@ -473,3 +473,28 @@ def test_admin_page_adds_a_user_and_shows_the_audit_trail_intact(app_home):
     assert list(accounts["User name"]) == ["bob"] and accounts.iloc[0]["Role"] == "researcher"
     trail = at.dataframe[-1].value
     assert trail.iloc[0]["Action"] == "user.add" and trail.iloc[0]["Who"] == "local:admin-tester"
+
+
+@needs_data
+def test_synthetic_page_generates_a_seeded_gallery_beside_real_neighbours_for_researchers_only(
+        config, app_home, reference_cache):
+    from tests.conftest import install_references
+
+    install_references(config, reference_cache)
+    at = _run("pages/synthetic.py", role="researcher")
+    assert at.title[0].value == "Synthetic data" and at.selectbox[0].value == "cxr-pneumonia-gan"
+    assert at.dataframe, "the card's quality report"  # Fréchet / PRDC beside the real held-out floor
+    at.number_input[0].set_value(4)
+    at.number_input[1].set_value(7)
+    at.button[0].click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    captions = [c for image in at.get("image") for c in image.captions]
+    assert len(captions) == 8  # four synthetic images, each beside its nearest real training image
+    plain_captions = [c.replace("\\", "") for c in captions]
+    assert plain_captions[0].endswith("synthetic #0") and "nearest real: train/" in plain_captions[1]
+    assert any(b.label.startswith("Export") for b in at.get("download_button"))
+    store = Context.open(Config.from_env()).store
+    logged = [r for r in store.audit_rows(50) if r["action"] == "synthetic.generate"]
+    assert len(logged) == 1 and '"images": 4' in logged[0]["detail"] and '"seed": 7' in logged[0]["detail"]
+    at.button[0].click().run()  # a rerun with the same request neither regenerates nor logs again
+    assert len([r for r in store.audit_rows(50) if r["action"] == "synthetic.generate"]) == 1

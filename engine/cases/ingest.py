@@ -24,6 +24,7 @@ from engine.context import Context
 from engine.errors import (
     DiskFull,
     EngineError,
+    SyntheticImage,
     TooLarge,
     UnreadableStudy,
     is_disk_full,
@@ -35,6 +36,7 @@ from engine.io.deid import deidentify
 from engine.io.fields import fields_of
 from engine.io.jpeg import strip_encapsulated_jpeg_metadata, strip_jpeg_metadata
 from engine.io.link import capture, seal
+from engine.io.mark import has_mark, png_says_synthetic
 from engine.io.sandbox import sandbox_for
 from engine.io.sniff import is_zip
 from engine.io.study import Study, Window
@@ -110,6 +112,7 @@ def prepare_here(data: bytes, key: bytes, limits: Limits, link: bool = False) ->
     if is_array_volume(data):
         data = volume_as_dicom(data, limits)
     study = read_study(data, limits)
+    _refuse_synthetic(data, study)
     if study.dataset is not None:
         stored, fields, key_uid = _deidentified_dicom(study, key)
         extension = "dcm"
@@ -119,6 +122,13 @@ def prepare_here(data: bytes, key: bytes, limits: Limits, link: bool = False) ->
     sha = hashlib.sha256(stored).hexdigest()
     sealed = seal(key, sha, capture(study.dataset)) if link and study.dataset is not None else b""
     return Prepared(stored, extension, fields, f"study:{key_uid}" if key_uid else f"image:{sha}", sha, sealed)
+
+
+def _refuse_synthetic(data: bytes, study: Study) -> None:
+    first = study.frames[0]
+    if png_says_synthetic(data) or (first.dtype == np.uint8 and has_mark(first)):
+        raise SyntheticImage("a synthetic image (it carries the RadLens SYNTHETIC mark): generated images are "
+                             "never ingested as cases")
 
 
 def _deidentified_dicom(study: Study, key: bytes) -> tuple[bytes, dict, str]:

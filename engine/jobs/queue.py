@@ -99,6 +99,8 @@ def _train_argv(job: Job) -> list[str]:
 # Each kind names its program by module, so the queue never imports the layers that do the work.
 KINDS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("train", "Training", _train_argv, "one running training job per device"),
+    JobKind("gan", "GAN training", lambda job: ["-m", "engine.train.gan", "--job", str(job.id)],
+            "one running GAN training per device"),
     JobKind("audit", "Heatmap audit", lambda job: ["-m", "engine", "audit", "--run", str(job.id)],
             "one running audit per device"),
     JobKind("analyse", "Analysis of PACS arrivals", lambda job: ["-m", "engine", "analyse", "--run", str(job.id)],

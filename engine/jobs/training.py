@@ -24,12 +24,13 @@ from engine.models.catalog import active_model
 from engine.models.registry import get_spec, list_models
 from engine.tasks import get_task
 
-__all__ = ["TrainConfig", "TrainingRequest", "get_args_parser", "submit_training", "visible_gpus", "PROGRAM"]
+__all__ = ["argv_of", "parser_of", "opt",
+           "TrainConfig", "TrainingRequest", "get_args_parser", "submit_training", "visible_gpus", "PROGRAM"]
 
 PROGRAM = "engine.train.run"
 
 
-def _opt(help_text: str, default=None, **argparse_kw):
+def opt(help_text: str, default=None, **argparse_kw):
     """A TrainConfig field: its default and how the command line spells it."""
     return field(default=default, metadata={"help": help_text, **argparse_kw})
 
@@ -42,51 +43,55 @@ def _ids(text: str) -> tuple[int, ...]:
 class TrainConfig:
     """Everything one training run needs. None means "the task's default" (see `resolved`)."""
 
-    dataset: str = _opt("a dataset of the catalogue", "cxr_pneumonia", choices=lambda: list(DATASETS))
-    model: str = _opt("a registered architecture; its task (classification or segmentation) must be the "
+    dataset: str = opt("a dataset of the catalogue", "cxr_pneumonia", choices=lambda: list(DATASETS))
+    model: str = opt("a registered architecture; its task (classification or segmentation) must be the "
                       "dataset's", "resnet18", choices=list_models)
-    data_path: Path | None = _opt("folder for --dataset folder or volume_folder (manifest.csv or split/label/files)",
+    data_path: Path | None = opt("folder for --dataset folder or volume_folder (manifest.csv or split/label/files)",
                                   type=Path)
-    pretrained: bool = _opt("start from ImageNet weights in the local torch cache", False)
-    size: int | None = _opt("input size in pixels: the side of a square input, or its width when --height is "
+    pretrained: bool = opt("start from ImageNet weights in the local torch cache", False)
+    size: int | None = opt("input size in pixels: the side of a square input, or its width when --height is "
                             "given (default: the task's)", type=int)
-    height: int | None = _opt("input height in pixels, for a model trained on images of one aspect (default: "
+    height: int | None = opt("input height in pixels, for a model trained on images of one aspect (default: "
                               "square)", type=int)
-    depth: int | None = _opt("sequence models: slices (frames) each volume is resampled to (default: the task's)",
+    depth: int | None = opt("sequence models: slices (frames) each volume is resampled to (default: the task's)",
                              type=int)
-    epochs: int | None = _opt("most epochs to train (default: the task's)", type=int)
-    patience: int = _opt("stop after this many epochs without a better validation score (AUC for "
+    epochs: int | None = opt("most epochs to train (default: the task's)", type=int)
+    patience: int = opt("stop after this many epochs without a better validation score (AUC for "
                          "classification, Dice for segmentation)", 8, type=int)
-    batch_size: int | None = _opt("images per step and process (default: the task's)", type=int)
-    lr: float = _opt("AdamW learning rate", 1e-3, type=float)
-    weight_decay: float = _opt("AdamW weight decay", 1e-4, type=float)
-    warmup_epochs: float = _opt("linear warm-up before the cosine schedule", 1.0, type=float)
-    seed: int = _opt("seed of shuffling, augmentation and initialisation", 0, type=int)
-    device: str = _opt("auto (CUDA when present), cpu or cuda", "auto", choices=lambda: ["auto", "cpu", "cuda"])
-    threads: int = _opt("CPU threads (0: torch's default)", 0, type=int)
-    precision: str = _opt("training arithmetic: auto (fp16 mixed precision on CUDA, fp32 on CPU) or bf16 (bfloat16 "
+    batch_size: int | None = opt("images per step and process (default: the task's)", type=int)
+    lr: float = opt("AdamW learning rate", 1e-3, type=float)
+    weight_decay: float = opt("AdamW weight decay", 1e-4, type=float)
+    warmup_epochs: float = opt("linear warm-up before the cosine schedule", 1.0, type=float)
+    seed: int = opt("seed of shuffling, augmentation and initialisation", 0, type=int)
+    device: str = opt("auto (CUDA when present), cpu or cuda", "auto", choices=lambda: ["auto", "cpu", "cuda"])
+    threads: int = opt("CPU threads (0: torch's default)", 0, type=int)
+    precision: str = opt("training arithmetic: auto (fp16 mixed precision on CUDA, fp32 on CPU) or bf16 (bfloat16 "
                           "mixed precision; about 2.8x faster on CPUs with AMX/AVX512-BF16)", "auto",
                           choices=lambda: list(PRECISIONS))
-    label_smoothing: float = _opt("classification: label smoothing of the cross-entropy (0: none)", 0.0, type=float)
-    boundary_loss: float = _opt("segmentation: weight of MONAI's HausdorffDTLoss (a boundary-distance loss) added to "
+    label_smoothing: float = opt("classification: label smoothing of the cross-entropy (0: none)", 0.0, type=float)
+    boundary_loss: float = opt("segmentation: weight of MONAI's HausdorffDTLoss (a boundary-distance loss) added to "
                                 "Dice + cross-entropy (0: none)", 0.0, type=float)
-    folds: int = _opt("classification: 0 keeps the dataset's validation split for early stopping and calibration; "
+    folds: int = opt("classification: 0 keeps the dataset's validation split for early stopping and calibration; "
                       "K >= 3 pools train + val into K patient-grouped folds, trains K models for the full epochs "
                       "to get out-of-fold predictions (temperature, operating and OOD thresholds are fitted on "
                       "them), then trains the shipped model on all of train + val", 0, type=int)
-    name: str | None = _opt("model name (default: <dataset>-<model>)")
-    version: str = _opt("model version written into the card", "1.0.0")
-    output: Path | None = _opt("run folder (default: $RADLENS_HOME/runs/<name>)", type=Path)
-    half: bool = _opt("store fp16 weights (metrics are computed with them)", False)
-    init_from: Path | None = _opt("fine-tune: start from these installed weights (same architecture; their "
+    name: str | None = opt("model name (default: <dataset>-<model>)")
+    version: str = opt("model version written into the card", "1.0.0")
+    output: Path | None = opt("run folder (default: $RADLENS_HOME/runs/<name>)", type=Path)
+    half: bool = opt("store fp16 weights (metrics are computed with them)", False)
+    init_from: Path | None = opt("fine-tune: start from these installed weights (same architecture; their "
                                   "normalisation is kept)", type=Path)
-    augment: bool = _opt("train on the images as they are", True, flag="--no-augment")
-    balance: str = _opt("classification: inverse-frequency class weights in the loss (weights) or none", "weights",
+    augment: bool = opt("train on the images as they are", True, flag="--no-augment")
+    balance: str = opt("classification: inverse-frequency class weights in the loss (weights) or none", "weights",
                         choices=lambda: ["weights", "none"])
-    review_ids: tuple[int, ...] = _opt("comma-separated review ids whose cases join the training split "
+    review_ids: tuple[int, ...] = opt("comma-separated review ids whose cases join the training split "
                                        "(classification)", (), type=_ids)
-    reviews_only: bool = _opt("train on the reviewed cases only, without the dataset's own training split "
+    reviews_only: bool = opt("train on the reviewed cases only, without the dataset's own training split "
                               "(validation and test stay the dataset's)", False)
+    synthetic: int = opt("classification: add this many synthetic images of the training split's smallest class "
+                         "from an installed generator (screened for memorisation; validation and test stay real)", 0,
+                         type=int)
+    generator: str | None = opt("the generator --synthetic uses (default: the first installed)")
 
     @property
     def task(self) -> str:
@@ -124,6 +129,9 @@ class TrainConfig:
             raise JobError("label smoothing applies to classification models only")
         if not 0 <= done.label_smoothing < 0.5:
             raise JobError(f"label smoothing must be in [0, 0.5) (got {done.label_smoothing})")
+        if done.synthetic and (done.synthetic < 0 or not task.synthetic_images or done.folds):
+            raise JobError(f"synthetic images ({done.synthetic}) need a 2-D classification model, a positive count and "
+                           "no cross-validation (folds would hold synthetic images out as if they were patients)")
         if not done.lr > 0:
             raise JobError(f"the learning rate must be positive (got {done.lr})")
         return done
@@ -149,21 +157,7 @@ class TrainConfig:
 
     def to_argv(self) -> list[str]:
         """The command-line arguments that give this config (defaults left out)."""
-        argv = []
-        for f in fields(self):
-            value, default = getattr(self, f.name), f.default
-            if value == default or value is None:
-                continue
-            flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
-            if isinstance(value, bool):
-                argv.append(flag)
-            elif isinstance(value, tuple):
-                argv += [flag, ",".join(map(str, value))]
-            elif str(value).startswith("-"):
-                argv.append(f"{flag}={value}")  # one token, or argparse would read the value as an option
-            else:
-                argv += [flag, str(value)]
-        return argv
+        return argv_of(self)
 
     def command(self, world: int = 1) -> str:
         """The command that reproduces this run."""
@@ -171,11 +165,29 @@ class TrainConfig:
         return f"{launcher} -m {PROGRAM} " + shlex.join(self.to_argv())
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    """The training program's parser, generated from TrainConfig (plus --resume and --job)."""
-    p = argparse.ArgumentParser(prog=f"python -m {PROGRAM}", description="Train a RadLens classifier or "
-                                "segmentation model and write its weights and model card")
-    for f in fields(TrainConfig):
+def argv_of(cfg) -> list[str]:
+    """The command-line arguments that give a config dataclass built with `opt` fields (defaults left out)."""
+    argv = []
+    for f in fields(cfg):
+        value, default = getattr(cfg, f.name), f.default
+        if value == default or value is None:
+            continue
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        if isinstance(value, bool):
+            argv.append(flag)
+        elif isinstance(value, tuple):
+            argv += [flag, ",".join(map(str, value))]
+        elif str(value).startswith("-"):
+            argv.append(f"{flag}={value}")  # one token, or argparse would read the value as an option
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def parser_of(cls, prog: str, description: str) -> argparse.ArgumentParser:
+    """A program's parser generated from its config dataclass (plus --resume and --job)."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    for f in fields(cls):
         meta = dict(f.metadata)
         flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
         if "choices" in meta:
@@ -184,8 +196,14 @@ def get_args_parser() -> argparse.ArgumentParser:
             meta["action"] = "store_false" if f.default else "store_true"
         p.add_argument(flag, dest=f.name, default=f.default, **meta)
     p.add_argument("--resume", action="store_true", help="continue from <output>/state.pt at its epoch + 1")
-    p.add_argument("--job", type=int, help="run training job ID of the store (its configuration comes from the job)")
+    p.add_argument("--job", type=int, help="run job ID of the store (its configuration comes from the job)")
     return p
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The training program's parser, generated from TrainConfig (plus --resume and --job)."""
+    return parser_of(TrainConfig, f"python -m {PROGRAM}", "Train a RadLens classifier or segmentation model and "
+                     "write its weights and model card")
 
 
 def visible_gpus() -> int:

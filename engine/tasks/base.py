@@ -56,6 +56,7 @@ class Task:
     class_balancing: bool = False  # whether "balance" (class-weighted loss) means anything
     uses_reviews: bool = False  # whether clinician reviews (labels) can become training data
     cross_validates: bool = False  # whether --folds K (out-of-fold calibration) is implemented
+    synthetic_images: bool = False  # whether --synthetic K (a generator's 2-D minority images) means anything
     label_smoothing: bool = False  # whether --label-smoothing means anything
     boundary_loss: bool = False  # whether --boundary-loss means anything
     metric_range: tuple[float, float] = field(default=(0.0, 1.0))  # where the score lives, for charts

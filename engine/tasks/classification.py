@@ -193,5 +193,5 @@ TASK = Task(
     validate=_validate_classifier, score="val_auc", describe=_describe_classifier,
     scores=_classifier_scores, difference=_auc_difference, headline=_headline,
     headline_numbers=lambda m: {"auc": m["auc"]}, rules=_rules, class_balancing=True, uses_reviews=True,
-    cross_validates=True, label_smoothing=True,
+    cross_validates=True, label_smoothing=True, synthetic_images=True,
 )

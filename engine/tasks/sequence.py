@@ -67,5 +67,5 @@ TASK = dataclasses.replace(
     augmentation_text="random shift of up to 8 % along each axis, zero-filled; no flips or rotations",
     describe=_describe, scores=_scores,
     headline_numbers=lambda m: {"auc": m["auc"], "accuracy_at_0.5": m["accuracy_at_0.5"]},
-    uses_reviews=False, cross_validates=False, refit_on_rewrite=True,
+    uses_reviews=False, cross_validates=False, synthetic_images=False, refit_on_rewrite=True,
 )

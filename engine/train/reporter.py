@@ -97,9 +97,10 @@ class JobReporter:
                                           for r in rows])
             db["jobs"].update(self.job_id, {"progress": json.dumps(progress), "updated_at": now})
 
-    def finish(self, weights: Path) -> str:
-        """Install the trained weights as a candidate model; the row says finished. Returns the model name."""
-        name = install_candidate(self.ctx.config, weights)
+    def finish(self, weights: Path, install=install_candidate) -> str:
+        """Install the trained weights (as a candidate model, by default); the row says finished. Returns the
+        installed name."""
+        name = install(self.ctx.config, weights)
         finish_job(self.store, self.job_id, self.ctx.actor, {"model": name}, model_name=name)
         return name
 

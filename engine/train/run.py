@@ -44,6 +44,7 @@ from engine.inference.batch import model_on_device
 from engine.jobs.queue import dispatch, get_job, lower_priority
 from engine.jobs.training import TrainConfig, get_args_parser
 from engine.models.card import ModelCard
+from engine.models.catalog import active_model
 from engine.models.checkpoint import (
     LoadedModel,
     atomic_write,
@@ -56,6 +57,7 @@ from engine.models.checkpoint import (
 from engine.models.preprocess import Preprocessing
 from engine.models.registry import create_model
 from engine.models.scope import DATASET_SCOPES, SCOPES
+from engine.synthetic.training import add_synthetic
 from engine.tasks import Task, get_task
 from engine.tasks.classification import OutOfFold
 from engine.train.loop import train_one_epoch, warmup_cosine
@@ -126,6 +128,7 @@ class _Run:
     prep: Preprocessing | None = None
     base: LoadedModel | None = None
     reviews: dict | None = None
+    synthetic: dict | None = None  # the synthetic images added to the training split (engine.synthetic.training)
     model: torch.nn.Module | None = None
     best: dict = field(default_factory=lambda: {"score": -1.0, "epoch": -1, "state": None})
     epochs_run: int = 0
@@ -162,6 +165,12 @@ def _load_data(run: _Run) -> None:
     run.base = load_model(cfg.init_from) if cfg.init_from else None
     if cfg.review_ids:
         run.reviews = add_reviews(run.splits, run.ctx, cfg.review_ids, shape, not cfg.reviews_only)
+    if cfg.synthetic:
+        if run.job:
+            run.job.phase("generating and screening the synthetic images")
+        classifier = load_model(active_model(run.ctx, "classification").path)
+        run.synthetic = add_synthetic(run.splits, run.ctx.config, classifier, shape, cfg.synthetic, cfg.generator,
+                                      cfg.seed)
     train = run.splits.sets["train"]
     stats = run.base.preprocessing if run.base else None
     run.prep = dataclasses.replace(shape, mean=stats.mean if stats else round(float(train.images.mean()), 4),
@@ -321,6 +330,10 @@ def _card(run: _Run, job_id: int | None, oof: OutOfFold | None) -> tuple[ModelCa
         card["data"]["reviews"] = reviews
         card["data"]["description"] += (f"; training split {'plus' if reviews['with_base_train'] else 'replaced by'} "
                                         f"{len(reviews['used'])} clinician-reviewed case(s)")
+    if run.synthetic:
+        card["data"]["synthetic"] = run.synthetic
+        card["data"]["description"] += (f"; training split plus {run.synthetic['images']} synthetic "
+                                        f"{run.synthetic['label']} images from {run.synthetic['generator']}")
     card["training"] = {
         "command": cfg.command(run.world),
         "best_epoch": run.best["epoch"], f"best_{task.score}": run.best["score"], "epochs_run": run.epochs_run,
