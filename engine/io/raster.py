@@ -46,7 +46,7 @@ def read_raster(data: bytes, fmt: str, limits: Limits) -> Study:
                 )
             image.load()
             image = ImageOps.exif_transpose(image)
-    except TooLarge:
+    except (TooLarge, MemoryError):  # out of memory is the decoder cap (the sandbox says so), not a broken file
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise TooLarge(f"image is a decompression bomb (over {limits.max_pixels:,} pixels)") from None
