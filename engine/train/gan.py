@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import signal
 import sys
 import time
 from pathlib import Path
@@ -28,14 +27,14 @@ from engine.context import Context
 from engine.data.catalog import load_dataset
 from engine.errors import EngineError, TrainingDiverged
 from engine.inference.batch import autocast
-from engine.jobs.queue import dispatch, get_job, lower_priority
+from engine.jobs.queue import get_job
 from engine.jobs.synthesis import GanConfig, gan_parser
 from engine.models.checkpoint import atomic_write, load_state, remove_stale_temps, save_model, save_state
 from engine.models.gan import GAN_ARCH, Discriminator, Generator, diff_augment
 from engine.models.preprocess import Preprocessing
 from engine.synthetic.generator import install_generator, sample_grid
 from engine.train.reporter import JobReporter
-from engine.train.run import _Cancelled, _hardware, _log, _on_sigterm, _seed, failure_message
+from engine.train.run import _hardware, _log, _seed, run_reported
 
 __all__ = ["main", "cli", "run_job"]
 
@@ -168,23 +167,12 @@ def run_job(ctx: Context, job_id: int) -> None:
     job = get_job(ctx.store, job_id)
     cfg = GanConfig.from_dict(job.config["gan"])
     ctx = ctx.as_user(job.actor)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    lower_priority()
-    reporter = JobReporter(ctx, job_id, torch.device("cpu"))
-    try:
-        reporter.claim()
+
+    def work(reporter: JobReporter | None) -> None:
         card = main(cfg, ctx, reporter, resume=True)
         reporter.finish(cfg.output / f"{card['name']}.safetensors", install=install_generator)
-    except _Cancelled:
-        print("cancelled", flush=True)
-        raise
-    except BaseException as error:
-        message = failure_message(error, cfg)
-        print(f"error: {message}", flush=True)
-        reporter.fail(message)
-        raise SystemExit(1) from None
-    finally:
-        dispatch(ctx)
+
+    run_reported(ctx, job_id, cfg, work)
 
 
 def cli(argv: list[str] | None = None) -> dict | None:

@@ -63,7 +63,7 @@ from engine.tasks.classification import OutOfFold
 from engine.train.loop import train_one_epoch, warmup_cosine
 from engine.train.reporter import JobReporter
 
-__all__ = ["get_args_parser", "main", "cli", "failure_message", "run_job"]
+__all__ = ["get_args_parser", "main", "cli", "failure_message", "run_job", "run_reported"]
 
 
 def _seed(seed: int) -> torch.Generator:
@@ -403,12 +403,10 @@ def _on_sigterm(signum, frame):
     raise _Cancelled(128 + signum)
 
 
-def run_job(ctx: Context, job_id: int) -> None:
-    """Run job `job_id` in this process (or as one rank of its torchrun group) and record how it ended."""
-    rank = int(os.environ.get("RANK", "0"))
-    job = get_job(ctx.store, job_id)
-    cfg = TrainConfig.from_dict(job.config["train"])
-    ctx = ctx.as_user(job.actor)
+def run_reported(ctx: Context, job_id: int, cfg, work, rank: int = 0) -> None:
+    """The job side every training program shares: SIGTERM unwinds through the atomic writers, the job runs at
+    the lowest priority, rank 0 claims the row and hands `work` its reporter (None on other ranks); a failure
+    goes on the row in one line; the next queued job is dispatched at the end."""
     signal.signal(signal.SIGTERM, _on_sigterm)
     lower_priority()
     reporter = None
@@ -416,9 +414,7 @@ def run_job(ctx: Context, job_id: int) -> None:
         if rank == 0:
             reporter = JobReporter(ctx, job_id, torch.device("cpu"))
             reporter.claim()
-        card = main(cfg, ctx, reporter, resume=True, job_id=job_id)
-        if reporter:
-            reporter.finish(cfg.output / f"{card.name}.safetensors")
+        work(reporter)
     except _Cancelled:
         print("cancelled", flush=True)
         raise
@@ -431,6 +427,20 @@ def run_job(ctx: Context, job_id: int) -> None:
     finally:
         if rank == 0:
             dispatch(ctx)  # the next queued job on this device
+
+
+def run_job(ctx: Context, job_id: int) -> None:
+    """Run job `job_id` in this process (or as one rank of its torchrun group) and record how it ended."""
+    job = get_job(ctx.store, job_id)
+    cfg = TrainConfig.from_dict(job.config["train"])
+    ctx = ctx.as_user(job.actor)
+
+    def work(reporter: JobReporter | None) -> None:
+        card = main(cfg, ctx, reporter, resume=True, job_id=job_id)
+        if reporter:
+            reporter.finish(cfg.output / f"{card.name}.safetensors")
+
+    run_reported(ctx, job_id, cfg, work, int(os.environ.get("RANK", "0")))
 
 
 def cli(argv: list[str] | None = None) -> ModelCard | None:
