@@ -48,7 +48,7 @@ def _balanced(y: np.ndarray, p: np.ndarray, threshold: float) -> float:
 def _train(ctx: Context, base: TrainConfig, k: int, n_train: int, runs: Path) -> Path:
     from engine.train.run import main  # the training program (bench may import it; the dashboard may not)
 
-    epochs = max(1, round(base.epochs * n_train / (n_train + k)))
+    epochs = max(1, round(base.epochs * n_train / (n_train + k))) if k else base.epochs
     cfg = dataclasses.replace(base, synthetic=k, epochs=epochs, patience=epochs, name=f"cxr64-k{k}",
                               output=runs / f"k{k}")
     weights = cfg.output / f"{cfg.name}.safetensors"

@@ -37,6 +37,8 @@ class GanConfig:
     lr: float = opt("Adam learning rate of the generator (betas 0.0, 0.9)", 2e-4, type=float)
     d_lr: float = opt("Adam learning rate of the discriminator (two time-scale update rule: faster than the "
                       "generator's)", 4e-4, type=float)
+    diversity: float = opt("weight of the mode-seeking term (Mao et al. 2019): the generator is rewarded for "
+                           "different images from different latents of one class; 0 turns it off", 1.0, type=float)
     ema: float = opt("decay of the generator's exponential moving average (the weights that are shipped)", 0.999,
                      type=float)
     seed: int = opt("seed of shuffling, augmentation, latents and initialisation", 0, type=int)
@@ -62,9 +64,9 @@ class GanConfig:
                                   ("discriminator width", self.d_width, 4), ("latent length", self.z_dim, 2)):
             if value < low:
                 raise JobError(f"{label} must be at least {low} (got {value})")
-        if not (self.lr > 0 and self.d_lr > 0 and 0 <= self.ema < 1):
-            raise JobError(f"the learning rate must be positive and the EMA decay in [0, 1) (got {self.lr}, "
-                           f"{self.ema})")
+        if not (self.lr > 0 and self.d_lr > 0 and 0 <= self.ema < 1 and self.diversity >= 0):
+            raise JobError(f"the learning rates must be positive, the EMA decay in [0, 1) and the diversity weight "
+                           f"not negative (got {self.lr}, {self.d_lr}, {self.ema}, {self.diversity})")
         return self
 
     def to_dict(self) -> dict:

@@ -49,8 +49,8 @@ class Generator(nn.Module):
 
 class Discriminator(nn.Module):
     """Spectrally normalised strided 4x4 convolutions down to 4 x 4, the minibatch standard deviation as one more
-    channel (a collapsed generator's batch has none, so the
-    discriminator sees collapse; Karras et al. 2018), and a projection head."""
+    channel (Karras et al. 2018: a collapsed batch has none; DiffAugment's per-image jitter gives it some back, so
+    this alone did not stop collapse and the training program adds a mode-seeking term), and a projection head."""
 
     def __init__(self, classes: int = 2, width: int = 32, size: int = 64):
         super().__init__()

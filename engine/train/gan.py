@@ -49,6 +49,18 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
             e.copy_(m)
 
 
+def _mode_seeking(images: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """1 / (image distance / latent distance) over pairs (first half, second half) of one class (Mao et al. 2019,
+    MSGAN): small when different latents give different images. Each image is standardised first, so the
+    generator cannot buy diversity with brightness or contrast alone (DiffAugment makes the discriminator blind to
+    those)."""
+    flat = images.float().flatten(1)
+    flat = (flat - flat.mean(1, keepdim=True)) / (flat.std(1, keepdim=True) + 1e-3)
+    half = len(flat) // 2
+    ratio = (flat[:half] - flat[half:2 * half]).abs().mean(1) / (z[:half] - z[half:2 * half]).abs().mean(1)
+    return 1 / (ratio.mean() + 1e-5)
+
+
 def _write_samples(path: Path, ema: Generator, fixed: tuple[torch.Tensor, torch.Tensor]) -> None:
     grid = sample_grid(ema, *fixed)
     atomic_write(path, lambda tmp: tmp.write_bytes(cv2.imencode(".png", grid)[1].tobytes()))
@@ -108,8 +120,15 @@ def main(cfg: GanConfig, ctx: Context, job: JobReporter | None = None, resume: b
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
+            # The generator's batch pairs latents within a class (y's first half twice) for the mode-seeking term:
+            # a discriminator that judges one image at a time cannot see that every latent gives the same film,
+            # and without it the generator collapsed to one image per class in two runs.
+            y_g, z_g = y[:len(y) // 2].repeat(2), torch.randn_like(z)
             with autocast(device, cfg.precision):
-                loss_g = -D(diff_augment(G(torch.randn_like(z), y)), y).mean()
+                fake = G(z_g, y_g)
+                loss_g = -D(diff_augment(fake), y_g).mean()
+                if cfg.diversity:
+                    loss_g = loss_g + cfg.diversity * _mode_seeking(fake, z_g)
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
@@ -146,6 +165,7 @@ def main(cfg: GanConfig, ctx: Context, job: JobReporter | None = None, resume: b
                          f"discriminator lr {cfg.d_lr:g}",
             "sampling": "class-balanced (each class drawn equally often)",
             "discriminator_width": cfg.d_width,
+            "diversity": f"mode-seeking term (MSGAN) on standardised images, weight {cfg.diversity:g}",
             "loss": "hinge; class-conditional (projection discriminator, spectral normalisation, minibatch "
                     "standard deviation)",
             "augmentation": "DiffAugment on real and generated images: brightness, contrast, translation <= 1/8, "
