@@ -218,8 +218,9 @@ def test_the_gan_program_trains_resumes_and_runs_as_a_job(ctx, config, tmp_path)
         pytest.skip("RADLENS_DATA_DIR (../shared/data) is not present")
     small = GanConfig(dataset="pneumoniamnist", size=16, width=8, z_dim=16, epochs=1, batch_size=256,
                       output=tmp_path / "gan", name="tiny-gan", threads=2)
-    main(small, ctx)
+    first = main(small, ctx)
     card = main(GanConfig(**{**small.__dict__, "epochs": 2}), ctx, resume=True)  # continues at epoch 2
+    assert card["training"]["wall_time_s"] > first["training"]["wall_time_s"]  # both segments counted
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "gan" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [0, 1] and card["training"]["epochs_run"] == 2
     made = generate(load_generator(tmp_path / "gan" / "tiny-gan.safetensors"), "pneumonia", 3, 0)

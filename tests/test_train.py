@@ -24,8 +24,10 @@ def _tiny_run(tmp_path, monkeypatch) -> tuple[Path, list[str]]:
 @needs_data
 def test_train_resume_and_load(tmp_path, monkeypatch):
     out, common = _tiny_run(tmp_path, monkeypatch)
-    cli([*common, "--epochs", "2"])
+    first = cli([*common, "--epochs", "2"])
     card = cli([*common, "--epochs", "3", "--resume"])
+    # the card's training time covers both segments, not only the resumed one
+    assert card.training["wall_time_s"] > first.training["wall_time_s"]
 
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [0, 1, 2]  # the resumed run started at epoch 2, not from scratch

@@ -101,6 +101,7 @@ def main(cfg: GanConfig, ctx: Context, job: JobReporter | None = None, resume: b
         order.set_state(state["order"])
         torch.set_rng_state(state["torch_rng"])
         start = state["epoch"] + 1
+        started -= state.get("elapsed_s", 0.0)  # the card's wall time covers every segment of a resumed run
     steps = len(train) // cfg.batch_size
     for epoch in range(start, cfg.epochs):
         t0, sums = time.time(), np.zeros(4)
@@ -149,7 +150,8 @@ def main(cfg: GanConfig, ctx: Context, job: JobReporter | None = None, resume: b
                   "seconds": round(time.time() - t0, 1)}
         save_state(out / "state.pt", {"generator": G.state_dict(), "discriminator": D.state_dict(),
                                       "ema": ema.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                                      "order": order.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch})
+                                      "order": order.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
+                                      "elapsed_s": time.time() - started})
         _log(out, record)
         if job:
             job.epoch(record, steps)

@@ -211,6 +211,7 @@ def _train(run: _Run, generator: torch.Generator, resume: bool) -> None:
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch, run.best = state["epoch"] + 1, state["best"]
+        run.started -= state.get("elapsed_s", 0.0)  # the card's wall time covers every segment of a resumed run
     run.epochs_run = start_epoch
     for epoch in range(start_epoch, cfg.epochs):
         run.epochs_run, t0 = epoch + 1, time.time()
@@ -252,7 +253,8 @@ def _end_epoch(run: _Run, epoch: int, train_loss: float, t0: float, steps: int, 
               "seconds": round(time.time() - t0, 1)}
     save_state(run.out / "state.pt", {
         "model": run.model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch, "best": run.best})
+        "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch, "best": run.best,
+        "elapsed_s": time.time() - run.started})
     _log(run.out, record)  # after the checkpoint: a logged epoch is always a resumable one
     if run.job:
         run.job.epoch(record, steps)
