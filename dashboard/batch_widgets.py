@@ -41,14 +41,13 @@ def run_form(ctx: Context) -> BatchRequest | None:
         model = c2.selectbox("Model", models, help="The models installed for the task chosen when the form "
                              "was drawn; the engine refuses a model of another task")
         backend = c3.selectbox("Backend", list(BACKENDS), help="local: processes on this machine; ray: a Ray "
-                               "cluster (a local one unless an address is given)")
+                               "cluster (a local one unless the server is configured for another)")
         c4, c5, c6 = st.columns(3)
         workers = c4.number_input("Workers", 1, 64, 2)
         shard_size = c5.number_input("Images per shard", 1, 100_000, DEFAULT_SHARD_SIZE,
                                      help="The unit of retry and resume")
         pixel_mm = c6.number_input("Pixel size (mm), segmentation", 0.0, 10.0, 0.0, format="%.4f",
                                    help="For files that give none; 0 measures in pixels")
-        address = st.text_input("Ray cluster address (optional)", help="e.g. ray://head-node:10001")
         cam = st.checkbox("Keep each image's Grad-CAM overlay (classification)")
         cases = st.checkbox("Also make each analysed image a case (de-identified at ingest; its result logged "
                             "on the case)", help="Needs the upload permission")
@@ -58,7 +57,7 @@ def run_form(ctx: Context) -> BatchRequest | None:
         st.warning("Give the source: a folder, zip or manifest on the server")
         return None
     return BatchRequest(source.strip(), task, "" if model == "(active model)" else model, cam, backend,
-                        address.strip(), int(workers), int(shard_size), pixel_mm=pixel_mm or None, cases=cases)
+                        int(workers), int(shard_size), pixel_mm=pixel_mm or None, cases=cases)
 
 
 def run_title(job: Job) -> str:

@@ -119,6 +119,8 @@ class DicomSettings:
     port: int = 11112  # the listener's port (`make run` starts it; `python -m engine listen` alone)
     quiet_seconds: float = 5.0  # a pushed study is complete when no instance of it arrived for this long
     timeout_seconds: float = 30.0  # network timeout of every PACS request (connect, DIMSE, HTTP)
+    acse_timeout_seconds: float = 5.0  # how long the listener waits for a connection's association request
+    peer_associations: int = 4  # associations one peer address may hold at once (all peers: 8)
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> DicomSettings:
@@ -127,10 +129,14 @@ class DicomSettings:
                            address=env.get("RADLENS_DICOM_ADDRESS", cls.address),
                            port=int(env.get("RADLENS_DICOM_PORT", cls.port)),
                            quiet_seconds=float(env.get("RADLENS_DICOM_QUIET_S", cls.quiet_seconds)),
-                           timeout_seconds=float(env.get("RADLENS_PACS_TIMEOUT_S", cls.timeout_seconds)))
+                           timeout_seconds=float(env.get("RADLENS_PACS_TIMEOUT_S", cls.timeout_seconds)),
+                           acse_timeout_seconds=float(env.get("RADLENS_DICOM_ACSE_TIMEOUT_S",
+                                                              cls.acse_timeout_seconds)),
+                           peer_associations=int(env.get("RADLENS_DICOM_PEER_ASSOCIATIONS", cls.peer_associations)))
         except ValueError as exc:
-            raise ConfigError(f"a DICOM setting (RADLENS_DICOM_PORT, RADLENS_DICOM_QUIET_S, RADLENS_PACS_TIMEOUT_S) "
-                              f"is not a number: {exc}") from None
+            raise ConfigError(f"a DICOM setting (RADLENS_DICOM_PORT, RADLENS_DICOM_QUIET_S, RADLENS_PACS_TIMEOUT_S, "
+                              f"RADLENS_DICOM_ACSE_TIMEOUT_S, RADLENS_DICOM_PEER_ASSOCIATIONS) is not a number: "
+                              f"{exc}") from None
         if not 0 < len(settings.ae_title) <= 16 or not settings.ae_title.isascii() or "\\" in settings.ae_title:
             raise ConfigError(f"RADLENS_AE_TITLE must be 1-16 ASCII characters without a backslash "
                               f"(got {settings.ae_title!r})")
@@ -158,6 +164,9 @@ class Config:
     # where a signed-in user may point a batch run (RADLENS_BATCH_ROOTS, separated by ':'); default: the data
     # folder and $RADLENS_HOME/batch. The CLI, run by someone with shell access, may read any path.
     batch_roots: tuple[Path, ...] = ()
+    # the Ray cluster of the ray batch backend (RADLENS_RAY_ADDRESS): the server's setting only, never a form's;
+    # empty: a local cluster per run, on loopback addresses and with a token of its own (engine.batch.backends)
+    ray_address: str = ""
 
     @property
     def allowed_batch_roots(self) -> tuple[Path, ...]:
@@ -195,4 +204,5 @@ class Config:
             auth=AuthSettings.from_env(env),
             dicom=DicomSettings.from_env(env),
             batch_roots=tuple(Path(p).resolve() for p in env.get("RADLENS_BATCH_ROOTS", "").split(os.pathsep) if p),
+            ray_address=env.get("RADLENS_RAY_ADDRESS", "").strip(),
         )

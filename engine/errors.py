@@ -38,6 +38,8 @@ __all__ = [
     "TrainingDiverged",
     "JobError",
     "DiskFull",
+    "StudyConflict",
+    "SendRefused",
     "SyntheticImage",
     "is_disk_full",
     "short_reason",
@@ -203,6 +205,15 @@ class NoStudyLink(EngineError):
 
 class BatchSourceError(EngineError):
     """A batch run's source cannot be listed (missing, unsupported, outside the allowed folders, changed)."""
+
+
+class StudyConflict(EngineError):
+    """An instance names a study RadLens already holds for another patient; it is refused, never appended."""
+
+
+class SendRefused(EngineError):
+    """Results were not sent: the destination is not the study's own, not secure enough, or the PACS does not
+    hold the study under the same patient."""
 
 
 class DiskFull(EngineError):

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from engine.audit import GENESIS, ChainReport, seal, verify_chain
+from engine.audit import GENESIS, ChainReport, seal, seal_head, verify_chain
 from engine.config import Config
 from engine.errors import DiskFull
 from engine.keys import private_dir, secret_key
@@ -213,7 +213,8 @@ def _m007_identity(db: Database) -> None:
     db["audit_log"].create_index(["action"])
     db["reviews"].add_column("actor", str)
     db.execute("DROP TRIGGER audit_log_no_update")
-    # A row may be written once more only to seal it (pre-chain rows); a sealed row never changes.
+    # A row may be written once more only to seal it (pre-chain rows, sealed by Store.migrate in the transaction
+    # that applies this migration); a sealed row never changes.
     db.execute("CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log WHEN OLD.hash IS NOT NULL "
                "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END")
 
@@ -279,6 +280,25 @@ def _m012_batch(db: Database) -> None:
                                 pk=("job_id", "item"), foreign_keys=[("job_id", "jobs")])
 
 
+def _m013_audit_sealed_at_write(db: Database) -> None:
+    """Rows are sealed only when written (Store.migrate sealed any unsealed row at every start, so a row
+    inserted behind the application's back was sealed by the next process); the head gets a keyed seal
+    (Store.migrate adds it to the head that stands at this upgrade)."""
+    db.execute("DROP TRIGGER audit_log_no_update")
+    db.execute("CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log "
+               "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END")
+
+
+def _m014_case_patient(db: Database) -> None:
+    """A case's patient pseudonym: an instance naming a known study UID joins that case only for the same
+    patient (a sender reusing a study UID would otherwise add its image to someone else's case). And what an
+    administrator allows a node to receive: re-identified results over plain HTTP, results of other nodes'
+    studies."""
+    db["cases"].add_column("patient_key", str)
+    db["pacs_nodes"].add_column("allow_plain_http", int, not_null_default=0)
+    db["pacs_nodes"].add_column("accepts_other_studies", int, not_null_default=0)
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (1, "initial schema", _m001_initial),
     (2, "prediction provenance", _m002_prediction_provenance),
@@ -292,6 +312,8 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (10, "PACS nodes and arrivals", _m010_pacs),
     (11, "sealed links to original studies", _m011_study_links),
     (12, "batch runs: shards, results, reason rows", _m012_batch),
+    (13, "audit rows sealed when written, never later; a keyed head", _m013_audit_sealed_at_write),
+    (14, "a case's patient pseudonym; what a node may receive", _m014_case_patient),
 )
 _AUDIT_HEAD = "audit_head"
 
@@ -373,17 +395,20 @@ class Store:
             done = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
             for version, name, apply in MIGRATIONS:
                 if version not in done:
+                    if version == 13:
+                        self._key_head(db)  # the head as it stands at this upgrade is trusted once
                     apply(db)
+                    if version == 7:  # the chain starts here: rows from before it are sealed now, and never later
+                        self._seal_unsealed(db)
                     db["schema_migrations"].insert({"version": version, "name": name, "applied_at": utc_now()})
                     applied.append(version)
-            self._seal_unsealed(db)
         for suffix in ("", "-wal", "-shm"):  # the database is for this user's eyes only
             if Path(f"{self.path}{suffix}").exists():
                 Path(f"{self.path}{suffix}").chmod(0o600)
         return applied
 
     def _seal_unsealed(self, db: Database) -> None:
-        """Seal rows written before the chain existed, in id order, continuing from the head."""
+        """Seal rows written before the chain existed, in id order (only while migration 7 is applied)."""
         rows = list(db.query("SELECT * FROM audit_log WHERE hash IS NULL ORDER BY id"))
         if not rows:
             return
@@ -402,10 +427,13 @@ class Store:
         row = db.execute("SELECT value FROM settings WHERE key = ?", [_AUDIT_HEAD]).fetchone()
         return json.loads(row[0]) if row else None
 
-    @staticmethod
-    def _set_head(db: Database, row_id: int, digest: str) -> None:
-        db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)",
-                   [_AUDIT_HEAD, json.dumps({"id": row_id, "hash": digest})])
+    def _key_head(self, db: Database) -> None:
+        if head := self._head(db):
+            self._set_head(db, head["id"], head["hash"])
+
+    def _set_head(self, db: Database, row_id: int, digest: str) -> None:
+        head = {"id": row_id, "hash": digest, "mac": seal_head(self.audit_key, row_id, digest)}
+        db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", [_AUDIT_HEAD, json.dumps(head)])
 
     def row(self, table: str, row_id: int) -> dict | None:
         """One row of `table` by primary key, or None."""

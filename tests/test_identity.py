@@ -322,37 +322,55 @@ def _verify_cli(home: Path) -> subprocess.CompletedProcess:
                           text=True, env={"RADLENS_HOME": str(home), "PATH": "/usr/bin:/bin"})
 
 
+_LAST = "(SELECT max(id) FROM audit_log)"
+_CUT_AND_MOVE_HEAD = [f"DELETE FROM audit_log WHERE id = {_LAST}",
+                      "UPDATE settings SET value = json_set(value, '$.id', (SELECT max(id) FROM audit_log), '$.hash', "
+                      "(SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1)) WHERE key = 'audit_head'"]
+_REWRITE_AND_UNSEAL = ["UPDATE audit_log SET detail = '{\"forged\": 1}' WHERE id = 3",
+                       "UPDATE audit_log SET hash = NULL, prev_hash = NULL WHERE id >= 3",
+                       "UPDATE settings SET value = json_set(value, '$.id', 2, '$.hash', "
+                       "(SELECT hash FROM audit_log WHERE id = 2)) WHERE key = 'audit_head'"]
+
+
+# Every way to tamper without the audit key; each must still be detected after another process opened the store
+# (it used to seal unsealed rows on every start, and the head was plain JSON).
 @pytest.mark.parametrize("tampering, expected", [
-    (["UPDATE audit_log SET actor = 'local:mallory' WHERE id = 3"], "row 3 was changed"),
-    (["DELETE FROM audit_log WHERE id = 3"], "row 4 does not follow row 2"),
-    (["UPDATE audit_log SET id = -1 WHERE id = 3", "UPDATE audit_log SET id = 3 WHERE id = 4",
-      "UPDATE audit_log SET id = 4 WHERE id = -1"], "row 3 does not follow row 2"),
-    (["DELETE FROM audit_log WHERE id = (SELECT max(id) FROM audit_log)"], "rows were deleted from the end"),
+    pytest.param(["UPDATE audit_log SET actor = 'local:mallory' WHERE id = 3"], "row 3 was changed", id="edit"),
+    pytest.param(["DELETE FROM audit_log WHERE id = 3"], "row 4 does not follow row 2", id="delete"),
+    pytest.param([f"DELETE FROM audit_log WHERE id = {_LAST}"], "rows were deleted from the end", id="cut"),
+    pytest.param(_CUT_AND_MOVE_HEAD, "head record was rewritten", id="cut-and-head-rewrite"),
+    pytest.param(["INSERT INTO audit_log (at, actor, action, target_type, target_id, detail) "
+                  "VALUES ('2026-12-01T10:00:00', 'local:mallory', 'case.review', 'case', '1', '{}')"],
+                 "row 7 is not sealed", id="insert-unsealed"),
+    pytest.param(_REWRITE_AND_UNSEAL, "row 3 is not sealed", id="rewrite-and-reseal"),
+    pytest.param(["UPDATE audit_log SET id = -1 WHERE id = 3", "UPDATE audit_log SET id = 3 WHERE id = 4",
+                  "UPDATE audit_log SET id = 4 WHERE id = -1"], "row 3 does not follow row 2", id="reorder"),
     # a changed detail with a guessed seal (without the key): the first hex digit always differs
-    (["UPDATE audit_log SET detail = '{\"forged\": 1}', hash = (CASE substr(hash, 1, 1) WHEN '0' THEN '1' ELSE '0' END)"
-      " || substr(hash, 2) WHERE id = 5"], "row 5 was changed"),
+    pytest.param(["UPDATE audit_log SET detail = '{\"forged\": 1}', hash = (CASE substr(hash, 1, 1) WHEN '0' "
+                  "THEN '1' ELSE '0' END) || substr(hash, 2) WHERE id = 5"], "row 5 was changed", id="guessed-seal"),
 ])
 def test_tampering_with_the_database_directly_is_detected(ctx, config, tampering, expected):
     for i in range(6):
         ctx.log("case.view", "case", i)
     assert ctx.store.verify_audit().ok
     _tamper(config.db_path, *tampering)
+    ctx.store.migrate()  # what every process start does: it must not repair (seal) anything
     report = ctx.store.verify_audit()
     assert not report.ok and expected in report.problem
     done = _verify_cli(config.home)
     assert done.returncode == 1 and "BROKEN" in done.stdout and expected in done.stdout
 
 
-def test_an_intact_trail_verifies_from_the_command_line_and_rows_from_before_the_chain_are_sealed(ctx, config):
+def test_an_intact_trail_verifies_from_the_command_line_and_a_later_unsealed_row_stays_a_break(ctx, config):
     add_account(ctx, "alice", PASSWORD, "clinician")
-    with ctx.store.write() as db:  # a row as migration 6 left them: no role, no seal
-        db.execute("INSERT INTO audit_log (at, actor, action, target_type, target_id, detail) "
-                   "VALUES ('2026-11-30T10:00:00', 'demo-user', 'upload', 'image', '1', '{}')")
-    assert not ctx.store.verify_audit().ok
-    ctx.store.migrate()  # seals it in order, continuing the chain
     done = _verify_cli(config.home)
     assert done.returncode == 0 and "audit trail intact" in done.stdout, done.stderr
     rows = ctx.store.audit_rows(10)
     assert all(len(r["hash"]) == 64 and r["role"] for r in rows)
+    with ctx.store.write() as db:  # an unsealed row (the trigger allows inserts): no later start seals it
+        db.execute("INSERT INTO audit_log (at, actor, action, target_type, target_id, detail) "
+                   "VALUES ('2026-11-30T10:00:00', 'demo-user', 'upload', 'image', '1', '{}')")
+    ctx.store.migrate()
+    assert _verify_cli(config.home).returncode == 1 and not ctx.store.verify_audit().ok
     assert (config.home / "keys" / "audit.key").stat().st_mode & 0o777 == 0o600
     assert config.db_path.stat().st_mode & 0o777 == 0o600 and config.home.stat().st_mode & 0o777 == 0o700

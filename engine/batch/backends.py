@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -182,6 +183,18 @@ def _actors(size: int):
     return ray.data.ActorPoolStrategy(size=size)
 
 
+def _local_cluster_security(address: str) -> dict:
+    """Ray's own processes listen on every interface (this Ray has no setting to bind them to loopback), so a
+    local cluster started for a run takes a fresh token of its own (Ray's token authentication: a process
+    without it cannot join, submit work or read objects) and advertises loopback addresses. A configured
+    cluster (RADLENS_RAY_ADDRESS) brings its own RAY_AUTH_MODE / RAY_AUTH_TOKEN from the server's environment."""
+    if address:
+        return {}
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    return {"_node_ip_address": "127.0.0.1"}
+
+
 def run_ray(shards: list[Shard], options: Options, workers: int = 2, address: str = "",
             split: bool | None = None) -> Iterator[ShardResult]:
     """`split` (default: on GPU) decodes in CPU tasks before the model actors; Ray Data restarts a killed actor
@@ -194,7 +207,8 @@ def run_ray(shards: list[Shard], options: Options, workers: int = 2, address: st
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address or None, num_cpus=None if address else workers, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False, runtime_env={"env_vars": {"TQDM_DISABLE": "1"}})
+                 log_to_driver=False, configure_logging=False, runtime_env={"env_vars": {"TQDM_DISABLE": "1"}},
+                 **_local_cluster_security(address))
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
         items = [{"shard": s.number, "index": i.index, "name": i.name} for s in shards for i in s.items]

@@ -38,8 +38,8 @@ def add_parsers(sub) -> None:
     batch.add_argument("--model", default="", help="installed model (default: the task's active one)")
     batch.add_argument("--cam", action="store_true", help="classification: keep each image's Grad-CAM overlay (PNG)")
     batch.add_argument("--backend", choices=list(BACKENDS), default="local",
-                       help="local: processes on this machine; ray: a Ray cluster (local unless --address)")
-    batch.add_argument("--address", default="", help="Ray cluster address (ray backend), e.g. ray://head:10001")
+                       help="local: processes on this machine; ray: a Ray cluster (a local one, bound to this "
+                            "machine and token-authenticated, unless the server sets RADLENS_RAY_ADDRESS)")
     batch.add_argument("--workers", type=int, default=2, help="worker processes / Ray model actors (default 2)")
     batch.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="items per shard (the unit of "
                        "retry and resume)")
@@ -108,8 +108,9 @@ def _batch(args, ctx: Context) -> int:
     else:
         if args.source is None:
             raise JobError("give a SOURCE (a folder, zip or manifest), or one of --run, --resume, --results, --list")
-        request = BatchRequest(str(args.source), args.task, args.model, args.cam, args.backend, args.address,
-                               args.workers, args.shard_size, args.batch_size, args.pixel_size, args.device, args.cases)
+        request = BatchRequest(str(args.source), args.task, args.model, args.cam, args.backend,
+                               workers=args.workers, shard_size=args.shard_size, batch_size=args.batch_size,
+                               pixel_mm=args.pixel_size, device=args.device, cases=args.cases)
         job_id = start_batch(ctx, request, background=args.background)
         if args.background:
             print(f"batch job {job_id} queued")

@@ -60,7 +60,6 @@ class BatchRequest:
     model: str = ""  # an installed model of the task (default: the active one)
     cam: bool = False
     backend: str = "local"
-    address: str = ""  # a Ray cluster (ray backend); empty: a local one
     workers: int = 2
     shard_size: int = DEFAULT_SHARD_SIZE
     batch_size: int = 16
@@ -167,8 +166,9 @@ def _run(ctx: Context, job_id: int, progress: Callable[[JobProgress], None] | No
                 _land(ctx, job, source, _read_shard(_shard_file(ctx, job_id, number), number))
         shards = [Shard(n, tuple(Item(n, i, source.names[i]) for i in range(a, b))) for n, a, b in pending]
         meter = _Meter(ctx.store, job_id, config["items"], progress)
+        # the Ray cluster comes from the server's configuration only (RADLENS_RAY_ADDRESS), never from a request
         backend = BACKENDS[config["backend"]](shards, worker_options(config, ctx), config["workers"],
-                                              config["address"])
+                                              ctx.config.ray_address)
         with closing(backend):  # a cancel or Ctrl-C shuts the pool or the Ray cluster down at once
             for result in backend:
                 _store_shard(ctx, job, source, result)

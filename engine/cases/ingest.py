@@ -24,6 +24,7 @@ from engine.context import Context
 from engine.errors import (
     DiskFull,
     EngineError,
+    StudyConflict,
     SyntheticImage,
     TooLarge,
     UnreadableStudy,
@@ -76,6 +77,7 @@ class Prepared:
     study_key: str
     sha256: str
     link: bytes = b""  # the sealed original-study link (engine.io.link), for studies that came from a PACS
+    patient_key: str = ""  # the patient's pseudonym (DICOM only): a study UID never joins two patients' images
 
 
 def _sandbox(limits: Limits):
@@ -114,14 +116,15 @@ def prepare_here(data: bytes, key: bytes, limits: Limits, link: bool = False) ->
     study = read_study(data, limits)
     _refuse_synthetic(data, study)
     if study.dataset is not None:
-        stored, fields, key_uid = _deidentified_dicom(study, key)
+        stored, fields, key_uid, patient = _deidentified_dicom(study, key)
         extension = "dcm"
     else:
         stored, extension = _raster_bytes(data, study)
-        fields, key_uid = fields_of(study, None), ""
+        fields, key_uid, patient = fields_of(study, None), "", ""
     sha = hashlib.sha256(stored).hexdigest()
     sealed = seal(key, sha, capture(study.dataset)) if link and study.dataset is not None else b""
-    return Prepared(stored, extension, fields, f"study:{key_uid}" if key_uid else f"image:{sha}", sha, sealed)
+    return Prepared(stored, extension, fields, f"study:{key_uid}" if key_uid else f"image:{sha}", sha, sealed,
+                    patient)
 
 
 def _refuse_synthetic(data: bytes, study: Study) -> None:
@@ -131,13 +134,14 @@ def _refuse_synthetic(data: bytes, study: Study) -> None:
                              "never ingested as cases")
 
 
-def _deidentified_dicom(study: Study, key: bytes) -> tuple[bytes, dict, str]:
+def _deidentified_dicom(study: Study, key: bytes) -> tuple[bytes, dict, str, str]:
     try:
         deid = deidentify(study.dataset, key)
         strip_encapsulated_jpeg_metadata(deid)
         buffer = io.BytesIO()
         deid.save_as(buffer, enforce_file_format=True)
-        return buffer.getvalue(), fields_of(study, deid), str(deid.get("StudyInstanceUID", ""))
+        return (buffer.getvalue(), fields_of(study, deid), str(deid.get("StudyInstanceUID", "")),
+                str(deid.get("PatientID", "")))
     except Exception as exc:  # malformed header values only surface when pydicom converts them here
         raise UnreadableStudy(f"DICOM header could not be de-identified ({short_reason(exc)})") from None
 
@@ -296,13 +300,18 @@ def remove_orphan_files(ctx: Context, older_than_s: float = 3600.0) -> list[Path
 
 
 def _upsert_case(db, prepared: Prepared, source: str) -> int:
-    row = db.execute("SELECT id FROM cases WHERE study_key = ?", [prepared.study_key]).fetchone()
+    row = db.execute("SELECT id, patient_key FROM cases WHERE study_key = ?", [prepared.study_key]).fetchone()
     if row:
-        db.execute("UPDATE cases SET image_count = image_count + 1 WHERE id = ?", [row[0]])
+        if row[1] and prepared.patient_key and row[1] != prepared.patient_key:
+            raise StudyConflict("this study UID is already in RadLens for another patient: refused (a sender reusing "
+                                "a known study UID, or a PACS error; check the sender)")
+        db.execute("UPDATE cases SET image_count = image_count + 1, patient_key = coalesce(patient_key, ?) "
+                   "WHERE id = ?", [prepared.patient_key or None, row[0]])
         return row[0]
     f = prepared.fields
     return db["cases"].insert({
         "study_key": prepared.study_key, "source": source, "received_at": utc_now(), "image_count": 1,
+        "patient_key": prepared.patient_key or None,
         **{k: f[k] for k in ("modality", "body_part", "view_position", "laterality", "study_description",
                              "series_description", "study_date", "burned_in_risk")},
     }).last_pk

@@ -26,7 +26,8 @@ from engine.errors import EngineError, PacsError, TooLarge, UnreadableStudy
 from engine.pacs.nodes import PacsNode, credentials
 
 __all__ = ["StudyMatch", "StudyQuery", "EchoReport", "echo", "find", "instances", "fetch_dicomweb", "fetch_cget",
-           "VIAS", "choose_via", "received_bytes", "count_instances", "store_dicomweb", "store_cstore", "STORERS"]
+           "VIAS", "choose_via", "received_bytes", "count_instances", "store_dicomweb", "store_cstore", "STORERS",
+           "study_patient_ids"]
 
 VIAS = ("dicomweb", "dimse")  # how a node is asked: DICOMweb (QIDO/WADO) or DIMSE (C-FIND/C-GET)
 _DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -349,6 +350,23 @@ def _int(value) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def study_patient_ids(config: Config, node: PacsNode, study_uid: str, via: str | None = None) -> set[str]:
+    """The Patient IDs the node files this study under (empty: the node does not hold it). PHI: compared,
+    never stored or logged."""
+    if choose_via(node, via) == "dicomweb":
+        rows = _qido(config, node, "studies", {"StudyInstanceUID": _uid(study_uid), "includefield": "PatientID",
+                                               "limit": "10"})
+        return {_text(r, "PatientID") for r in rows[:10]}
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel, identifier.StudyInstanceUID, identifier.PatientID = "STUDY", _uid(study_uid), ""
+    found = []
+    for match in _c_find(config, node, identifier):
+        found.append(_joined(match.get("PatientID")))
+        if len(found) >= 10:
+            break
+    return set(found)
 
 
 _FINDERS: dict[str, Callable[[Config, PacsNode, StudyQuery], list[StudyMatch]]] = {

@@ -7,14 +7,12 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import tempfile
 from dataclasses import asdict
 
 from engine.cases.results import OBJECT_KINDS
 from engine.context import Context, User
 from engine.errors import InvalidOption
 from engine.identity.commands import read_password
-from engine.keys import private_dir
 from engine.pacs.client import VIAS, StudyQuery
 from engine.pacs.nodes import PacsNode, list_nodes, remove_node, save_credentials, save_node
 from engine.pacs.push import run_send, send_after_review, send_case, set_send_after_review
@@ -25,7 +23,8 @@ __all__ = ["add_parsers", "COMMANDS"]
 
 
 def _add(args, ctx: Context) -> int:
-    node = save_node(ctx, PacsNode(args.name, args.url or "", args.ae or "", args.host or "", args.port or 0))
+    node = save_node(ctx, PacsNode(args.name, args.url or "", args.ae or "", args.host or "", args.port or 0,
+                                   args.allow_plain_http, args.accepts_other_studies))
     if args.username:
         save_credentials(ctx, node.name, args.username, read_password(args))
     ways = ([f"DICOMweb {node.dicomweb_url}"] if node.web else []) + \
@@ -122,12 +121,6 @@ def _pacs(args, ctx: Context) -> int:
 def _listen(args, ctx: Context) -> int:
     from engine.pacs.listener import Listener
 
-    # pynetdicom spools received datasets to temporary files: keep them in a private folder of RADLENS_HOME,
-    # and remove what a killed listener left there (raw pushed instances, not yet de-identified).
-    spool = private_dir(ctx.config.home / "spool")
-    for leftover in spool.iterdir():
-        leftover.unlink(missing_ok=True)
-    tempfile.tempdir = str(spool)
     if ctx.config.dicom.port == 0 and args.port is None:
         print("DICOM listener off (RADLENS_DICOM_PORT=0)")
         return 0
@@ -166,6 +159,11 @@ def add_parsers(sub) -> None:
     add.add_argument("--port", type=int, help="DIMSE port")
     add.add_argument("--username", help="DICOMweb user name; the password is read from stdin or asked")
     add.add_argument("--password-stdin", action="store_true", help="read the password from stdin's first line")
+    add.add_argument("--allow-plain-http", action="store_true",
+                     help="let re-identified results go to this node over plain http:// (default: https only, or "
+                          "this machine)")
+    add.add_argument("--accepts-other-studies", action="store_true",
+                     help="let results of studies that came from other nodes be sent here (default: only its own)")
     listing = actions.add_parser("list", help="the configured nodes")
     listing.add_argument("--json", action="store_true")
     actions.add_parser("remove", help="remove a node and its credentials").add_argument("name")

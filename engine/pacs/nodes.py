@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 from dataclasses import asdict, dataclass
 from urllib.parse import urlparse
 
@@ -22,7 +23,7 @@ from engine.keys import private_dir
 from engine.store import Store, utc_now
 
 __all__ = ["PacsNode", "Credentials", "save_node", "remove_node", "list_nodes", "get_node", "credentials",
-           "save_credentials", "node_for_ae", "RESERVED_AE_TITLE"]
+           "save_credentials", "node_for_ae", "peer_addresses", "is_loopback_url", "RESERVED_AE_TITLE"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 RESERVED_AE_TITLE = "NO NODE CONFIG"  # what the listener requires while no node exists: no node may use it
@@ -44,6 +45,10 @@ class PacsNode:
     ae_title: str = ""  # DIMSE: the PACS's AE title, host and port (C-ECHO, C-FIND, C-GET; and it may push)
     host: str = ""
     port: int = 0
+    # Sending re-identified results: plain http:// to a host off this machine only when an administrator says
+    # so; results of studies that came from another node only when an administrator says so.
+    allow_plain_http: bool = False
+    accepts_other_studies: bool = False
 
     @property
     def dimse(self) -> bool:
@@ -56,13 +61,18 @@ class PacsNode:
     def check(self) -> PacsNode:
         """The node with its fields normalised; InvalidOption naming the field that cannot work."""
         node = PacsNode(self.name.strip(), self.dicomweb_url.strip().rstrip("/"), self.ae_title.strip(),
-                        self.host.strip(), int(self.port or 0))
+                        self.host.strip(), int(self.port or 0), bool(self.allow_plain_http),
+                        bool(self.accepts_other_studies))
         if not _NAME.fullmatch(node.name):
             raise InvalidOption("a node name is 1-32 letters, digits, '-' or '_', starting with a letter or digit")
         if node.web and (urlparse(node.dicomweb_url).scheme not in ("http", "https")
                          or not urlparse(node.dicomweb_url).hostname):
             raise InvalidOption(f"the DICOMweb URL must start with http:// or https:// and name a host "
                                 f"(got {node.dicomweb_url[:100]!r})")
+        if node.web and (urlparse(node.dicomweb_url).username or urlparse(node.dicomweb_url).password):
+            raise InvalidOption("the DICOMweb URL holds a user name or password: give the URL without them and the "
+                                "credentials separately (--username U --password-stdin, or the page's fields), "
+                                "which are kept outside the database")
         if node.ae_title and (len(node.ae_title) > 16 or not node.ae_title.isascii() or "\\" in node.ae_title
                               or not node.ae_title.isprintable()):
             raise InvalidOption("an AE title is 1-16 printable ASCII characters without a backslash")
@@ -98,9 +108,10 @@ def remove_node(ctx: Context, name: str) -> None:
 
 def list_nodes(store: Store) -> list[PacsNode]:
     with store.read() as db:
-        rows = list(db.query("SELECT name, dicomweb_url, ae_title, host, port FROM pacs_nodes ORDER BY name"))
-    return [PacsNode(r["name"], r["dicomweb_url"] or "", r["ae_title"] or "", r["host"] or "", r["port"] or 0)
-            for r in rows]
+        rows = list(db.query("SELECT name, dicomweb_url, ae_title, host, port, allow_plain_http, "
+                             "accepts_other_studies FROM pacs_nodes ORDER BY name"))
+    return [PacsNode(r["name"], r["dicomweb_url"] or "", r["ae_title"] or "", r["host"] or "", r["port"] or 0,
+                     bool(r["allow_plain_http"]), bool(r["accepts_other_studies"])) for r in rows]
 
 
 def get_node(store: Store, name: str) -> PacsNode:
@@ -114,6 +125,23 @@ def get_node(store: Store, name: str) -> PacsNode:
 def node_for_ae(store: Store, ae_title: str) -> PacsNode | None:
     """The configured node whose AE title this is: the only callers the listener accepts."""
     return next((n for n in list_nodes(store) if n.dimse and n.ae_title == ae_title.strip()), None)
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether a DICOMweb URL names this machine (plain HTTP never leaves it)."""
+    host = urlparse(url).hostname or ""
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+def peer_addresses(node: PacsNode) -> frozenset[str]:
+    """The addresses the node's host resolves to now (resolved at every association, so a changed DNS entry
+    or an edited node counts at once); empty when it does not resolve."""
+    if not node.host:
+        return frozenset()
+    try:
+        return frozenset(info[4][0] for info in socket.getaddrinfo(node.host, None, proto=socket.IPPROTO_TCP))
+    except (OSError, UnicodeError):
+        return frozenset()
 
 
 def _credential_file(config: Config, name: str):

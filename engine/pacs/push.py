@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from engine.cases.diagnosis import add_review
 from engine.cases.results import OBJECT_KINDS, build_objects, case_results, stored_source
 from engine.context import Context
-from engine.errors import NoStudyLink, PacsError, short_reason
+from engine.errors import NoStudyLink, PacsError, SendRefused, short_reason
 from engine.io.link import reidentify, unseal
 from engine.jobs.queue import claim_job, dispatch, fail_job, finish_job, submit, update_job
 from engine.keys import secret_key
-from engine.pacs.client import STORERS, choose_via
-from engine.pacs.nodes import get_node
+from engine.pacs.client import STORERS, choose_via, study_patient_ids
+from engine.pacs.nodes import PacsNode, get_node, is_loopback_url
 from engine.store import Store
 
 __all__ = ["SendReport", "send_case", "has_link", "send_after_review", "set_send_after_review", "review_case",
@@ -58,18 +58,42 @@ def _link(ctx: Context, image: dict) -> tuple[str, dict[str, str]]:
     return row[0], unseal(secret_key(ctx.config.home, "pseudonym"), image["sha256"], row[1])
 
 
+def _check_destination(ctx: Context, node: PacsNode, origin: str, via: str, original: dict[str, str]) -> None:
+    """SendRefused unless the node may receive this study's re-identified results: it is the study's own node
+    (or an administrator let it take other nodes' studies), the way there is not plain HTTP off this machine
+    (unless allowed), and the node holds the study under the same patient right now."""
+    if node.name != origin and not node.accepts_other_studies:
+        raise SendRefused(f"the study came from {origin}; results go back only there (an administrator can let "
+                          f"{node.name} take other nodes' studies)")
+    if via == "dicomweb" and node.dicomweb_url.startswith("http://") and not is_loopback_url(node.dicomweb_url) \
+            and not node.allow_plain_http:
+        raise SendRefused(f"{node.name}'s DICOMweb URL is plain http://: re-identified results are sent over https "
+                          "only (or an administrator allows plain HTTP for this node)")
+    patients = study_patient_ids(ctx.config, node, original.get("StudyInstanceUID", ""), via)
+    if not patients:
+        raise SendRefused(f"{node.name} does not hold this case's original study: nothing was sent")
+    if original.get("PatientID", "") not in patients:
+        raise SendRefused(f"{node.name} holds this case's study under another patient: nothing was sent")
+
+
 def send_case(ctx: Context, case_id: int, node_name: str | None = None, via: str | None = None) -> SendReport:
     """Build the case's result objects in its original study and store them on the PACS (default: the node
-    the study came from). Audited, success or failure."""
+    the study came from). Audited, success or failure (a refusal too)."""
     ctx.require("pacs.send")
     started = time.perf_counter()
     results = case_results(ctx.store, case_id)
     origin, original = _link(ctx, results.image)
     node = get_node(ctx.store, node_name or origin)
     via = choose_via(node, via)
+    detail = {"node": node.name, "via": via, "reviewed": results.review is not None}
+    try:
+        _check_destination(ctx, node, origin, via, original)
+    except (SendRefused, PacsError) as error:
+        ctx.log("pacs.send", "case", case_id, {**detail, "ok": False, "error": short_reason(error)})
+        raise
     objects = build_objects(ctx.config, results, reidentify(stored_source(ctx.config, results.image), original))
     kinds = [o.kind for o in objects]
-    detail = {"node": node.name, "via": via, "objects": kinds, "reviewed": results.review is not None}
+    detail["objects"] = kinds
     try:
         STORERS[via](ctx.config, node, [(OBJECT_KINDS[o.kind][0].lower(), o.dataset) for o in objects])
     except PacsError as error:
