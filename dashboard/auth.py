@@ -189,7 +189,8 @@ def account_panel(user: User) -> None:
                 new = st.text_input("New password", type="password", autocomplete="new-password")
                 if st.form_submit_button("Change password"):
                     try:
-                        change_password(ctx.as_user(user), user.id.removeprefix("local:"), old, new)
-                        st.success("Password changed.")
+                        change_password(ctx.as_user(user), user.id.removeprefix("local:"), old, new,
+                                        keep_session=st.session_state.get(state.SESSION, ""))
+                        st.success("Password changed; your other sessions were signed out.")
                     except EngineError as error:
                         st.error(plain(error))

@@ -257,6 +257,10 @@ def test_the_command_line_adds_a_node_echoes_finds_and_the_listener_process_take
     finally:
         listener.terminate()
         listener.wait(10)
+    # over DIMSE too: pynetdicom's INFO lines name the patient of every C-FIND answer and the study of a C-GET
+    found = cli("pacs", "find", "orthanc", "--modality", "CR", "--via", "dimse", "--json")
+    assert [json.loads(line)["study_uid"] for line in found.stdout.splitlines()] == [STUDY_UID], found.stderr
+    assert cli("pacs", "pull", "orthanc", "--study", STUDY_UID, "--via", "dimse").returncode == 0
     store = open_store(Config(home=tmp_path / "home", data_dir=DATA_DIR))
     with store.read() as db:
         assert db.execute("SELECT source, modality FROM cases").fetchall() == [(f"pushed by {pacs.AE_TITLE}", "CR")]

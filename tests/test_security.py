@@ -159,9 +159,10 @@ def test_a_dicomweb_url_with_credentials_is_refused(ctx):
 def test_a_local_ray_cluster_refuses_a_process_without_its_token():
     code = """
 import subprocess, sys
-import ray
 from engine.batch.backends import _local_cluster_security
-info = ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, **_local_cluster_security(""))
+security = _local_cluster_security("")
+import ray
+info = ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, **security)
 env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("RAY_AUTH")}
 join = "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False); print('JOINED')"
 done = subprocess.run([sys.executable, "-c", join, info.address_info["gcs_address"]], env=env,

@@ -190,8 +190,9 @@ def _local_cluster_security(address: str) -> dict:
     cluster (RADLENS_RAY_ADDRESS) brings its own RAY_AUTH_MODE / RAY_AUTH_TOKEN from the server's environment."""
     if address:
         return {}
+    # Before Ray is imported (it reads both then); one token per process, so a second run in it still matches.
     os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
     return {"_node_ip_address": "127.0.0.1"}
 
 
@@ -199,6 +200,7 @@ def run_ray(shards: list[Shard], options: Options, workers: int = 2, address: st
             split: bool | None = None) -> Iterator[ShardResult]:
     """`split` (default: on GPU) decodes in CPU tasks before the model actors; Ray Data restarts a killed actor
     and retries its batch (its defaults: max_restarts=-1, max_task_retries=-1)."""
+    security = _local_cluster_security(address)
     import ray
     import ray.data
 
@@ -208,7 +210,7 @@ def run_ray(shards: list[Shard], options: Options, workers: int = 2, address: st
     if started_here:
         ray.init(address=address or None, num_cpus=None if address else workers, include_dashboard=False,
                  log_to_driver=False, configure_logging=False, runtime_env={"env_vars": {"TQDM_DISABLE": "1"}},
-                 **_local_cluster_security(address))
+                 **security)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
         items = [{"shard": s.number, "index": i.index, "name": i.name} for s in shards for i in s.items]

@@ -1,8 +1,9 @@
 """Local accounts: Argon2id password hashes (argon2-cffi), a minimum length, a growing wait after each failed
 sign-in and a temporary lock after several in a row, admin reset, and a one-time token for the first admin.
 
-Nothing here ever stores, logs or returns a password. A failed sign-in says "wrong user name or password"
-whichever was wrong, and takes as long for an unknown user as for a known one.
+Nothing here ever stores, logs or returns a password. Every refused sign-in (unknown name, wrong password,
+too soon after a failure, locked, disabled) gets the same message and costs the same one password check, so
+neither the answer nor its timing tells whether an account exists or whether the password was right.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ _HASHER = PasswordHasher()  # Argon2id, argon2-cffi's defaults (RFC 9106 low-mem
 _DUMMY_HASH = _HASHER.hash(secrets.token_hex(16))  # verified against for unknown users: same time either way
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,31}$")
 _SETUP = "setup_token"
+REFUSED = ("wrong user name or password, or the account is waiting after failed sign-ins, locked or disabled: "
+           "try again in a minute, or ask an administrator")
 _SETUP_HOURS = 24
 
 
@@ -63,6 +66,49 @@ def _iso(moment: dt.datetime) -> str:
     return moment.isoformat(timespec="milliseconds")
 
 
+# The words that the lists of leaked passwords are made of, once digits and symbols are taken off (what is left
+# of "Password2026!" is "password"): a long password built on one of them is guessed first.
+_COMMON_WORDS = frozenset("""
+password passwort passw0rd qwerty qwertz azerty asdfgh zxcvbn qwertyuiop asdfghjkl iloveyou letmein welcome
+admin administrator root changeme default secret master monkey dragon sunshine princess football baseball
+trustno shadow superman batman starwars whatever freedom hello login abc abcdef abcdefgh abcdefghijkl
+radlens hospital radiology clinic doctor nurse patient pacs dicom orthanc summer winter spring autumn
+""".split())
+_RUNS = "abcdefghijklmnopqrstuvwxyz 0123456789 qwertyuiop asdfghjkl zxcvbnm 1qaz2wsx3edc4rfv 1q2w3e4r5t6y7u8i9o0p"
+
+
+def _predictable(password: str) -> str:
+    """Why the password is guessed early (repeated, a run of keys, a common word dressed up), or ''."""
+    lowered = password.lower()
+    if len(set(lowered)) <= 3:
+        return "it uses three or fewer different characters"
+    for size in range(1, len(lowered) // 2 + 1):
+        if (lowered[:size] * (len(lowered) // size + 1))[:len(lowered)] == lowered:
+            return f"it repeats {lowered[:size]!r}"
+    if any(lowered in run or lowered in run[::-1] for run in _RUNS.split()):
+        return "it is a run of keys or letters"
+    letters = "".join(c for c in lowered if c.isalpha())
+    dressed = "".join(c for c in lowered.strip(_DRESSING).translate(_LEET) if c.isalpha())  # "P@ssw0rd" too
+    if not letters or _made_of_common_pieces(letters) or _made_of_common_pieces(dressed):
+        return "it is made of common words or runs of keys, with digits or symbols around them"
+    return ""
+
+
+_LEET = str.maketrans("@4310$5!7", "aaeiossit")
+_DRESSING = "0123456789!@#$%^&*()-_=+.,;:?~ "
+
+
+def _made_of_common_pieces(core: str) -> bool:
+    """Whether `core` splits into common words and runs of two or more keys (dynamic programming)."""
+    runs = [r for run in _RUNS.split() for r in (run, run[::-1])]
+    done = [True] + [False] * len(core)
+    for end in range(1, len(core) + 1):
+        done[end] = any(done[start] and (core[start:end] in _COMMON_WORDS or
+                                         (end - start >= 2 and any(core[start:end] in r for r in runs)))
+                        for start in range(end))
+    return done[-1]
+
+
 def check_password_policy(ctx_or_min: Context | int, username: str, password: str) -> None:
     minimum = ctx_or_min if isinstance(ctx_or_min, int) else ctx_or_min.config.auth.min_password
     if len(password) < minimum:
@@ -70,6 +116,9 @@ def check_password_policy(ctx_or_min: Context | int, username: str, password: st
                            "a few unrelated words make a long one that is easy to remember")
     if username and username.lower() in password.lower():
         raise WeakPassword("the password must not contain the user name")
+    if reason := _predictable(password):
+        raise WeakPassword(f"this password is among the first an attacker tries ({reason}); a few unrelated "
+                           "words make a long one that is easy to remember")
 
 
 def _check_username(username: str) -> str:
@@ -162,14 +211,19 @@ def reset_password(ctx: Context, username: str, password: str) -> Account:
                     "password_changed_at": utc_now()})
 
 
-def change_password(ctx: Context, username: str, old: str, new: str) -> None:
-    """The signed-in user changes their own password (the old one is checked first)."""
+def change_password(ctx: Context, username: str, old: str, new: str, keep_session: str = "") -> None:
+    """The signed-in user changes their own password (the old one is checked first). Every other session of
+    the account ends (a password changed because it leaked must sign the other holder out); the session
+    whose token is `keep_session` (the one changing it) stays."""
     authenticate(ctx, username, old, record=False)
     check_password_policy(ctx, username, new)
+    kept = hashlib.sha256(keep_session.encode()).hexdigest() if keep_session else ""
     with ctx.store.write() as db:
         db.execute("UPDATE users SET password_hash = ?, password_changed_at = ? WHERE username = ?",
                    [_HASHER.hash(new), utc_now(), username])
-        ctx.audit(db, "user.change_password", "user", f"local:{username}")
+        ended = db.execute("UPDATE sessions SET ended_at = ?, end_reason = 'user.change_password' WHERE user_id = ? "
+                           "AND ended_at IS NULL AND id != ?", [utc_now(), f"local:{username}", kept]).rowcount
+        ctx.audit(db, "user.change_password", "user", f"local:{username}", {"other_sessions_ended": ended})
 
 
 def _wait_after(failures: int) -> float:
@@ -194,24 +248,24 @@ def _attempt(ctx: Context, db, username: str, password: str, moment: dt.datetime
              record: bool) -> tuple[Account | None, LoginFailed | None]:
     policy = ctx.config.auth
     rows = list(db.query("SELECT * FROM users WHERE username = ?", [username]))
+    # The one password check every attempt pays, whatever refuses it below.
+    right = _verify(rows[0]["password_hash"] if rows else _DUMMY_HASH, password)
     if not rows:
-        _verify(_DUMMY_HASH, password)
         if record:
             ctx.store.audit(db, "anonymous", "login.failed", "user", "", {"reason": "unknown user name"},
                             role="none", actor_name="anonymous")
-        return None, LoginFailed("wrong user name or password")
+        return None, LoginFailed(REFUSED)
     row, who = rows[0], f"local:{username}"
     if row["locked_until"] and dt.datetime.fromisoformat(row["locked_until"]) > moment:
-        left = dt.datetime.fromisoformat(row["locked_until"]) - moment
-        return None, AccountLocked(f"too many failed sign-ins: this account is locked for {_minutes(left)} more; "
-                                   "an administrator can unlock it now")
+        return None, AccountLocked(REFUSED)
     failures = row["failed_logins"] or 0
     if failures and row["last_failed_at"]:
         ready = dt.datetime.fromisoformat(row["last_failed_at"]) + dt.timedelta(seconds=_wait_after(failures))
         if ready > moment:
-            return None, LoginFailed(f"wait {(ready - moment).total_seconds():.0f} s before trying again "
-                                     f"({failures} failed sign-in{'s' if failures > 1 else ''} in a row)")
-    if not _verify(row["password_hash"], password):
+            return None, LoginFailed(REFUSED)
+    if row["disabled"]:
+        return None, LoginFailed(REFUSED)
+    if not right:
         failures += 1
         locked = failures >= policy.max_failures
         db.execute("UPDATE users SET failed_logins = ?, last_failed_at = ?, locked_until = ? WHERE id = ?",
@@ -221,22 +275,13 @@ def _attempt(ctx: Context, db, username: str, password: str, moment: dt.datetime
             ctx.store.audit(db, who, "login.failed", "user", who,
                             {"reason": "wrong password", "failures": failures, "locked": locked},
                             role=row["role"], actor_name=row["display_name"] or username)
-        if locked:
-            return None, AccountLocked(f"too many failed sign-ins: this account is locked for "
-                                       f"{policy.lock_minutes:g} minutes; an administrator can unlock it now")
-        return None, LoginFailed("wrong user name or password")
-    if row["disabled"]:
-        return None, LoginFailed("this account is disabled: ask an administrator")
+        return None, (AccountLocked if locked else LoginFailed)(REFUSED)
     if _HASHER.check_needs_rehash(row["password_hash"]):
         db.execute("UPDATE users SET password_hash = ? WHERE id = ?", [_HASHER.hash(password), row["id"]])
     db.execute("UPDATE users SET failed_logins = 0, locked_until = NULL, last_login_at = ? WHERE id = ?",
                [_iso(moment), row["id"]])
     row.update(failed_logins=0, locked_until=None, last_login_at=_iso(moment))
     return Account.from_row(row), None
-
-
-def _minutes(delta: dt.timedelta) -> str:
-    return f"{max(1, round(delta.total_seconds() / 60))} min"
 
 
 def _verify(hashed: str, password: str) -> bool:
@@ -264,10 +309,15 @@ def issue_setup_token(store: Store, now: dt.datetime | None = None) -> str | Non
 
 
 def setup_token_valid(store: Store, token: str, now: dt.datetime | None = None) -> bool:
-    raw = store.setting(_SETUP)
-    if not raw or not token or has_accounts(store):
+    with store.read() as db:
+        return _token_valid(db, token, now)
+
+
+def _token_valid(db, token: str, now: dt.datetime | None = None) -> bool:
+    row = db.execute("SELECT value FROM settings WHERE key = ?", [_SETUP]).fetchone()
+    if not row or not token or db.execute("SELECT 1 FROM users LIMIT 1").fetchone():
         return False
-    saved = json.loads(raw)
+    saved = json.loads(row[0])
     return hmac.compare_digest(saved["sha256"], _digest(token)) and \
         dt.datetime.fromisoformat(saved["expires"]) > _now(now)
 
@@ -276,10 +326,10 @@ def create_first_admin(ctx: Context, token: str, username: str, password: str, d
     """Spend the set-up token on the first admin account (refused once any account exists)."""
     _check_username(username)
     check_password_policy(ctx, username, password)
-    if not setup_token_valid(ctx.store, token):
-        raise LoginFailed("this set-up link is not valid (used, expired or replaced): run `python -m engine init` "
-                          "for a new one, or `python -m engine users add NAME --role admin` on the server")
     setup = ctx.as_user(User(f"local:{username}", display_name or username, "admin"))
-    with ctx.store.write() as db:
+    with ctx.store.write() as db:  # checked and spent in one write transaction: two sign-ups cannot both spend it
+        if not _token_valid(db, token):
+            raise LoginFailed("this set-up link is not valid (used, expired or replaced): run `python -m engine "
+                              "init` for a new one, or `python -m engine users add NAME --role admin` on the server")
         db.execute("DELETE FROM settings WHERE key = ?", [_SETUP])
         return _insert(setup, db, username, password, "admin", display_name)
