@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 from itertools import islice
 
@@ -12,8 +11,14 @@ import streamlit as st
 
 from dashboard.text import md
 from engine.batch.backends import BACKENDS
-from engine.batch.commands import EXPORT_COLUMNS
-from engine.batch.run import DEFAULT_SHARD_SIZE, BatchRequest, batch_rows, batch_summary
+from engine.batch.run import (
+    DEFAULT_SHARD_SIZE,
+    EXPORT_COLUMNS,
+    BatchRequest,
+    batch_rows,
+    batch_summary,
+    write_results_csv,
+)
 from engine.batch.work import BATCH_TASKS
 from engine.context import Context
 from engine.jobs.queue import Job, JobStatus, get_job
@@ -87,9 +92,7 @@ def _stages(seconds: dict) -> go.Figure:
 
 def _results_csv(ctx: Context, job_id: int) -> bytes:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, EXPORT_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(batch_rows(ctx, job_id, with_paths=True))
+    write_results_csv(ctx, job_id, buffer)
     return buffer.getvalue().encode()
 
 

@@ -3,7 +3,6 @@ the job queue starts), `--resume JOB`, `--results JOB --out FILE.csv`, `--list`.
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
@@ -12,22 +11,19 @@ from engine.batch.backends import BACKENDS
 from engine.batch.run import (
     DEFAULT_SHARD_SIZE,
     BatchRequest,
-    batch_rows,
     batch_summary,
     list_batches,
     run_batch,
     start_batch,
+    write_results_csv,
 )
 from engine.batch.work import BATCH_TASKS
 from engine.context import Context
 from engine.errors import JobError
 from engine.jobs.queue import lower_priority, resume_job
 
-__all__ = ["add_parsers", "COMMANDS", "EXPORT_COLUMNS"]
+__all__ = ["add_parsers", "COMMANDS"]
 
-EXPORT_COLUMNS = ("item", "path", "status", "status_reason", "label", "probability", "threshold", "uncertainty",
-                  "ood_score", "ood_flag", "circumference", "area", "unit", "spacing_mm", "spacing_source",
-                  "modality", "body_part", "rows", "cols", "input_sha256")
 
 
 def add_parsers(sub) -> None:
@@ -94,9 +90,7 @@ def _batch(args, ctx: Context) -> int:
         if not args.out:
             raise JobError("--results needs --out FILE.csv")
         with open(args.out, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, EXPORT_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            count = sum(writer.writerow(row) is not None for row in batch_rows(ctx, args.results, with_paths=True))
+            count = write_results_csv(ctx, args.results, handle)
         print(f"wrote {args.out} ({count:,} items)")
         return 0
     lower_priority()  # a batch run is background work, even in the foreground

@@ -28,6 +28,7 @@ from engine.batch.sources import Source, open_source
 from engine.batch.work import BATCH_TASKS, COLUMNS, ERROR, Item, Options, device_for
 from engine.context import Context
 from engine.errors import BatchSourceError, JobError, short_reason
+from engine.io.spreadsheet import SafeDictWriter
 from engine.jobs.queue import (
     Job,
     JobProgress,
@@ -327,11 +328,26 @@ def batch_summary(store: Store, job_id: int) -> dict:
             "progress": job.progress, "error": job.error}
 
 
+EXPORT_COLUMNS = ("item", "path", "status", "status_reason", "label", "probability", "threshold", "uncertainty",
+                  "ood_score", "ood_flag", "circumference", "area", "unit", "spacing_mm", "spacing_source",
+                  "modality", "body_part", "rows", "cols", "input_sha256")
+HIDDEN_PATH = "(hidden: another user's run)"
+
+
+def paths_visible(ctx: Context, job) -> bool:
+    """File names often name patients: a run's paths are shown to its owner and to clinicians only."""
+    return ctx.user.role in ("clinician", "system") or ctx.user.id == job.actor
+
+
 def batch_rows(ctx: Context, job_id: int, with_paths: bool = False) -> Iterator[dict]:
     """Every item of a run as its shards' Parquet files hold it (also those known from an earlier run), in
-    source order; `with_paths` adds each file's path from the source listing (computed now, never stored)."""
+    source order; `with_paths` adds each file's path from the source listing (computed now, never stored),
+    or HIDDEN_PATH for a user who may not see them (paths_visible)."""
     ctx.require("batch.run")
     job = get_job(ctx.store, job_id)
+    if with_paths and not paths_visible(ctx, job):
+        yield from ({**row, "path": HIDDEN_PATH} for row in batch_rows(ctx, job_id))
+        return
     source = _source_of(job.config) if with_paths else None
     for number, _, _ in _shards(ctx.store, job_id):
         path = _shard_file(ctx, job_id, number)
@@ -342,6 +358,17 @@ def batch_rows(ctx: Context, job_id: int, with_paths: bool = False) -> Iterator[
             if source is not None:
                 row["path"] = source.path_of(source.names[row["item"]])
             yield _as_shown(row)
+
+
+def write_results_csv(ctx: Context, job_id: int, handle) -> int:
+    """The run's rows as CSV (EXPORT_COLUMNS, every cell defused for spreadsheets); returns how many."""
+    writer = SafeDictWriter(handle, EXPORT_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    count = 0
+    for row in batch_rows(ctx, job_id, with_paths=True):
+        writer.writerow(row)
+        count += 1
+    return count
 
 
 RESULT_FIELDS = ("label", "probability", "probabilities", "probabilities_raw", "uncertainty", "circumference", "area",

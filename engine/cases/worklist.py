@@ -8,6 +8,7 @@ import io
 from dataclasses import dataclass, field
 
 from engine.context import Context
+from engine.io.spreadsheet import defused
 from engine.store import Store
 
 __all__ = ["Column", "COLUMNS", "WorklistQuery", "WorklistPage", "query_worklist", "list_worklist", "facet_values",
@@ -185,11 +186,6 @@ def matching_cases(ctx: Context, q: WorklistQuery, limit: int = MAX_EXPORT) -> W
     return query_worklist(ctx.store, dataclasses.replace(q, page=1, page_size=limit))
 
 
-def _cell(value) -> object:
-    """A spreadsheet opens a cell starting with = + - @ as a formula: such text is prefixed with a quote."""
-    return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
-
-
 def worklist_csv(ctx: Context, q: WorklistQuery) -> bytes:
     """The filter's cases as CSV, the worklist's columns and titles (needs `case.export`; audited)."""
     ctx.require("case.export")
@@ -198,7 +194,7 @@ def worklist_csv(ctx: Context, q: WorklistQuery) -> bytes:
     writer = csv.writer(buffer)
     writer.writerow([c.title for c in COLUMNS])
     for row in found.rows:
-        writer.writerow([_cell(row.get(c.key)) for c in COLUMNS])
+        writer.writerow([defused(row.get(c.key)) for c in COLUMNS])
     ctx.log("export.csv", "worklist", "", {"cases": len(found.rows), "matched": found.total, "status": q.status,
                                              "modalities": list(q.modalities), "text": bool(q.text)})
     return buffer.getvalue().encode()

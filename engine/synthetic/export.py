@@ -4,7 +4,6 @@ memorisation check flags is withheld from every export: it may be a near copy of
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import zipfile
@@ -15,6 +14,7 @@ import numpy as np
 from engine.context import Context
 from engine.errors import InvalidOption
 from engine.io.mark import mark, synthetic_png
+from engine.io.spreadsheet import SafeDictWriter
 from engine.synthetic.evaluation import Gallery, References, gallery
 from engine.synthetic.generator import MAX_PER_REQUEST, LoadedGenerator
 
@@ -68,7 +68,7 @@ def export_zip(ctx: Context, gen: LoadedGenerator, made: Gallery) -> bytes:
                          "feature_distance": round(float(check.feature_distance[i]), 4),
                          "flagged": flagged, "exported": not flagged})
         text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=MANIFEST_COLUMNS)
+        writer = SafeDictWriter(text, fieldnames=MANIFEST_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
         archive.writestr("manifest.csv", text.getvalue())
