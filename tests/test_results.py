@@ -22,7 +22,7 @@ from engine.cases.results import result_objects
 from engine.cases.segmentation import load_segmenter, segment_case_image
 from engine.config import Config, DicomSettings
 from engine.context import Context, User
-from engine.errors import NoStudyLink, PermissionDenied
+from engine.errors import NoStudyLink, PermissionDenied, SendRefused
 from engine.io.derived import DISCLAIMER, SR_CODES
 from engine.jobs.queue import get_job
 from engine.pacs.nodes import PacsNode, save_credentials, save_node
@@ -312,5 +312,25 @@ def test_the_command_line_pushes_a_case_and_says_why_it_cannot(pacs_ctx, orthanc
     unknown = cli("--node", "elsewhere")
     assert unknown.returncode == 2 and unknown.stderr.startswith("error: ") and "elsewhere" in unknown.stderr
     log = (pacs_ctx.config.log_dir / "radlens.log").read_text()
-    assert "Store Response (Status: 0x0000" in log  # the CLI logs the C-STORE ...
+    assert "Store Response" not in log  # pynetdicom's INFO lines (UIDs, patients) are held back ...
     _assert_no_original_identifier(pacs_ctx)  # ... and no original identifier, there or anywhere in the home
+
+
+# Last in this module: it deletes the chest study from the module's Orthanc.
+def test_results_go_only_to_the_studys_own_node_over_https_and_into_a_study_it_holds(pacs_ctx, orthanc):
+    case_id = _pulled_case(pacs_ctx, STUDY_UID)
+    diagnose_image(pacs_ctx, load_classifier(pacs_ctx), get_case(pacs_ctx.store, case_id)["images"][0])
+    system = pacs_ctx.as_user(User("cli:test", "test", "system"))
+    save_node(system, PacsNode("copy", orthanc.dicomweb))
+    with pytest.raises(SendRefused, match="results go back only there"):
+        send_case(pacs_ctx, case_id, node_name="copy")
+    save_node(system, PacsNode("remote", "http://pacs.example.invalid/dicom-web", accepts_other_studies=True))
+    with pytest.raises(SendRefused, match="plain http"):
+        send_case(pacs_ctx, case_id, node_name="remote")
+    [study] = orthanc.rest("POST", "/tools/find", {"Level": "Study", "Query": {"StudyInstanceUID": STUDY_UID}})
+    orthanc.rest("DELETE", f"/studies/{study}")
+    for via in ("dicomweb", "dimse"):
+        with pytest.raises(SendRefused, match="does not hold this case's original study"):
+            send_case(pacs_ctx, case_id, via=via)
+    refused = [r["detail"] for r in pacs_ctx.store.audit_rows(50) if r["action"] == "pacs.send"]
+    assert len(refused) == 4 and all('"ok": false' in d for d in refused)
