@@ -196,3 +196,19 @@ def test_batch_results_csv_is_defused_and_paths_are_shown_to_the_owner_and_clini
     assert "Doe_Jane.dcm" in mine and "Doe_Jane.dcm" in exported(ctx.as_user(User("local:c", "C", "clinician")))
     other = exported(ctx.as_user(User("local:r2", "R2", "researcher")))
     assert "Doe_Jane" not in other and HIDDEN_PATH in other
+
+
+def test_the_decoder_child_gets_no_key_credential_or_token_from_the_environment(monkeypatch):
+    import os
+
+    from engine.io.sandbox import Sandbox
+
+    for name in ("RADLENS_AUDIT_KEY", "RADLENS_PSEUDONYM_KEY", "RADLENS_PACS_ORTHANC_PASSWORD", "RAY_AUTH_TOKEN"):
+        monkeypatch.setenv(name, "f" * 64)
+    sandbox = Sandbox(512 * 2**20, 60)  # its own child, started now with this environment
+    try:
+        assert sandbox.call(os.getpid) != os.getpid()
+        environment = open(f"/proc/{sandbox._child.pid}/environ", "rb").read().decode()
+    finally:
+        sandbox.close()
+    assert "f" * 64 not in environment and "PATH=" in environment

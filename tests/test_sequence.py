@@ -317,3 +317,28 @@ def test_cli_sequence_prints_a_line_per_volume_and_a_broken_file_fails_alone(tmp
     assert len(good["contribution"]) == 64 and sum(good["contribution"]) == pytest.approx(1, abs=1e-3)
     broken = next(r for r in lines if r["file"].endswith("broken.nii"))
     assert "error" in broken and "\n" not in broken["error"]
+
+
+def test_a_series_over_the_voxel_limit_is_refused_before_a_slice_is_decoded(tmp_path, monkeypatch):
+    """The stored rows bound the stack: no slice is decoded for a series the limit would refuse anyway."""
+    import dataclasses
+
+    from engine.cases import sequence
+    from engine.cases.images import get_case
+    from engine.cases.ingest import ingest_files
+    from engine.config import Config, Limits
+    from engine.context import Context
+    from engine.errors import TooLarge
+
+    volume = _volume(seed=7)
+    config = Config(home=tmp_path / "home", data_dir=None)
+    ctx = Context.open(config)
+    landed = ingest_files([(f"s{k}.dcm", data) for k, data in enumerate(_slices(volume))], ctx)
+    image = get_case(ctx.store, landed[0].case_id)["images"][0]
+    small = dataclasses.replace(ctx, config=dataclasses.replace(config, limits=Limits(
+        max_pixels=volume.shape[1] * volume.shape[2] * (len(volume) - 1))))
+    decoded = []
+    monkeypatch.setattr(sequence, "load_image", lambda *a: decoded.append(a) or pytest.fail("a slice was decoded"))
+    with pytest.raises(TooLarge, match="nothing was decoded"):
+        sequence.volume_of(small, image)
+    assert decoded == []

@@ -34,6 +34,10 @@ from engine.io.wire import WireError, pack, unpack
 __all__ = ["Sandbox", "sandbox_for", "close_all"]
 
 _ROOT = Path(__file__).resolve().parents[2]
+# What the decoder child inherits: enough to run Python and its libraries, nothing else. Not the keys
+# (RADLENS_*_KEY), credentials (RADLENS_PACS_*), tokens (RAY_AUTH_TOKEN) or anything a hostile file could
+# make a codec reveal.
+_CHILD_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "PYTHONPATH", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 _HEADER = struct.Struct("<Q")
 _READY = b"ready"
 _START_SECONDS = 60.0
@@ -74,7 +78,8 @@ class Sandbox:
             self._child = subprocess.Popen(
                 [sys.executable, "-m", "engine.io.sandbox", str(self.memory_bytes), *self.preload], cwd=_ROOT,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+                env={**{k: os.environ[k] for k in _CHILD_ENV if k in os.environ},
+                     "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
             for pipe in (self._child.stdin, self._child.stdout):
                 _widen(pipe)
             try:  # the time limit is for decoding, not for starting Python

@@ -225,6 +225,9 @@ class Listener:
         return self
 
     def stop(self) -> None:
+        from pynetdicom import dimse_messages
+
+        dimse_messages.NamedTemporaryFile = tempfile.NamedTemporaryFile  # this spool may go with its home
         self._stop.set()
         if self.server:
             self.server.shutdown()
