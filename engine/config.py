@@ -167,6 +167,7 @@ class Config:
     # the Ray cluster of the ray batch backend (RADLENS_RAY_ADDRESS): the server's setting only, never a form's;
     # empty: a local cluster per run, on loopback addresses and with a token of its own (engine.batch.backends)
     ray_address: str = ""
+    batch_max_items: int = 1_000_000  # files one batch run may hold (RADLENS_BATCH_MAX_ITEMS)
 
     @property
     def allowed_batch_roots(self) -> tuple[Path, ...]:
@@ -205,4 +206,5 @@ class Config:
             dicom=DicomSettings.from_env(env),
             batch_roots=tuple(Path(p).resolve() for p in env.get("RADLENS_BATCH_ROOTS", "").split(os.pathsep) if p),
             ray_address=env.get("RADLENS_RAY_ADDRESS", "").strip(),
+            batch_max_items=int(env.get("RADLENS_BATCH_MAX_ITEMS", cls.batch_max_items)),
         )

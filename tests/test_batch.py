@@ -4,6 +4,7 @@ job killed and resumed), the same numbers as `classify`, the Ray backend equal t
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -28,7 +29,7 @@ from engine.cases.diagnosis import diagnose_image, load_classifier
 from engine.cases.images import get_image
 from engine.cases.ingest import ingest_files
 from engine.context import Context, User
-from engine.errors import BatchSourceError, PermissionDenied
+from engine.errors import BatchSourceError, JobError, PermissionDenied
 from engine.jobs.queue import JobStatus, cancel_job, get_job, resume_job
 from tests.conftest import DATA_DIR, dicom_path, needs_data
 from tests.hostile import deflate_bomb
@@ -300,6 +301,59 @@ def test_who_may_run_a_batch_and_where(ctx, tmp_path):
     shutil.copyfile(tmp_path / "escape.csv", ctx.config.home / "batch" / "escape.csv")
     with pytest.raises(BatchSourceError, match="outside the folders"):
         start_batch(researcher, BatchRequest(str(ctx.config.home / "batch" / "escape.csv")))
+
+
+def test_links_out_of_the_batch_folders_repeated_manifest_rows_and_oversized_runs_are_refused(ctx, tmp_path):
+    outside = _folder(tmp_path, 2)
+    researcher = Context(ctx.config, ctx.store, User("local:r", "R", "researcher"))
+    inbox = ctx.config.home / "batch" / "linked"
+    inbox.mkdir(parents=True)
+    shutil.copyfile(outside / "part0" / "film0000.jpg", inbox / "mine.jpg")
+    (inbox / "theirs.jpg").symlink_to(outside / "part1" / "film0001.jpg")  # a link inside, to a file outside
+    with pytest.raises(BatchSourceError, match="links to such files"):
+        start_batch(researcher, BatchRequest(str(inbox)))
+    (inbox / "theirs.jpg").unlink()
+    job_id = start_batch(researcher, BatchRequest(str(inbox), workers=1), background=False)
+    (inbox / "mine.jpg").unlink()  # replaced by a link out after the listing: refused when read
+    (inbox / "mine.jpg").symlink_to(outside / "part1" / "film0001.jpg")
+    from engine.batch.work import Decoder
+
+    with pytest.raises(BatchSourceError, match="outside the folders"):
+        Decoder(worker_options(get_job(ctx.store, job_id).config, ctx)).decode(Item(0, 0, "mine.jpg"), {})
+    manifest = ctx.config.home / "batch" / "same.csv"
+    manifest.write_text("path\n" + "linked/mine.jpg\n" * 100_000)  # one file named 100,000 times
+    assert open_source(manifest).names == ("linked/mine.jpg",)
+    many = ctx.config.home / "batch" / "many"
+    many.mkdir()
+    for i in range(4):
+        shutil.copyfile(outside / "part0" / "film0000.jpg", many / f"{i}.jpg")
+    small = Context(dataclasses.replace(ctx.config, batch_max_items=3), ctx.store, ctx.user)
+    with pytest.raises(BatchSourceError, match="at most 3 .*RADLENS_BATCH_MAX_ITEMS"):
+        start_batch(small, BatchRequest(str(many)))
+
+
+def test_files_replaced_under_the_same_names_never_get_the_old_results(ctx, tmp_path):
+    """Cancel, replace the files, resume: the run refuses the changed source; and a result is landed on a case
+    only for the very input it was computed on."""
+    from engine.batch.cases import land_as_cases
+
+    folder = _folder(tmp_path, 2)
+    job_id = start_batch(ctx, BatchRequest(str(folder), workers=1, cases=True), background=False)
+    films = _films(4)
+    for name in ("part0/film0000.jpg", "part1/film0001.jpg"):  # same names, other films (other sizes)
+        shutil.copyfile(films[2 if name.startswith("part0") else 3], folder / name)
+    with pytest.raises(JobError, match="the source changed .* replaced"):
+        run_batch(ctx, job_id)
+    assert _rows(ctx.store, "SELECT count(*) FROM cases")[0][0] == 0
+
+    fresh = start_batch(ctx, BatchRequest(str(folder), workers=1), background=False)
+    run_batch(ctx, fresh)
+    rows = [{**r, "overlay_png": None} for r in batch_rows(ctx, fresh)]
+    job = get_job(ctx.store, fresh)
+    shutil.copyfile(films[0], folder / "part0" / "film0000.jpg")  # replaced again after the analysis
+    landed = land_as_cases(ctx, fresh, job.config, open_source(folder).names, rows)
+    assert landed == 1  # only the file that is still what was analysed
+    assert _rows(ctx.store, "SELECT count(*) FROM predictions")[0][0] == 1
 
 
 def test_cli_batch_writes_results_with_paths(ctx, tmp_path):

@@ -5,9 +5,11 @@ segmentation, as if it had been analysed on the Diagnosis or Segmentation page. 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from engine.batch.sources import read_item
+from engine.batch.work import Decoder
 from engine.cases.ingest import ingest_files
 from engine.context import Context
 from engine.errors import EngineError
@@ -16,6 +18,8 @@ from engine.models.preprocess import Preprocessing
 from engine.store import utc_now
 
 __all__ = ["land_as_cases"]
+
+log = logging.getLogger("radlens.batch")
 
 
 def _prediction(row: dict, card) -> dict:
@@ -43,16 +47,24 @@ def land_as_cases(ctx: Context, job_id: int, config: dict, names: tuple[str, ...
     """Ingest the files of the rows that have a result and log each result on its case; returns how many landed.
     A row whose result is already on a case is skipped (its case id is set in the same transaction as the logged
     result), so a resumed run never logs one twice. A file that does not land now (changed since, disk full) is
-    left out; its batch result stays."""
+    left out; its batch result stays. A file is landed only if it still decodes to the input its result was
+    computed on (its row's input hash): a file replaced under the same name never gets the old result."""
+    from engine.batch.run import worker_options  # run.py imports this module when a run lands its cases
+
     ctx.require("case.upload")
     card = read_card(Path(config["model_path"]))
     preprocessing = Preprocessing.from_dict(card.preprocessing).summary()
+    decoder = Decoder(worker_options(config, ctx))
     landed = 0
     for row in rows:
         if not row.get("input_sha256") or _on_a_case(ctx, row["input_sha256"], config["weights_sha256"]):
             continue
         try:
-            data = read_item(config["source_kind"], Path(config["source"]), names[row["item"]], ctx.config.limits)
+            data = read_item(config["source_kind"], Path(config["source"]), names[row["item"]], ctx.config.limits,
+                             decoder.options.roots)
+            if decoder.input_hash(data) != row["input_sha256"]:  # replaced since it was analysed
+                log.warning("batch %d item %d changed since it was analysed: not landed", job_id, row["item"])
+                continue
         except EngineError:
             continue
         result = ingest_files([(f"batch {job_id} item {row['item']}", data)], ctx, source="batch")[0]

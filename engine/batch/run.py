@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.batch.backends import BACKENDS, Shard, ShardResult
-from engine.batch.sources import Source, open_source
+from engine.batch.sources import DEFAULT_MAX_ITEMS, Source, open_source
 from engine.batch.work import BATCH_TASKS, COLUMNS, ERROR, Item, Options, device_for
 from engine.context import Context
 from engine.errors import BatchSourceError, JobError, short_reason
@@ -87,7 +87,7 @@ def start_batch(ctx: Context, request: BatchRequest, background: bool = True) ->
         ctx.require("case.upload")
     request.check()
     roots = None if ctx.user.role == "system" else ctx.config.allowed_batch_roots
-    source = open_source(request.source, roots)
+    source = open_source(request.source, roots, ctx.config.batch_max_items)
     installed = find_model(ctx.config, request.model) if request.model else active_model(ctx, request.task)
     if installed.task != request.task:
         raise JobError(f"{installed.name} is a {installed.task} model; choose a {request.task} model")
@@ -98,7 +98,9 @@ def start_batch(ctx: Context, request: BatchRequest, background: bool = True) ->
     if len(shards) > MAX_SHARDS:
         raise JobError(f"{len(shards):,} shards; use a larger shard size (at most {MAX_SHARDS:,} shards)")
     config = {**asdict(request), "source": str(source.location), "source_kind": source.kind, "items": len(source),
-              "fingerprint": source.fingerprint, "model": installed.name, "model_version": installed.card.version,
+              "fingerprint": source.fingerprint, "fingerprint_v": 2,
+              "roots": [str(r) for r in roots] if roots is not None else None,
+              "model": installed.name, "model_version": installed.card.version,
               "model_path": str(installed.path), "weights_sha256": sha256_of(installed.path),
               "device": device_for(request.device)}
 
@@ -117,7 +119,12 @@ def worker_options(config: dict, ctx: Context) -> Options:
     return Options(task=config["task"], model_path=config["model_path"], weights_sha256=config["weights_sha256"],
                    source_kind=config["source_kind"], source_location=config["source"],
                    limits=asdict(ctx.config.limits), cam=config["cam"], pixel_mm=config["pixel_mm"],
-                   batch_size=config["batch_size"], device=config["device"])
+                   batch_size=config["batch_size"], device=config["device"], roots=_roots(config))
+
+
+def _roots(config: dict) -> tuple[str, ...] | None:
+    roots = config.get("roots")
+    return tuple(roots) if roots is not None else None
 
 
 def _shard_file(ctx: Context, job_id: int, shard: int) -> Path:
@@ -125,10 +132,13 @@ def _shard_file(ctx: Context, job_id: int, shard: int) -> Path:
 
 
 def _source_of(config: dict) -> Source:
-    source = open_source(config["source"])
-    if source.fingerprint != config["fingerprint"] or len(source) != config["items"]:
+    source = open_source(config["source"], _roots(config) and tuple(map(Path, config["roots"])),
+                         max_items=max(config["items"], DEFAULT_MAX_ITEMS))
+    # runs started before content stamps compare the listing only
+    now = source.fingerprint if config.get("fingerprint_v") == 2 else source.names_fingerprint
+    if now != config["fingerprint"] or len(source) != config["items"]:
         raise BatchSourceError(f"the source changed since this run started ({config['items']:,} items then, "
-                               f"{len(source):,} now, or renamed); start a new run")
+                               f"{len(source):,} now, or files renamed or replaced); start a new run")
     return source
 
 

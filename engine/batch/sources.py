@@ -2,9 +2,14 @@
 relative paths from the manifest's folder), listed in one fixed order so that a shard (a range of indices)
 names the same files when the run resumes, on any node that sees the same path.
 
-Paths stay out of the store: a run records its source, the number of items and a fingerprint of the listing;
-a result row knows its item by index. The listing is recomputed from the source when a user asks for the
-results with their file names (the source is theirs), and a changed source is refused on resume.
+Paths stay out of the store: a run records its source, the number of items and a fingerprint of the listing
+and of each item's size and modification time (a zip member's CRC); a result row knows its item by index.
+The listing is recomputed from the source when a user asks for the results with their file names (the source
+is theirs), and a changed source (a file added, removed, renamed or replaced) is refused on resume.
+
+A signed-in user's run reads only under the batch folders: the source, and every item resolved (a symlink
+inside an allowed folder that points outside is refused), at listing and again when the item is read. A
+manifest naming a file twice lists it once; a run holds at most RADLENS_BATCH_MAX_ITEMS items.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ from engine.errors import BatchSourceError, EngineError, UnreadableStudy
 from engine.io.archive import member_names, read_member
 from engine.io.sniff import is_zip
 
-__all__ = ["Source", "open_source", "read_item", "SOURCE_KINDS", "MANIFEST_COLUMN"]
+__all__ = ["Source", "open_source", "read_item", "SOURCE_KINDS", "MANIFEST_COLUMN", "DEFAULT_MAX_ITEMS"]
 
 MANIFEST_COLUMN = "path"
 MAX_MANIFEST_BYTES = 512 * 2**20
+DEFAULT_MAX_ITEMS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -38,9 +44,34 @@ class Source:
         return len(self.names)
 
     @property
-    def fingerprint(self) -> str:
-        """Changes when an item is added, removed, renamed or reordered."""
+    def names_fingerprint(self) -> str:
+        """Changes when an item is added, removed, renamed or reordered (what runs started before content
+        stamps recorded)."""
         return hashlib.sha256("\n".join(self.names).encode()).hexdigest()
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes when an item is added, removed, renamed, reordered or replaced (its size or modification
+        time; a zip member's CRC)."""
+        digest = hashlib.sha256()
+        for name, stamp in zip(self.names, self._stamps()):
+            digest.update(f"{name}\0{stamp}\n".encode())
+        return digest.hexdigest()
+
+    def _stamps(self):
+        if self.kind == "zip":
+            with zipfile.ZipFile(self.location) as archive:
+                infos = {i.filename: i for i in archive.infolist()}
+            for name in self.names:
+                info = infos.get(name)
+                yield f"{info.CRC}:{info.file_size}" if info else "missing"
+            return
+        for name in self.names:
+            try:
+                stat = self._file(name).stat()
+                yield f"{stat.st_size}:{stat.st_mtime_ns}"
+            except OSError:
+                yield "missing"
 
     def path_of(self, name: str) -> str:
         """The item as the user knows it (for their own listing of results; never stored)."""
@@ -81,7 +112,7 @@ def _list_manifest(path: Path) -> list[str]:
             raise BatchSourceError(f"the manifest has no '{MANIFEST_COLUMN}' column; its first line names the "
                                    f"columns (found: {', '.join((rows.fieldnames or [])[:10]) or 'none'})")
         paths = [row[MANIFEST_COLUMN] for row in rows if row.get(MANIFEST_COLUMN)]
-    return paths
+    return list(dict.fromkeys(paths))  # a file named twice is analysed once
 
 
 SOURCE_KINDS = {"folder": _list_folder, "zip": _list_zip, "manifest": _list_manifest}
@@ -99,9 +130,10 @@ def _kind(path: Path) -> str:
                            f"a '{MANIFEST_COLUMN}' column)")
 
 
-def open_source(path: Path | str, roots: tuple[Path, ...] | None = None) -> Source:
-    """List a source. With `roots` (a signed-in user's run), the source and every file a manifest names must
-    lie under one of them."""
+def open_source(path: Path | str, roots: tuple[Path, ...] | None = None,
+                max_items: int = DEFAULT_MAX_ITEMS) -> Source:
+    """List a source. With `roots` (a signed-in user's run), the source and every file it lists, resolved
+    (symlinks followed), must lie under one of them."""
     path = Path(path).expanduser().resolve()
     if not path.exists():
         raise BatchSourceError(f"{path} does not exist (give a folder, a zip or a manifest on the server)")
@@ -110,12 +142,15 @@ def open_source(path: Path | str, roots: tuple[Path, ...] | None = None) -> Sour
     names = SOURCE_KINDS[kind](path)
     if not names:
         raise BatchSourceError(f"{path.name} holds no files to analyse")
+    if len(names) > max_items:
+        raise BatchSourceError(f"{len(names):,} files: a run holds at most {max_items:,} "
+                               "(RADLENS_BATCH_MAX_ITEMS); split the source")
     source = Source(kind, path, tuple(names))
-    if roots is not None and kind == "manifest":
+    if roots is not None and kind != "zip":
         outside = [n for n in names if not _under(source._file(n).resolve(), roots)]
         if outside:
-            raise BatchSourceError(f"{len(outside):,} file(s) of the manifest lie outside the folders batch runs "
-                                   "may read (RADLENS_BATCH_ROOTS)")
+            raise BatchSourceError(f"{len(outside):,} file(s) of the source lie outside the folders batch runs may "
+                                   "read, or are links to such files (RADLENS_BATCH_ROOTS)")
     return source
 
 
@@ -134,12 +169,15 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
     return zipfile.ZipFile(path)  # kept open for the worker's next item of the same archive
 
 
-def read_item(kind: str, location: Path, name: str, limits: Limits) -> bytes:
-    """One item's bytes, under the upload limits; an EngineError (a one-line reason) when it cannot be read."""
+def read_item(kind: str, location: Path, name: str, limits: Limits, roots: tuple[str, ...] | None = None) -> bytes:
+    """One item's bytes, under the upload limits; an EngineError (a one-line reason) when it cannot be read.
+    With `roots`, a file that resolves outside them now (replaced by a link since the listing) is refused."""
     try:
         if kind == "zip":
             return read_member(_open_zip(Path(location)), name, limits)
         path = (Path(location) if kind == "folder" else Path(location).parent) / name
+        if roots is not None and not _under(path.resolve(), tuple(map(Path, roots))):
+            raise BatchSourceError("the file lies outside the folders batch runs may read, or links there")
         limits.check_upload(path.stat().st_size)
         return path.read_bytes()
     except EngineError:

@@ -56,6 +56,7 @@ class Options:
     pixel_mm: float | None = None  # segmentation: pixel size when the file gives none
     batch_size: int = 16
     device: str = "cpu"
+    roots: tuple[str, ...] | None = None  # a signed-in user's run: every item must resolve under these
 
 
 @dataclass(frozen=True)
@@ -176,13 +177,23 @@ class Decoder:
 
     def decode(self, item: Item, timings: dict[str, float]) -> Decoded:
         start = time.perf_counter()
-        data = read_item(self.options.source_kind, Path(self.options.source_location), item.name, self.limits)
+        data = read_item(self.options.source_kind, Path(self.options.source_location), item.name, self.limits,
+                         self.options.roots)
         read = time.perf_counter()
-        decoded = self.sandbox.call(decode_plain, data, asdict(self.limits))
+        decoded = self.decode_bytes(item, data)
         timings["read"] = timings.get("read", 0.0) + read - start
         timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - read
+        return decoded
+
+    def decode_bytes(self, item: Item, data: bytes) -> Decoded:
+        decoded = self.sandbox.call(decode_plain, data, asdict(self.limits))
         return Decoded(item, to_gray_uint8(decoded["image"]), decoded["modality"], decoded["body_part"],
-                        Spacing(**decoded["spacing"]))
+                       Spacing(**decoded["spacing"]))
+
+    def input_hash(self, data: bytes) -> str:
+        """The row key's input hash of a file's bytes: what a result was computed on."""
+        d = self.decode_bytes(Item(0, 0, ""), data)
+        return _input_hash(d.gray, d.modality, d.body_part, d.spacing)
 
     def decode_all(self, items: list[Item], timings: dict[str, float]) -> tuple[list[Decoded], list[dict]]:
         """The items decoded, and a reason row (status 'error') for each one that could not be."""
