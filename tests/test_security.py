@@ -212,3 +212,52 @@ def test_the_decoder_child_gets_no_key_credential_or_token_from_the_environment(
     finally:
         sandbox.close()
     assert "f" * 64 not in environment and "PATH=" in environment
+
+
+class _QidoAnswer:
+    """A loopback HTTP server posing as a PACS: its QIDO-RS answer has `rows` studies, whatever the limit asked."""
+
+    def __init__(self, rows: int):
+        import http.server
+        import json
+        import threading
+
+        item = json.dumps({"0020000D": {"vr": "UI", "Value": ["1.2.3.4"]},
+                           "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]}}).encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "application/dicom+json")
+                self.end_headers()
+                try:
+                    self.wfile.write(b"[" + b",".join([item] * rows) + b"]")
+                except OSError:
+                    pass  # the client stopped reading
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web"
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_a_qido_answer_is_read_under_a_cap_and_the_limit_is_honoured(config):
+    from engine.errors import PacsError
+    from engine.pacs.client import QIDO_MAX_BYTES, StudyQuery, find
+
+    many = _QidoAnswer(1_000)
+    try:
+        assert len(find(config, PacsNode("many", many.url), StudyQuery(limit=5))) == 5
+    finally:
+        many.close()
+    huge = _QidoAnswer(QIDO_MAX_BYTES // 100 + 10)  # each study is about 120 bytes: over the cap
+    try:
+        with pytest.raises(PacsError, match="larger than 32 MiB"):
+            find(config, PacsNode("huge", huge.url), StudyQuery(limit=5))
+    finally:
+        huge.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import email
+import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ __all__ = ["StudyMatch", "StudyQuery", "EchoReport", "echo", "find", "instances"
            "study_patient_ids"]
 
 VIAS = ("dicomweb", "dimse")  # how a node is asked: DICOMweb (QIDO/WADO) or DIMSE (C-FIND/C-GET)
+QIDO_MAX_BYTES = 32 * 2**20  # a QIDO-RS answer: ~100,000 instances' UIDs, or thousands of studies
 _DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 _STUDY_FIELDS = ("PatientName", "PatientID", "PatientBirthDate", "StudyDate", "StudyTime", "AccessionNumber",
                "StudyDescription", "ModalitiesInStudy", "StudyInstanceUID", "NumberOfStudyRelatedSeries",
@@ -127,11 +129,22 @@ def _check_status(node: PacsNode, response: requests.Response, what: str) -> Non
 
 
 def _qido(config: Config, node: PacsNode, path: str, params: dict) -> list[dict]:
+    """A QIDO-RS answer, read under QIDO_MAX_BYTES (a PACS, or something posing as one, may send gigabytes)."""
     with _web_errors(node, "a QIDO-RS search"), _session(config, node) as session:
-        response = session.get(f"{node.dicomweb_url}/{path}", params=params, timeout=config.dicom.timeout_seconds,
-                               headers={"Accept": "application/dicom+json"})
-        _check_status(node, response, "a QIDO-RS search")
-        return response.json() if response.content else []
+        with session.get(f"{node.dicomweb_url}/{path}", params=params, timeout=config.dicom.timeout_seconds,
+                         headers={"Accept": "application/dicom+json"}, stream=True) as response:
+            _check_status(node, response, "a QIDO-RS search")
+            try:
+                body = _read_capped(response, QIDO_MAX_BYTES, "the PACS's answer", "a fixed cap")
+            except TooLarge as error:
+                raise PacsError(f"{node.name}: {error}; narrow the search") from None
+    try:
+        rows = json.loads(body) if body.strip() else []
+    except ValueError:
+        raise PacsError(f"{node.name}: the QIDO-RS answer is not DICOM JSON") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise PacsError(f"{node.name}: the QIDO-RS answer is not a list of DICOM JSON objects")
+    return rows
 
 
 def _text(item: dict, keyword: str) -> str:
@@ -151,7 +164,7 @@ def _match_of_json(item: dict) -> StudyMatch:
 
 def _find_web(config: Config, node: PacsNode, query: StudyQuery) -> list[StudyMatch]:
     params = {**query.keys(), "limit": str(query.limit), "includefield": ",".join(_STUDY_FIELDS)}
-    return [_match_of_json(item) for item in _qido(config, node, "studies", params)]
+    return [_match_of_json(item) for item in _qido(config, node, "studies", params)[:query.limit]]  # if it ignores it
 
 
 def instances(config: Config, node: PacsNode, study_uid: str, series_uid: str = "") -> list[tuple[str, str]]:
@@ -168,12 +181,12 @@ def _uid(text: str) -> str:
     return text
 
 
-def _read_capped(response: requests.Response, limit: int, what: str) -> bytes:
+def _read_capped(response: requests.Response, limit: int, what: str, setting: str = "RADLENS_MAX_UPLOAD_MB") -> bytes:
     chunks, size = [], 0
     for chunk in response.iter_content(1 << 20):
         size += len(chunk)
         if size > limit:
-            raise TooLarge(f"{what} is larger than {limit // 2**20:,} MiB (RADLENS_MAX_UPLOAD_MB); not retrieved")
+            raise TooLarge(f"{what} is larger than {limit // 2**20:,} MiB ({setting}); not retrieved")
         chunks.append(chunk)
     return b"".join(chunks)
 
