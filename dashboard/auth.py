@@ -17,7 +17,7 @@ from engine.identity.accounts import authenticate, change_password, create_first
 from engine.identity.oidc import oidc_user
 from engine.identity.sessions import check_session, end_session, start_session
 
-__all__ = ["signed_in_user", "sign_out", "account_panel"]
+__all__ = ["signed_in_user", "sign_out", "account_panel", "refreshing"]
 
 
 def _session_user(ctx: Context) -> User | None:
@@ -31,6 +31,33 @@ def _session_user(ctx: Context) -> User | None:
         st.session_state.pop(state.SESSION, None)
         st.session_state[state.SIGN_IN_NOTE] = str(expired)
         return None
+
+
+def _still_signed_in() -> bool:
+    """The tab's session is still live (not ended, idle, revoked, nor its account disabled), checked without
+    counting as activity: a page left refreshing itself must not keep a session alive."""
+    ctx = resources.base_context()
+    if ctx.config.auth.mode == "none":
+        return True
+    try:
+        check_session(ctx, st.session_state.get(state.SESSION), touch=False)
+        return True
+    except SessionExpired as expired:
+        st.session_state.pop(state.SESSION, None)
+        st.session_state[state.SIGN_IN_NOTE] = str(expired)
+        return False
+
+
+def refreshing(render: Callable, every: float | None) -> Callable:
+    """`render` as a fragment that reruns itself every `every` seconds (None: never). A fragment's rerun skips
+    the page's sign-in gate, so each one checks the session first; once it has ended the whole app reruns and
+    the gate shows the sign-in form instead."""
+    def guarded(*args, **kwargs):
+        if every and not _still_signed_in():
+            st.rerun()
+        return render(*args, **kwargs)
+
+    return st.fragment(run_every=every)(guarded)
 
 
 def _narrow():

@@ -9,6 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from dashboard.auth import refreshing
 from dashboard.text import md
 from engine.batch.backends import BACKENDS
 from engine.batch.run import (
@@ -121,7 +122,7 @@ def _render(ctx: Context, job_id: int, was_active: bool) -> None:
 def live_run(ctx: Context, job_id: int) -> None:
     """The run's progress (refreshing while it runs), then its results and their download."""
     active = get_job(ctx.store, job_id).active
-    st.fragment(run_every=REFRESH_S if active else None)(_render)(ctx, job_id, active)
+    refreshing(_render, REFRESH_S if active else None)(ctx, job_id, active)
     if active:
         return
     rows = list(islice(batch_rows(ctx, job_id, with_paths=True), PREVIEW_ROWS))

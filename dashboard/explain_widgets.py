@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import state
+from dashboard.auth import refreshing
 from dashboard.text import md
 from dashboard.widgets import Exporter
 from engine.cases.heatmap_audit import (
@@ -161,9 +162,12 @@ def audit_form() -> dict | None:
     return None
 
 
-@st.fragment(run_every=3)
 def audit_runs(store) -> None:
     """Every audit with its progress, refreshed every 3 s; the page reruns when a running one ends."""
+    refreshing(_audit_runs, 3)(store)
+
+
+def _audit_runs(store) -> None:
     runs = list_audits(store)
     running = any(r["status"] in ("queued", "running") for r in runs)
     if st.session_state.get(state.AUDIT_RUNNING) and not running:

@@ -10,6 +10,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from dashboard import links
+from dashboard.auth import refreshing
 from dashboard.model_widgets import headline
 from dashboard.text import md, plain
 from engine.config import Config
@@ -209,4 +210,4 @@ def _render(ctx: Context, job_id: int, was_active: bool) -> None:
 def live_job(ctx: Context, job_id: int) -> None:
     """The job's view; refreshes itself every REFRESH_S seconds while the job is queued or running."""
     active = get_job(ctx.store, job_id).active
-    st.fragment(run_every=REFRESH_S if active else None)(_render)(ctx, job_id, active)
+    refreshing(_render, REFRESH_S if active else None)(ctx, job_id, active)

@@ -261,3 +261,47 @@ def test_a_qido_answer_is_read_under_a_cap_and_the_limit_is_honoured(config):
             find(config, PacsNode("huge", huge.url), StudyQuery(limit=5))
     finally:
         huge.close()
+
+
+def _fragment_script():
+    import streamlit as st
+
+    from dashboard import state
+    from dashboard.auth import refreshing
+
+    if not st.session_state.get(state.SESSION):  # the app's gate, as dashboard/app.py runs it first
+        st.write("sign-in form")
+        st.stop()
+    refreshing(lambda: st.write("job progress"), 5)()
+
+
+def test_a_self_refreshing_view_rechecks_the_session_and_leaves_it_idle(config, ctx, monkeypatch):
+    """A fragment's rerun skips the page's gate: each self-refreshing view checks the session itself, without
+    counting as activity, and an ended session (a disabled account) takes the tab back to the sign-in form."""
+    import re
+    from pathlib import Path
+
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard import state
+    from engine.identity.accounts import add_account, set_disabled
+    from engine.identity.sessions import start_session
+
+    monkeypatch.setenv("RADLENS_HOME", str(config.home))
+    st.cache_resource.clear()
+    alice = add_account(ctx, "alice", "correct horse battery staple", "clinician").user
+    app = AppTest.from_function(_fragment_script)
+    app.session_state[state.SESSION] = start_session(ctx, alice, "local")
+    assert "job progress" in [m.value for m in app.run().markdown]
+    with ctx.store.read() as db:
+        seen = db.execute("SELECT last_seen FROM sessions").fetchone()[0]
+    set_disabled(ctx, "alice", True)
+    assert [m.value for m in app.run().markdown] == ["sign-in form"]
+    with ctx.store.read() as db:
+        assert db.execute("SELECT last_seen FROM sessions").fetchone()[0] == seen  # not touched by refreshing
+    st.cache_resource.clear()
+    # Every self-refreshing view goes through it: no other fragment with a timer in the dashboard.
+    root = Path(__file__).resolve().parent.parent
+    timers = [p.name for p in (root / "dashboard").glob("*.py") if re.search(r"fragment\(run_every", p.read_text())]
+    assert timers == ["auth.py"]

@@ -96,6 +96,7 @@ _ENDED = {
     "user.disable": "your account was disabled",
     "user.role": "your role changed: sign in again",
     "user.reset_password": "your password was reset: sign in with the new one",
+    "user.change_password": "your password was changed in another session: sign in with the new one",
 }
 
 
