@@ -84,13 +84,15 @@ def node_form() -> tuple[PacsNode, str, str] | None:
         c1, c2 = st.columns(2)
         username = c1.text_input("DICOMweb user name (optional)", max_chars=128)
         password = c2.text_input("Password", type="password", help="Kept in a 0600 file outside the database")
-        c1, c2 = st.columns(2)
+        c1, c2, c3 = st.columns(3)
+        tls = c3.checkbox("DIMSE over TLS", help="Mutual-certificate DICOM TLS with this node (the server's "
+                          "RADLENS_DICOM_TLS_CERT, _KEY and _CA)")
         plain = c1.checkbox("Allow results over plain http://", help="Re-identified results go over https only "
                             "(or to this machine); tick only for a PACS on a trusted private network")
         others = c2.checkbox("Accept results of other nodes' studies", help="By default a study's results go back "
                              "only to the node it came from")
         if st.form_submit_button("Save node", type="primary"):
-            return PacsNode(name, url, ae, host, int(port), plain, others), username, password
+            return PacsNode(name, url, ae, host, int(port), plain, others, tls), username, password
     return None
 
 
@@ -98,7 +100,7 @@ def nodes_table(nodes: list[PacsNode], reports: dict[str, EchoReport]) -> str | 
     """The nodes with their last echo; returns the name whose Test button was pressed."""
     st.dataframe(pd.DataFrame([{
         "Name": n.name, "DICOMweb URL": n.dicomweb_url, "AE title": n.ae_title,
-        "Host:port": f"{n.host}:{n.port}" if n.dimse else "",
+        "Host:port": (f"{n.host}:{n.port}" + (" (TLS)" if n.tls else "")) if n.dimse else "",
         "Receives": ", ".join(["own studies", *(["other nodes' studies"] if n.accepts_other_studies else []),
                                *(["plain http"] if n.allow_plain_http else [])]),
         "Last test": "; ".join(f"{via}: {r}" for via, r in reports[n.name].results.items())

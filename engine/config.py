@@ -121,6 +121,9 @@ class DicomSettings:
     timeout_seconds: float = 30.0  # network timeout of every PACS request (connect, DIMSE, HTTP)
     acse_timeout_seconds: float = 5.0  # how long the listener waits for a connection's association request
     peer_associations: int = 4  # associations one peer address may hold at once (all peers: 8)
+    tls_cert: str = ""  # DICOM TLS (engine.pacs.tls): RadLens' certificate, its key, the CA nodes' certificates
+    tls_key: str = ""
+    tls_ca: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> DicomSettings:
@@ -132,7 +135,9 @@ class DicomSettings:
                            timeout_seconds=float(env.get("RADLENS_PACS_TIMEOUT_S", cls.timeout_seconds)),
                            acse_timeout_seconds=float(env.get("RADLENS_DICOM_ACSE_TIMEOUT_S",
                                                               cls.acse_timeout_seconds)),
-                           peer_associations=int(env.get("RADLENS_DICOM_PEER_ASSOCIATIONS", cls.peer_associations)))
+                           peer_associations=int(env.get("RADLENS_DICOM_PEER_ASSOCIATIONS", cls.peer_associations)),
+                           tls_cert=env.get("RADLENS_DICOM_TLS_CERT", ""), tls_key=env.get("RADLENS_DICOM_TLS_KEY", ""),
+                           tls_ca=env.get("RADLENS_DICOM_TLS_CA", ""))
         except ValueError as exc:
             raise ConfigError(f"a DICOM setting (RADLENS_DICOM_PORT, RADLENS_DICOM_QUIET_S, RADLENS_PACS_TIMEOUT_S, "
                               f"RADLENS_DICOM_ACSE_TIMEOUT_S, RADLENS_DICOM_PEER_ASSOCIATIONS) is not a number: "

@@ -293,10 +293,11 @@ def _m014_case_patient(db: Database) -> None:
     """A case's patient pseudonym: an instance naming a known study UID joins that case only for the same
     patient (a sender reusing a study UID would otherwise add its image to someone else's case). And what an
     administrator allows a node to receive: re-identified results over plain HTTP, results of other nodes'
-    studies."""
+    studies; and whether DIMSE with it runs over DICOM TLS."""
     db["cases"].add_column("patient_key", str)
     db["pacs_nodes"].add_column("allow_plain_http", int, not_null_default=0)
     db["pacs_nodes"].add_column("accepts_other_studies", int, not_null_default=0)
+    db["pacs_nodes"].add_column("tls", int, not_null_default=0)
 
 
 MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (

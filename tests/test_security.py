@@ -305,3 +305,88 @@ def test_a_self_refreshing_view_rechecks_the_session_and_leaves_it_idle(config, 
     root = Path(__file__).resolve().parent.parent
     timers = [p.name for p in (root / "dashboard").glob("*.py") if re.search(r"fragment\(run_every", p.read_text())]
     assert timers == ["auth.py"]
+
+
+def _certificates(folder, names: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """A CA and, for each name -> IP address, a certificate it signed: {name: (cert path, key path), 'ca': ...}."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def write(name, cert, key):
+        (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (folder / f"{name}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                               serialization.PrivateFormat.PKCS8,
+                                                               serialization.NoEncryption()))
+        return str(folder / f"{name}.pem"), str(folder / f"{name}.key")
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"test CA {folder.name}")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+          .not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    out = {"ca": write("ca", ca, ca_key)}
+    for name, address in names.items():
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+                .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=1))
+                .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]),
+                               critical=False).sign(ca_key, hashes.SHA256()))
+        out[name] = write(name, cert, key)
+    return out
+
+
+def test_dicom_tls_admits_only_a_node_with_a_certificate_our_ca_signed(tmp_path):
+    import dataclasses
+    import ssl
+
+    from engine.pacs.client import echo
+
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    ours.mkdir(), theirs.mkdir()
+    certs = _certificates(ours, {"radlens": "127.0.0.1", "pacs": "127.0.0.2"})
+    stranger = _certificates(theirs, {"pacs": "127.0.0.2"})  # the same name, another CA
+    settings = DicomSettings(port=0, quiet_seconds=60, timeout_seconds=5, acse_timeout_seconds=1,
+                             tls_cert=certs["radlens"][0], tls_key=certs["radlens"][1], tls_ca=certs["ca"][0])
+    config = Config(home=tmp_path / "home", data_dir=None, dicom=settings)
+    ctx = Context(config, open_store(config), User("dicom-listener:RADLENS", "DICOM listener", "system"))
+    save_node(ctx, PacsNode("pacs", ae_title=NODE_AE, host="127.0.0.2", port=4242, tls=True))
+    listener = Listener(ctx).start(address="127.0.0.1", port=0)
+    try:
+        def push(cert: tuple[str, str] | None, ca: str, uid: str):
+            sender = AE(ae_title=NODE_AE)
+            sender.add_requested_context(SecondaryCaptureImageStorage)
+            sender.add_requested_context(_ct(uid).SOPClassUID)
+            tls = None
+            if cert:
+                context = ssl.create_default_context(cafile=ca)
+                context.load_cert_chain(*cert)
+                tls = (context, "127.0.0.1")
+            assoc = sender.associate("127.0.0.1", listener.port, ae_title="RADLENS", bind_address=("127.0.0.2", 0),
+                                     tls_args=tls)
+            if not assoc.is_established:
+                return None
+            status = assoc.send_c_store(_ct(uid))
+            assoc.release()
+            return status.Status if status else None
+
+        assert push(certs["pacs"], certs["ca"][0], "21") == 0x0000  # the node, with its certificate
+        assert push(None, "", "22") is None  # no TLS at all
+        assert push(stranger["pacs"], certs["ca"][0], "23") is None  # a certificate another CA signed
+        assert _images(ctx) == 1
+        # RadLens calling a TLS node checks its certificate (here: its own listener, reached as a node)
+        save_node(ctx, PacsNode("self", ae_title="RADLENS", host="127.0.0.1", port=listener.port, tls=True))
+        assert echo(config, PacsNode("self", ae_title="RADLENS", host="127.0.0.1", port=listener.port,
+                                     tls=True)).results == {"dimse": "ok"}
+        untrusting = dataclasses.replace(config, dicom=dataclasses.replace(settings, tls_ca=stranger["ca"][0]))
+        assert echo(untrusting, PacsNode("self", ae_title="RADLENS", host="127.0.0.1", port=listener.port,
+                                         tls=True)).results != {"dimse": "ok"}
+    finally:
+        listener.stop()

@@ -25,6 +25,7 @@ from pydicom.multival import MultiValue
 from engine.config import Config
 from engine.errors import EngineError, PacsError, TooLarge, UnreadableStudy
 from engine.pacs.nodes import PacsNode, credentials
+from engine.pacs.tls import client_tls
 
 __all__ = ["StudyMatch", "StudyQuery", "EchoReport", "echo", "find", "instances", "fetch_dicomweb", "fetch_cget",
            "VIAS", "choose_via", "received_bytes", "count_instances", "store_dicomweb", "store_cstore", "STORERS",
@@ -258,7 +259,8 @@ def _ae(config: Config):
 
 def _associate(config: Config, node: PacsNode, ae, **kwargs):
     _reachable(config, node)
-    assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, **kwargs)
+    assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, tls_args=client_tls(config.dicom, node),
+                         **kwargs)
     if assoc.is_established:
         return assoc
     if assoc.is_rejected:

@@ -24,7 +24,7 @@ __all__ = ["add_parsers", "COMMANDS"]
 
 def _add(args, ctx: Context) -> int:
     node = save_node(ctx, PacsNode(args.name, args.url or "", args.ae or "", args.host or "", args.port or 0,
-                                   args.allow_plain_http, args.accepts_other_studies))
+                                   args.allow_plain_http, args.accepts_other_studies, args.tls))
     if args.username:
         save_credentials(ctx, node.name, args.username, read_password(args))
     ways = ([f"DICOMweb {node.dicomweb_url}"] if node.web else []) + \
@@ -159,6 +159,8 @@ def add_parsers(sub) -> None:
     add.add_argument("--port", type=int, help="DIMSE port")
     add.add_argument("--username", help="DICOMweb user name; the password is read from stdin or asked")
     add.add_argument("--password-stdin", action="store_true", help="read the password from stdin's first line")
+    add.add_argument("--tls", action="store_true", help="DIMSE with this node over DICOM TLS (RADLENS_DICOM_TLS_CERT, "
+                     "_KEY and _CA must be set)")
     add.add_argument("--allow-plain-http", action="store_true",
                      help="let re-identified results go to this node over plain http:// (default: https only, or "
                           "this machine)")

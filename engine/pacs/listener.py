@@ -38,6 +38,7 @@ from engine.errors import EngineError
 from engine.keys import private_dir
 from engine.pacs.nodes import RESERVED_AE_TITLE, list_nodes, node_for_ae, peer_addresses
 from engine.pacs.routing import note_arrival, route_ready
+from engine.pacs.tls import server_context
 
 __all__ = ["Listener", "OUT_OF_RESOURCES", "CANNOT_UNDERSTAND", "REFUSED"]
 
@@ -55,8 +56,27 @@ def _server_class(listener: Listener):
     from pynetdicom.transport import ThreadedAssociationServer
 
     class _Server(ThreadedAssociationServer):
+        def get_request(self):
+            """Accept; with TLS, refuse a stranger before the handshake, and give the handshake the ACSE
+            timeout (pynetdicom's own would wait for a silent client for ever, holding the accept loop)."""
+            client, address = self.socket.accept()
+            if self.ssl_context:
+                if not listener._admit(address[0], self.active_associations):
+                    client.close()
+                    raise OSError("refused")
+                client.settimeout(listener.settings.acse_timeout_seconds)
+                try:
+                    client = self.ssl_context.wrap_socket(client, server_side=True)
+                except (OSError, ValueError) as error:
+                    client.close()
+                    listener._refused(address[0], "", f"TLS handshake failed ({type(error).__name__})",
+                                      once_a_minute=True)
+                    raise OSError("handshake failed") from None
+                client.settimeout(None)
+            return client, address
+
         def verify_request(self, request, client_address) -> bool:  # socketserver's hook, before any read
-            return listener._admit(client_address[0], self.active_associations)
+            return bool(self.ssl_context) or listener._admit(client_address[0], self.active_associations)
 
     return _Server
 
@@ -214,7 +234,8 @@ class Listener:
                     (evt.EVT_DATA_RECV, self._data), (evt.EVT_CONN_CLOSE, self._closed)]
         where = (address or self.settings.address, self.settings.port if port is None else port)
         try:
-            self.server = self.ae.make_server(where, evt_handlers=handlers, server_class=_server_class(self))
+            self.server = self.ae.make_server(where, evt_handlers=handlers, server_class=_server_class(self),
+                                              ssl_context=server_context(self.settings))
         except OSError as error:
             raise EngineError(f"the DICOM listener cannot listen on {where[0]}:{where[1]} ({error.strerror}); "
                               "set RADLENS_DICOM_PORT to a free port") from None

@@ -49,6 +49,7 @@ class PacsNode:
     # so; results of studies that came from another node only when an administrator says so.
     allow_plain_http: bool = False
     accepts_other_studies: bool = False
+    tls: bool = False  # DIMSE over DICOM TLS (engine.pacs.tls)
 
     @property
     def dimse(self) -> bool:
@@ -62,7 +63,7 @@ class PacsNode:
         """The node with its fields normalised; InvalidOption naming the field that cannot work."""
         node = PacsNode(self.name.strip(), self.dicomweb_url.strip().rstrip("/"), self.ae_title.strip(),
                         self.host.strip(), int(self.port or 0), bool(self.allow_plain_http),
-                        bool(self.accepts_other_studies))
+                        bool(self.accepts_other_studies), bool(self.tls))
         if not _NAME.fullmatch(node.name):
             raise InvalidOption("a node name is 1-32 letters, digits, '-' or '_', starting with a letter or digit")
         if node.web and (urlparse(node.dicomweb_url).scheme not in ("http", "https")
@@ -109,9 +110,9 @@ def remove_node(ctx: Context, name: str) -> None:
 def list_nodes(store: Store) -> list[PacsNode]:
     with store.read() as db:
         rows = list(db.query("SELECT name, dicomweb_url, ae_title, host, port, allow_plain_http, "
-                             "accepts_other_studies FROM pacs_nodes ORDER BY name"))
+                             "accepts_other_studies, tls FROM pacs_nodes ORDER BY name"))
     return [PacsNode(r["name"], r["dicomweb_url"] or "", r["ae_title"] or "", r["host"] or "", r["port"] or 0,
-                     bool(r["allow_plain_http"]), bool(r["accepts_other_studies"])) for r in rows]
+                     bool(r["allow_plain_http"]), bool(r["accepts_other_studies"]), bool(r["tls"])) for r in rows]
 
 
 def get_node(store: Store, name: str) -> PacsNode:
