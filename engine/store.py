@@ -300,6 +300,13 @@ def _m014_case_patient(db: Database) -> None:
     db["pacs_nodes"].add_column("tls", int, not_null_default=0)
 
 
+def _m015_synthetic_prints(db: Database) -> None:
+    """Likeness prints of every generated image (engine.synthetic.prints): ingest refuses an upload that looks
+    like one, however its mark was removed."""
+    db["synthetic_prints"].create({"id": int, "generator": str, "label": str, "seed": int, "idx": int,
+                                   "print": bytes, "created_at": str}, pk="id")
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (1, "initial schema", _m001_initial),
     (2, "prediction provenance", _m002_prediction_provenance),
@@ -315,6 +322,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (12, "batch runs: shards, results, reason rows", _m012_batch),
     (13, "audit rows sealed when written, never later; a keyed head", _m013_audit_sealed_at_write),
     (14, "a case's patient pseudonym; what a node may receive", _m014_case_patient),
+    (15, "likeness prints of generated images", _m015_synthetic_prints),
 )
 _AUDIT_HEAD = "audit_head"
 

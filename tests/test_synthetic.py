@@ -157,7 +157,8 @@ def test_memorisation_flags_a_planted_copy_and_near_copy_and_few_real_images(con
 # --- generation, export, the training program ---------------------------------------------------------------------
 
 @needs_data
-def test_a_gallery_is_generated_logged_and_exported_without_flagged_images(ctx, config, reference_cache, shipped):
+def test_a_gallery_is_exported_without_flagged_images_and_never_laundered_back_in(ctx, config, reference_cache,
+                                                                                  shipped):
     install_references(config, reference_cache)
     refs = load_references(config, shipped, load_model(find_model(config, DEFAULT_CLASSIFIER).path))
     made = synthesise(ctx, shipped, refs, "normal", 6, seed=3)
@@ -174,6 +175,28 @@ def test_a_gallery_is_generated_logged_and_exported_without_flagged_images(ctx, 
     with ctx.store.read() as db:
         actions = [r[0] for r in db.execute("SELECT action FROM audit_log ORDER BY id")]
     assert "synthetic.generate" in actions and "synthetic.export" in actions
+    _laundered_copies_are_refused_and_real_films_land(ctx, cv2.imdecode(np.frombuffer(first, np.uint8), 0))
+
+
+def _laundered_copies_are_refused_and_real_films_land(ctx, exported: np.ndarray) -> None:
+    """Every image made for a person is registered; a 1-pixel crop, a resize, a flip, an inversion, 16 bits or
+    paint over the mark (the laundering the security review did) no longer gets it in as a patient."""
+    h, w = exported.shape
+    painted = exported.copy()
+    painted[:h // 12 + 2, :w // 2] = int(exported[h // 4:, w // 4:].mean())
+    edits = {"crop.png": exported[1:, 1:], "small.png": cv2.resize(exported, (w // 2, h // 2)),
+             "big.png": cv2.resize(exported, (w * 2, h * 2)), "flip.png": exported[:, ::-1],
+             "upside.png": exported[::-1], "inverted.png": 255 - exported,
+             "deep.png": exported.astype(np.uint16) * 257, "painted.png": painted}
+    for name in ("crop.png", "small.png", "flip.png", "inverted.png", "painted.png"):
+        assert not has_mark(edits[name]), name  # the mark alone would have let these in
+    laundered = [(n, cv2.imencode(".png", np.ascontiguousarray(p))[1].tobytes()) for n, p in edits.items()]
+    laundered.append(("quality.jpg", cv2.imencode(".jpg", painted, [cv2.IMWRITE_JPEG_QUALITY, 70])[1].tobytes()))
+    films = sorted((DATA_DIR / "cxr_pneumonia" / "train" / "normal").glob("*.jpg"))[:20]
+    results = ingest_files([*laundered, *((f.name, f.read_bytes()) for f in films)], ctx)
+    refused = [r.file for r in results if r.error.startswith("SyntheticImage")]
+    assert refused == [name for name, _ in laundered]
+    assert all(r.status == "ok" for r in results[len(laundered):])  # real films are not mistaken for one
 
 
 def test_a_clinician_may_not_generate(ctx, shipped):

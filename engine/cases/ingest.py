@@ -37,13 +37,14 @@ from engine.io.deid import deidentify
 from engine.io.fields import fields_of
 from engine.io.jpeg import strip_encapsulated_jpeg_metadata, strip_jpeg_metadata
 from engine.io.link import capture, seal
-from engine.io.mark import has_mark, png_says_synthetic
+from engine.io.mark import has_mark, png_says_synthetic, thumbnail
 from engine.io.sandbox import sandbox_for
 from engine.io.sniff import is_zip
 from engine.io.study import Study, Window
 from engine.io.volume import is_array_volume, volume_as_dicom
 from engine.keys import secret_key
 from engine.store import utc_now
+from engine.synthetic.prints import is_synthetic
 
 __all__ = ["IngestResult", "Prepared", "prepare", "prepare_here", "render_untrusted", "ingest_files", "ingest_paths",
            "remove_orphan_files"]
@@ -78,6 +79,7 @@ class Prepared:
     sha256: str
     link: bytes = b""  # the sealed original-study link (engine.io.link), for studies that came from a PACS
     patient_key: str = ""  # the patient's pseudonym (DICOM only): a study UID never joins two patients' images
+    thumbnail: bytes = b""  # 64 x 64 float32 of the first frame: checked against generated images' prints
 
 
 def _sandbox(limits: Limits):
@@ -124,7 +126,7 @@ def prepare_here(data: bytes, key: bytes, limits: Limits, link: bool = False) ->
     sha = hashlib.sha256(stored).hexdigest()
     sealed = seal(key, sha, capture(study.dataset)) if link and study.dataset is not None else b""
     return Prepared(stored, extension, fields, f"study:{key_uid}" if key_uid else f"image:{sha}", sha, sealed,
-                    patient)
+                    patient, thumbnail(study.frames[0]).tobytes())
 
 
 def _refuse_synthetic(data: bytes, study: Study) -> None:
@@ -237,6 +239,9 @@ def _expand(name: str, data: bytes, config: Config) -> Iterator[tuple[str, bytes
 def _ingest_one(name: str, data: bytes, key: bytes, ctx: Context, source: str, origin_node: str) -> IngestResult:
     try:
         prepared = prepare(data, key, ctx.config, link=bool(origin_node))
+        if prepared.thumbnail and is_synthetic(ctx.store, np.frombuffer(prepared.thumbnail, np.float32)):
+            raise SyntheticImage("an image RadLens generated (it matches a synthetic image, even without its "
+                                 "mark): generated images are never ingested as cases")
         case_id, image_id, duplicate = _write(prepared, ctx, source, origin_node)
     except EngineError as error:
         return IngestResult(name, "error", error=_message(error))

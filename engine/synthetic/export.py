@@ -17,6 +17,7 @@ from engine.io.mark import mark, synthetic_png
 from engine.io.spreadsheet import SafeDictWriter
 from engine.synthetic.evaluation import Gallery, References, gallery
 from engine.synthetic.generator import MAX_PER_REQUEST, LoadedGenerator
+from engine.synthetic.prints import register
 
 __all__ = ["synthesise", "shown", "upscaled", "export_zip", "EXPORT_SIZE", "MANIFEST_COLUMNS"]
 
@@ -31,8 +32,10 @@ def synthesise(ctx: Context, gen: LoadedGenerator, refs: References, label: str,
     if not 1 <= n <= MAX_PER_REQUEST:
         raise InvalidOption(f"ask for 1 to {MAX_PER_REQUEST} images (got {n})")
     made = gallery(gen, refs, label, n, seed)
-    ctx.log("synthetic.generate", "generator", gen.name, {"label": label, "images": n, "seed": seed,
-                                                          "flagged": int(made.check.flagged.sum())})
+    with ctx.store.write() as db:  # what is shown can be saved from the screen: every image is registered
+        register(db, gen.name, label, seed, np.stack([shown(image) for image in made.images]))
+        ctx.audit(db, "synthetic.generate", "generator", gen.name, {"label": label, "images": n, "seed": seed,
+                                                                   "flagged": int(made.check.flagged.sum())})
     return made
 
 
