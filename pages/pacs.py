@@ -52,5 +52,6 @@ for tab in admin_tab:
             st.rerun()
         if (after := pacs_widgets.send_after_review_toggle(send_after_review(ctx.store))) is not None:
             set_send_after_review(ctx, after)
-        st.caption(md("RadLens listens for pushed studies as AE title {ae} on port {port}; only configured nodes "
-                      "may push.", ae=ctx.config.dicom.ae_title, port=ctx.config.dicom.port))
+        st.caption(md("RadLens listens for pushed studies as AE title {ae} on port {port}{tls}; only configured nodes "
+                      "may push, each from its own host's address.", ae=ctx.config.dicom.ae_title,
+                      port=ctx.config.dicom.port, tls=" over DICOM TLS" if ctx.config.dicom.tls_cert else ""))
