@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pydicom
 import pytest
 
 from engine.batch.backends import Shard, run_ray
@@ -31,7 +32,7 @@ from engine.cases.ingest import ingest_files
 from engine.context import Context, User
 from engine.errors import BatchSourceError, JobError, PermissionDenied
 from engine.jobs.queue import JobStatus, cancel_job, get_job, resume_job
-from tests.conftest import DATA_DIR, dicom_path, needs_data
+from tests.conftest import DATA_DIR, dicom_bytes, dicom_path, needs_data
 from tests.hostile import deflate_bomb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -386,3 +387,27 @@ def test_the_gpu_check_runs_its_code_on_a_cpu(tmp_path):
     assert report["segmentation"]["gpu_forward_only_batch_64"]["images_per_s"] > 0
     assert report["training"]["images_per_s"] > 0
     assert report["batch_engine"]["failed"] == 0 and report["batch_engine"]["films"] == 32
+
+
+def test_batch_results_csv_is_defused_and_paths_are_shown_to_the_owner_and_clinicians_only(ctx, tmp_path):
+    from engine.batch.run import HIDDEN_PATH, write_results_csv
+
+    folder = ctx.config.home / "batch" / "Doe_Jane_chest"  # under the batch folders a signed-in user may use
+    folder.mkdir(parents=True)
+    hostile = pydicom.dcmread(io.BytesIO(dicom_bytes("CT_small.dcm")))
+    hostile.BodyPartExamined = '=HYPERLINK("http://example.invalid","x")'
+    hostile.save_as(folder / "Doe_Jane.dcm", enforce_file_format=True)
+    owner = ctx.as_user(User("local:rita", "Rita", "researcher"))
+    job_id = start_batch(owner, BatchRequest(str(folder), workers=1), background=False)
+    run_batch(owner, job_id)
+
+    def exported(who: Context) -> str:
+        buffer = io.StringIO()
+        assert write_results_csv(who, job_id, buffer) == 1
+        return buffer.getvalue()
+
+    mine = exported(owner)
+    assert "'=HYPERLINK" in mine and ",=HYPERLINK" not in mine  # a spreadsheet shows it as text
+    assert "Doe_Jane.dcm" in mine and "Doe_Jane.dcm" in exported(ctx.as_user(User("local:c", "C", "clinician")))
+    other = exported(ctx.as_user(User("local:r2", "R2", "researcher")))
+    assert "Doe_Jane" not in other and HIDDEN_PATH in other
