@@ -26,8 +26,6 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from bench.common import report
-from engine.cases.diagnosis import judge, load_classifier, record_prediction
-from engine.cases.images import get_image, gray_image
 from engine.cases.ingest import ingest_files
 from engine.config import Config
 from engine.context import Context
@@ -35,6 +33,8 @@ from engine.draw import DISPLAY_MAX_SIDE, fit_within, overlay
 from engine.inference.classify import Prediction
 from engine.models import cam_layer
 from engine.models.scope import ANALYSED, Verdict
+from engine.stored import get_image, gray_image
+from engine.tasks.classification import judge, load_classifier, record_prediction
 
 FULLRES = "cxr_pneumonia_fullres/NORMAL2-IM-1113-0001.jpeg"  # the largest, 2128 x 1630
 

@@ -29,13 +29,13 @@ import numpy as np
 import torch
 
 from bench.common import machine
-from engine.batch.work import device_for
 from engine.inference.batch import autocast
 from engine.inference.classify import Classifier
 from engine.inference.segment import Segmenter
 from engine.io import read_study
 from engine.models.catalog import SHIPPED_DIR
 from engine.models.checkpoint import load_model
+from engine.models.device import choose_device
 from engine.models.preprocess import model_view
 from engine.models.registry import create_model
 
@@ -77,8 +77,8 @@ def _rate(fn, images_per_call: int, seconds: float, device: str) -> dict:
 
 # --- 1. CUDA code paths ----------------------------------------------------------------------------------------
 def check_device_selection(device: str, films) -> str:
-    assert device_for("auto") == device, f"auto picked {device_for('auto')}"
-    return f"auto -> {device_for('auto')}"
+    assert choose_device("auto") == device, f"auto picked {choose_device('auto')}"
+    return f"auto -> {choose_device('auto')}"
 
 
 def check_amp(device: str, films) -> str:
@@ -227,7 +227,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="time per throughput figure")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 16 films, 0.2 s per figure, batch 8")
     args = parser.parse_args()
-    device = device_for(args.device)
+    device = choose_device(args.device)
     seconds, n = (0.2, 16) if args.quick else (args.seconds, args.films)
     started = time.perf_counter()
     report: dict = {"bench": "gpu", "machine": machine(), "device": device, "torch": torch.__version__,

@@ -36,9 +36,9 @@ from bench.common import report
 from engine.cases.worklist import WorklistQuery, list_worklist
 from engine.config import Config, DicomSettings
 from engine.context import Context, User
-from engine.pacs.client import StudyQuery, find
 from engine.pacs.nodes import PacsNode, save_credentials, save_node
 from engine.pacs.studies import pull
+from engine.pacs.transports import StudyQuery, find
 from engine.store import open_store
 from tests import orthanc as pacs
 from tests.orthanc import STUDY_UID, chest_study
@@ -133,10 +133,10 @@ def _scale(work: Path, server, port: int) -> dict:
 
 
 def _round_trip(work: Path, server, port: int, via: str, background: bool, classifier, i: int) -> dict:
-    from engine.cases.diagnosis import diagnose_image
-    from engine.cases.images import get_case
     from engine.pacs.push import send_case
     from engine.pacs.routing import set_routing
+    from engine.stored import get_case
+    from engine.tasks.classification import diagnose_image
 
     ctx = _with_node(_ctx(work / f"trip-{via}-{background}-{i}", port), server)
     if not background:
@@ -156,7 +156,7 @@ def _round_trip(work: Path, server, port: int, via: str, background: bool, class
 
 
 def _round_trips(work: Path, server, port: int, repeats: int) -> dict:
-    from engine.cases.diagnosis import load_classifier
+    from engine.tasks.classification import load_classifier
 
     classifier = load_classifier(_ctx(work / "classifier", port))
     out = {}
@@ -197,9 +197,9 @@ def _conformance(work: Path, server) -> dict:
 
 def _head_measurement_sent(work: Path, server, port: int) -> None:
     """A fetal-head study pulled, segmented and sent back, so its SEG is among the objects checked."""
-    from engine.cases.images import get_case
-    from engine.cases.segmentation import load_segmenter, segment_case_image
     from engine.pacs.push import send_case
+    from engine.stored import get_case
+    from engine.tasks.segmentation import load_segmenter, segment_case_image
     from tests.orthanc import head_study
 
     data = head_study()

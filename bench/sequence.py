@@ -29,7 +29,6 @@ import torch
 from bench.common import report
 from engine.cases.demo import _adrenal_items
 from engine.cases.ingest import ingest_files
-from engine.cases.sequence import analyse_sequence
 from engine.config import Config
 from engine.context import Context
 from engine.data.catalog import load_dataset
@@ -37,6 +36,7 @@ from engine.inference.sequence import SequenceClassifier
 from engine.models.catalog import SHIPPED_DIR
 from engine.models.checkpoint import LoadedModel, load_model, read_card
 from engine.tasks import get_task
+from engine.tasks.sequence import analyse_sequence
 
 SEED = 2024
 

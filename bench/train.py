@@ -205,10 +205,10 @@ def kills(root: Path, n: int, seed: int) -> dict:
 
 def serving(root: Path, repeats: int, job_threads: int) -> dict:
     from bench.common import summary, timed
-    from engine.cases.diagnosis import load_classifier
     from engine.cases.worklist import WorklistQuery, query_worklist
     from engine.data.catalog import gray_of_file
     from engine.jobs.queue import cancel_job
+    from engine.tasks.classification import load_classifier
 
     os.environ["RADLENS_HOME"] = str(root / "home")
     config = Config.from_env()

@@ -10,6 +10,7 @@ if str(ROOT) not in sys.path:  # so `engine` and `dashboard` import however stre
 
 import streamlit as st  # noqa: E402
 
+import engine.pacs  # noqa: E402,F401 - its after-review hook sends reviewed results back to the source PACS
 from dashboard import auth, state  # noqa: E402
 from dashboard.registry import PAGES  # noqa: E402
 from dashboard.widgets import DISCLAIMER  # noqa: E402

@@ -20,7 +20,7 @@ from engine.batch.run import (
     batch_summary,
     write_results_csv,
 )
-from engine.batch.work import BATCH_TASKS
+from engine.batch.work import batch_tasks
 from engine.context import Context
 from engine.jobs.queue import Job, JobStatus, get_job
 from engine.models.catalog import installed_models
@@ -42,7 +42,7 @@ def run_form(ctx: Context) -> BatchRequest | None:
                                "'path' column)", help=f"Batch runs may read under: {roots} (RADLENS_BATCH_ROOTS)",
                                key="batch.source")
         c1, c2, c3 = st.columns(3)
-        task = c1.selectbox("Task", list(BATCH_TASKS))
+        task = c1.selectbox("Task", batch_tasks())
         models = ["(active model)"] + [m.name for m in installed_models(ctx.config, task)]
         model = c2.selectbox("Model", models, help="The models installed for the task chosen when the form "
                              "was drawn; the engine refuses a model of another task")

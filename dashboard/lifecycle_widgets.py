@@ -11,6 +11,7 @@ from dashboard.text import md
 from engine.errors import EngineError
 from engine.models.catalog import InstalledModel, activation_log
 from engine.store import Store
+from engine.tasks import get_task
 
 __all__ = ["promote_button", "confirm_activation", "pending_activation", "rollback_buttons", "compare",
            "side_by_side", "history"]
@@ -111,7 +112,7 @@ def side_by_side(first: str, second: str, task: str) -> None:
         md("{name} {d:+.4f} (95 % CI {lo:+.4f} to {hi:+.4f}, " + ("excludes 0" if lo > 0 or hi < 0 else
            "includes 0: no difference established") + ")", name=name, d=d, lo=lo, hi=hi)
         for name, (d, lo, hi) in result["difference"].items()))
-    COMPARISON_VIEWS[task](reports)
+    COMPARISON_VIEWS[get_task(task).analysis.kind](reports)
 
 
 def _classification_comparison(reports: dict[str, dict]) -> None:
@@ -124,9 +125,8 @@ def _classification_comparison(reports: dict[str, dict]) -> None:
     _confusions(reports)
 
 
-# How each task's two reports are drawn side by side.
-COMPARISON_VIEWS = {"classification": _classification_comparison,
-                    "segmentation": model_widgets.seg_card_metrics, "sequence": _classification_comparison}
+# How two models' reports are drawn side by side, per kind of result (a task's `analysis.kind`).
+COMPARISON_VIEWS = {"probability": _classification_comparison, "mask": model_widgets.seg_card_metrics}
 
 
 def history(store: Store) -> None:

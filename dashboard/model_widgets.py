@@ -10,7 +10,7 @@ import streamlit as st
 from dashboard import links, state, widgets
 from dashboard.text import md, plain
 from dashboard.widgets import image_view
-from engine.cases.diagnosis import MAX_COMMENT, VERDICTS, CaseResult, raw_output
+from engine.cases.reviews import MAX_COMMENT, VERDICTS, review_case
 from engine.context import Context
 from engine.draw import COLORMAPS, DISPLAY_MAX_SIDE, overlay
 from engine.inference.classify import OOD_WARNING, Classifier, Prediction
@@ -18,8 +18,8 @@ from engine.io.study import Rendered
 from engine.models.card import ModelCard
 from engine.models.preprocess import Preprocessing
 from engine.models.scope import Scope
-from engine.pacs.push import review_case
 from engine.tasks import get_task
+from engine.tasks.classification import CaseResult, raw_output
 
 __all__ = ["overlay_controls", "result_panel", "plain_view", "cam_view", "prediction_panel", "review_form", "history",
            "card_metrics", "roc_chart", "reliability_chart", "reliability_overlay", "prep_text", "card_details",
@@ -50,9 +50,9 @@ def result_panel(ctx: Context, classifier: Classifier, result: CaseResult) -> Pr
     if not ctx.user.may("case.review"):
         st.caption("Reviews are recorded by clinicians: your role can read results but not review them.")
     elif submitted := review_form(classifier.loaded.labels, key=f"review.{result.case_id}"):
-        _, job_id = review_case(ctx, result.case_id, *submitted, prediction_id=result.prediction_id)
-        st.success("Review saved." + (f" Its results are being sent to the source PACS (job {job_id})."
-                                      if job_id else ""), icon=":material/check:")
+        _, jobs = review_case(ctx, result.case_id, *submitted, prediction_id=result.prediction_id)
+        st.success("Review saved." + (f" Its results are being sent to the source PACS (job {jobs[0]})."
+                                      if jobs else ""), icon=":material/check:")
     return prediction
 
 
@@ -237,9 +237,8 @@ def _classification_charts(metrics: dict) -> None:
         reliability_chart(metrics)
 
 
-# How each task's held-out metrics are drawn (its decision rules come from the task itself).
-CARD_VIEWS = {"classification": _classification_charts, "segmentation": seg_card_metrics,
-              "sequence": _classification_charts}
+# How each kind of result's held-out metrics are drawn (a task's `analysis.kind`; its rules come from the task).
+CARD_VIEWS = {"probability": _classification_charts, "mask": seg_card_metrics}
 
 
 def card_summary(card: ModelCard) -> None:
@@ -249,7 +248,7 @@ def card_summary(card: ModelCard) -> None:
                    icon=":material/warning:")
         return
     st.text(get_task(card.task).rules(card))
-    CARD_VIEWS[card.task](card.metrics)
+    CARD_VIEWS[get_task(card.task).analysis.kind](card.metrics)
 
 
 def prep_text(card: ModelCard) -> str:

@@ -12,13 +12,12 @@ import streamlit as st
 
 from dashboard.text import md, plain
 from engine.cases.ingest import IngestResult
-from engine.pacs.client import VIAS, EchoReport, StudyMatch, StudyQuery
 from engine.pacs.nodes import PacsNode
+from engine.pacs.transports import TRANSPORTS, VIAS, EchoReport, StudyMatch, StudyQuery
 
 __all__ = ["search_form", "matches_table", "pull_progress", "node_form", "nodes_table", "routing_form",
            "send_after_review_toggle"]
 
-_VIA_NAMES = {"dicomweb": "DICOMweb (QIDO-RS / WADO-RS)", "dimse": "DIMSE (C-FIND / C-GET)"}
 
 
 def search_form(nodes: list[PacsNode]) -> tuple[str, StudyQuery, str] | None:
@@ -26,7 +25,7 @@ def search_form(nodes: list[PacsNode]) -> tuple[str, StudyQuery, str] | None:
     with st.form("pacs.search"):
         c1, c2 = st.columns(2)
         node = c1.selectbox("PACS", [n.name for n in nodes])
-        via = c2.selectbox("Ask over", VIAS, format_func=_VIA_NAMES.get)
+        via = c2.selectbox("Ask over", VIAS, format_func=lambda via: TRANSPORTS[via].title)
         c1, c2, c3 = st.columns(3)
         dates = c1.date_input("Study date (range)", value=(), min_value=dt.date(1900, 1, 1), format="YYYY-MM-DD")
         modality = c2.selectbox("Modality", ["", "CR", "DX", "US", "CT", "MR", "MG", "NM", "PT", "XA", "OT"],

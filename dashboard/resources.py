@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
 
 from dashboard import state
-from engine.cases.diagnosis import load_classifier
-from engine.cases.images import load_image
-from engine.cases.segmentation import load_segmenter
-from engine.cases.sequence import TASK as SEQUENCE_TASK
-from engine.cases.sequence import load_sequence_classifier
 from engine.config import Config
 from engine.context import Context, User
 from engine.errors import SessionExpired
@@ -23,8 +17,11 @@ from engine.io.study import Study
 from engine.models.catalog import active_model, find_model
 from engine.models.checkpoint import load_model
 from engine.store import Store
+from engine.stored import load_image
 from engine.synthetic.evaluation import References, load_references
 from engine.synthetic.generator import LoadedGenerator, find_generator, load_generator
+from engine.tasks import Task, classification, get_task, segmentation, sequence
+from engine.tasks.analysis import load
 from engine.tasks.evaluation import compare_models
 
 NOBODY = User("nobody", "nobody", "none")  # holds no permission
@@ -69,10 +66,15 @@ def study(image_path: str, image_id: int) -> Study:
     return load_image(_base_config(), {"path": image_path, "id": image_id})
 
 
-@st.cache_resource(max_entries=4, show_spinner="Loading model...")
+@st.cache_resource(max_entries=8, show_spinner="Loading model...")
+def model(task: str, name: str):
+    """A task's loaded model shared by every session (its runner serialises calls with its own lock); loaded
+    once, on the device the engine chooses, and warmed up as the task says."""
+    return load(_base_context(), get_task(task), name)
+
+
 def classifier(name: str) -> Classifier:
-    """A loaded classifier shared by every session; Classifier serialises calls with its own lock."""
-    return load_classifier(_base_context(), name)
+    return model(classification.TASK.name, name)
 
 
 @st.cache_resource(max_entries=2, show_spinner="Preparing explanations...")
@@ -81,32 +83,21 @@ def explainer(name: str) -> Explainer:
     return Explainer(classifier(name))
 
 
-@st.cache_resource(max_entries=2, show_spinner="Loading segmentation model...")
-def segmenter(name: str) -> Segmenter:
-    """A loaded segmentation model shared by every session (Segmenter serialises calls with its lock).
-    One warm-up call on a blank image takes the one-off CPU kernel set-up (hundreds of ms) off the first case."""
-    segmenter = load_segmenter(_base_context(), name)
-    segmenter.segment(np.zeros((64, 64), np.uint8))
-    return segmenter
-
-
-@st.cache_resource(max_entries=2, show_spinner="Loading sequence model...")
-def sequence_classifier(name: str) -> SequenceClassifier:
-    """A loaded sequence model shared by every session (its calls are serialised by its lock)."""
-    return load_sequence_classifier(_base_context(), name)
+def active(ctx: Context, task: Task):
+    """The task's active model, loaded once and shared: what its page runs."""
+    return model(task.name, active_model(ctx, task.name).name)
 
 
 def active_classifier(ctx: Context) -> Classifier:
-    """The task's active model, loaded once and shared: what Diagnosis runs."""
-    return classifier(active_model(ctx, "classification").name)
+    return active(ctx, classification.TASK)
 
 
 def active_segmenter(ctx: Context) -> Segmenter:
-    return segmenter(active_model(ctx, "segmentation").name)
+    return active(ctx, segmentation.TASK)
 
 
 def active_sequence_classifier(ctx: Context) -> SequenceClassifier:
-    return sequence_classifier(active_model(ctx, SEQUENCE_TASK).name)
+    return active(ctx, sequence.TASK)
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the generator...")
@@ -124,7 +115,7 @@ def references(generator_name: str, classifier_name: str) -> References:
 
 def release_models() -> None:
     """Drop every loaded model, so the next page run loads the newly active one (after promote / roll back)."""
-    for cached in (classifier, explainer, segmenter, sequence_classifier, references):
+    for cached in (model, explainer, references):
         cached.clear()
 
 

@@ -12,7 +12,6 @@ import streamlit as st
 
 from dashboard import links, state
 from dashboard.text import md, plain
-from engine.cases.images import newest_in_scope, recent_cases, record_export, view_case
 from engine.cases.ingest import IngestResult
 from engine.cases.worklist import case_id_of
 from engine.context import Context
@@ -20,6 +19,7 @@ from engine.errors import EngineError
 from engine.io import presets
 from engine.io.study import Rendered, Spacing, Study, Window
 from engine.models.scope import Scope, Verdict
+from engine.stored import newest_in_scope, recent_cases, record_export, view_case
 
 T = TypeVar("T")
 DISCLAIMER = "For research use only. Not for use in diagnostic procedures."

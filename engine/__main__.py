@@ -24,6 +24,7 @@ from engine.io.study import Window
 from engine.keys import secret_key
 from engine.pacs import commands as pacs_commands
 from engine.synthetic import commands as synthetic_commands
+from engine.tasks import task_names
 
 
 def _init(args, ctx: Context) -> int:
@@ -70,7 +71,7 @@ def _render(args, ctx: Context) -> int:
 def _landed(paths: list[Path], ctx: Context, failed: list) -> Iterator[tuple[IngestResult, dict]]:
     """Ingest the paths; yield (result, image row) per landed file. A file that did not land prints one
     JSON error line and is appended to `failed`; the others go on."""
-    from engine.cases.images import get_image
+    from engine.stored import get_image
 
     for result in ingest_paths(paths, ctx):
         if result.ok:
@@ -87,8 +88,8 @@ def _prediction_fields(p) -> dict:
 
 
 def _classify(args, ctx: Context) -> int:
-    from engine.cases.diagnosis import diagnose_image, load_classifier, raw_output
     from engine.draw import overlay
+    from engine.tasks.classification import diagnose_image, load_classifier, raw_output
 
     failed = []
     classifier = load_classifier(ctx, args.model)
@@ -119,8 +120,8 @@ def _classify(args, ctx: Context) -> int:
 
 
 def _segment(args, ctx: Context) -> int:
-    from engine.cases.segmentation import load_segmenter, mask_png, raw_segmentation, segment_case_image
     from engine.data.hc18 import manifest_match
+    from engine.tasks.segmentation import load_segmenter, mask_png, raw_segmentation, segment_case_image
 
     failed = []
     segmenter = load_segmenter(ctx, args.model)
@@ -156,7 +157,7 @@ def _segment(args, ctx: Context) -> int:
 
 
 def _sequence(args, ctx: Context) -> int:
-    from engine.cases.sequence import analyse_sequence, load_sequence_classifier
+    from engine.tasks.sequence import analyse_sequence, load_sequence_classifier
 
     failed = []
     classifier = load_sequence_classifier(ctx, args.model)
@@ -187,6 +188,37 @@ def _sequence(args, ctx: Context) -> int:
                   f"{p.latency_ms:.0f} ms)", flush=True)
         else:
             print(f"{result.file}: {verdict.text}", flush=True)
+    return 1 if failed else 0
+
+
+def _analyse(args, ctx: Context) -> int:
+    """Any task's active (or named) model on stored cases: one line per case, from the row it logged."""
+    from engine.stored import get_case
+    from engine.tasks import get_task
+    from engine.tasks.analysis import analyse, load
+
+    if args.run is not None:
+        from engine.cases.analysis import run_analysis
+
+        print(json.dumps(run_analysis(ctx, args.run)))
+        return 0
+    if not args.task or not args.cases:
+        raise EngineError("name the cases and --task (or --run JOB for a queued analysis job)")
+    task, failed = get_task(args.task), 0
+    model = load(ctx, task, args.model)
+    for case_id in args.cases:
+        try:
+            done = analyse(ctx, task, task.analysis.images(get_case(ctx.store, case_id))[0], model)
+        except EngineError as error:
+            failed += 1
+            print(json.dumps({"case_id": case_id, "task": task.name, "error": str(error)}), flush=True)
+            continue
+        row = ctx.store.row(task.analysis.table, done.record_id)
+        text = task.analysis.report(row, model.loaded.card)[0].text if done.verdict.analysed else done.verdict.text
+        record = {"case_id": case_id, "task": task.name, "status": done.verdict.status,
+                  f"{task.analysis.table[:-1]}_id": done.record_id, "result": text, "model": model.loaded.name,
+                  "model_version": model.loaded.version}
+        print(json.dumps(record) if args.json else f"case #{case_id}: {text}", flush=True)
     return 1 if failed else 0
 
 
@@ -280,6 +312,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     audit.add_argument("--limit", type=int, help="N images spread evenly over the split")
     audit.add_argument("--run", type=int, help="execute an audit the dashboard queued (its id)")
     audit.add_argument("--json", action="store_true", help="print the summary as JSON")
+    analyse = sub.add_parser("analyse", help="run a task's model on stored cases (the same analysis as the pages and "
+                             "the PACS routing job); one line per case")
+    analyse.add_argument("cases", nargs="*", type=int, help="case ids")
+    analyse.add_argument("--task", choices=task_names())
+    analyse.add_argument("--run", type=int, help="execute a queued analysis job (the job queue's program)")
+    analyse.add_argument("--model", help="an installed model of the task (default: its active one)")
+    analyse.add_argument("--json", action="store_true", help="one JSON object per line")
     report = sub.add_parser("report", help="PDF case report: one page per case (image, evidence, result, model "
                             "card summary, review)")
     report.add_argument("cases", nargs="+", type=int, help="case ids")
@@ -297,7 +336,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"init": _init, "ingest": _ingest, "render": _render, "classify": _classify, "segment": _segment,
             "sequence": _sequence,
-            "audit": _audit, "report": _report, "export": _export, **identity_commands.COMMANDS,
+            "analyse": _analyse, "audit": _audit, "report": _report, "export": _export, **identity_commands.COMMANDS,
             **pacs_commands.COMMANDS, **batch_commands.COMMANDS, **synthetic_commands.COMMANDS}
 
 

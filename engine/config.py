@@ -10,7 +10,7 @@ from pathlib import Path
 
 from engine.errors import ConfigError, TooLarge
 
-__all__ = ["Limits", "AuthSettings", "DicomSettings", "Config", "AUTH_MODES", "is_loopback"]
+__all__ = ["Limits", "AuthSettings", "DicomSettings", "Config", "AUTH_MODES", "is_loopback", "Setting", "SETTINGS"]
 
 AUTH_MODES = ("local", "oidc", "none")
 
@@ -213,3 +213,80 @@ class Config:
             ray_address=env.get("RADLENS_RAY_ADDRESS", "").strip(),
             batch_max_items=int(env.get("RADLENS_BATCH_MAX_ITEMS", cls.batch_max_items)),
         )
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One RADLENS_* environment variable: its default (taken from the dataclass field that holds it, where
+    one does) and what it means. docs/settings.md is generated from SETTINGS (python -m tests.gen_docs)."""
+
+    name: str
+    meaning: str
+    default: str = "unset"  # as documented, when no field holds it
+    field: tuple[type, str] | None = None  # (class, field) whose default is the setting's default
+
+    @property
+    def default_text(self) -> str:
+        if self.field is None:
+            return self.default
+        value = getattr(self.field[0], self.field[1])
+        return f"{value:g}" if isinstance(value, float) else f"`{value}`" if isinstance(value, str) else str(value)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("RADLENS_HOME", "all state: `radlens.db`, `files/`, `jobs/`, `models/`, `logs/`", "`./.radlens`"),
+    Setting("RADLENS_DATA_DIR", "read-only datasets; also seeds demo films",
+            "unset (`make` sets `../shared/data` when present)"),
+    Setting("RADLENS_USER", "who the command line and background jobs act as (role `system`)", "`cli:<login>`"),
+    Setting("RADLENS_AUTH", "sign-in: `local` accounts, `oidc` (Streamlit `st.login`), `none` (loopback only)",
+            field=(AuthSettings, "mode")),
+    Setting("RADLENS_ADDRESS", "where `make run` listens; anything else needs `RADLENS_ALLOWED_HOSTS`",
+            field=(AuthSettings, "address")),
+    Setting("RADLENS_PORT", "the port `make run` listens on", field=(AuthSettings, "port")),
+    Setting("RADLENS_ALLOWED_HOSTS", "host names users type when not on loopback (DNS-rebinding guard)"),
+    Setting("RADLENS_SESSION_IDLE_MIN", "minutes without activity before a session ends",
+            field=(AuthSettings, "idle_minutes")),
+    Setting("RADLENS_SESSION_MAX_HOURS", "hours after sign-in before any session ends",
+            field=(AuthSettings, "max_hours")),
+    Setting("RADLENS_SECRETS", "the OIDC client settings file (`[auth]`, as Streamlit documents)",
+            "`.streamlit/secrets.toml`"),
+    Setting("RADLENS_OIDC_PROVIDER", "the `[auth.<name>]` section used", field=(AuthSettings, "oidc_provider")),
+    Setting("RADLENS_OIDC_ROLE_CLAIM", "the ID-token claim roles come from", field=(AuthSettings, "oidc_role_claim")),
+    Setting("RADLENS_OIDC_ROLES", "claim value to role (`group=role,group=role`)",
+            "`" + ",".join(f"{k}={v}" for k, v in AuthSettings.oidc_roles) + "`"),
+    Setting("RADLENS_AUDIT_KEY", "64 hex digits sealing the audit chain", "key file in `RADLENS_HOME/keys/`"),
+    Setting("RADLENS_PSEUDONYM_KEY", "64 hex digits keying the pseudonyms (UIDs, patient IDs, date shifts)",
+            "key file in `RADLENS_HOME/keys/`"),
+    Setting("RADLENS_MAX_UPLOAD_MB", "largest file or zip (MiB)", field=(Limits, "max_upload_mb")),
+    Setting("RADLENS_MAX_PIXELS", "rows x columns x frames of one image", field=(Limits, "max_pixels")),
+    Setting("RADLENS_MAX_FRAMES", "frames of one multi-frame DICOM", field=(Limits, "max_frames")),
+    Setting("RADLENS_MAX_BATCH_MB", "all files of one upload together (MiB); files past it fail and the rest of "
+            "the batch is kept", field=(Limits, "max_batch_mb")),
+    Setting("RADLENS_DECODE_MEMORY_MB", "address space of the child process that decodes and de-identifies one "
+            "file (MiB)", field=(Limits, "decode_memory_mb")),
+    Setting("RADLENS_DECODE_SECONDS", "time that child may take for one file", field=(Limits, "decode_seconds")),
+    Setting("RADLENS_AE_TITLE", "RadLens' AE title: the listener's, and the calling title of its queries",
+            field=(DicomSettings, "ae_title")),
+    Setting("RADLENS_DICOM_ADDRESS", "where the DICOM listener accepts associations",
+            field=(DicomSettings, "address")),
+    Setting("RADLENS_DICOM_PORT", "the DICOM listener's port (0: no listener)", field=(DicomSettings, "port")),
+    Setting("RADLENS_DICOM_QUIET_S", "seconds without a new instance after which a pushed study is complete and "
+            "routed", field=(DicomSettings, "quiet_seconds")),
+    Setting("RADLENS_PACS_TIMEOUT_S", "network timeout of every PACS request (seconds)",
+            field=(DicomSettings, "timeout_seconds")),
+    Setting("RADLENS_DICOM_ACSE_TIMEOUT_S", "how long the listener waits for a new connection's association "
+            "request (seconds)", field=(DicomSettings, "acse_timeout_seconds")),
+    Setting("RADLENS_DICOM_PEER_ASSOCIATIONS", "associations one node address may hold at once (all together: 8)",
+            field=(DicomSettings, "peer_associations")),
+    Setting("RADLENS_DICOM_TLS_CERT", "DICOM TLS: RadLens' certificate (PEM); with `_KEY` and `_CA` the listener "
+            "is TLS-only"),
+    Setting("RADLENS_DICOM_TLS_KEY", "its private key (PEM)"),
+    Setting("RADLENS_DICOM_TLS_CA", "the CA that signs the nodes' certificates (checked both ways)"),
+    Setting("RADLENS_PACS_", "+ `<NODE>_USERNAME` / `_PASSWORD`: a node's credentials (else its 0600 file in "
+            "`keys/`)"),
+    Setting("RADLENS_BATCH_ROOTS", "folders (`:`-separated) a signed-in user's batch run may read",
+            "data folder + `RADLENS_HOME/batch`"),
+    Setting("RADLENS_BATCH_MAX_ITEMS", "files one batch run may hold", field=(Config, "batch_max_items")),
+    Setting("RADLENS_RAY_ADDRESS", "the Ray cluster of the `ray` batch backend",
+            "unset (a local, token-authenticated cluster per run)"),
+)

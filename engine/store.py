@@ -307,6 +307,11 @@ def _m015_synthetic_prints(db: Database) -> None:
                                    "print": bytes, "created_at": str}, pk="id")
 
 
+def _m016_batch_sequence_result(db: Database) -> None:
+    """Batch results of a sequence model carry their per-slice contribution (as the predictions row does)."""
+    db["batch_results"].add_column("result", str)
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (1, "initial schema", _m001_initial),
     (2, "prediction provenance", _m002_prediction_provenance),
@@ -323,6 +328,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (13, "audit rows sealed when written, never later; a keyed head", _m013_audit_sealed_at_write),
     (14, "a case's patient pseudonym; what a node may receive", _m014_case_patient),
     (15, "likeness prints of generated images", _m015_synthetic_prints),
+    (16, "batch results of sequence models", _m016_batch_sequence_result),
 )
 _AUDIT_HEAD = "audit_head"
 

@@ -4,7 +4,8 @@ import streamlit as st
 
 from dashboard import model_widgets, resources, results_widgets, state, widgets
 from dashboard.text import md
-from engine.cases.diagnosis import case_history, diagnose_cases, diagnose_image, scope_of, unreviewed_cases
+from engine.cases.reviews import case_history, unreviewed_cases
+from engine.tasks.classification import diagnose_cases, diagnose_image, scope_of
 
 ctx = resources.context()
 st.title("Diagnosis")

@@ -8,8 +8,8 @@ from dashboard import resources, widgets
 from dashboard.text import md, plain
 from engine.cases.explanations import explain_image
 from engine.cases.heatmap_audit import start_audit
-from engine.cases.images import gray_image
 from engine.cases.ingest import ingest_paths
+from engine.stored import gray_image
 
 ctx = resources.context()
 

@@ -4,13 +4,8 @@ agreement with the ground truth for dataset cases, exports, and the region's exp
 import streamlit as st
 
 from dashboard import model_widgets, resources, results_widgets, seg_widgets, state, widgets
-from engine.cases.segmentation import (
-    export_seg,
-    raw_segmentation,
-    segment_case_image,
-    segmentation_history,
-)
 from engine.models.scope import Scope
+from engine.tasks.segmentation import export_seg, raw_segmentation, segment_case_image, segmentation_history
 
 ctx = resources.context()
 st.title("Segmentation")

@@ -16,25 +16,19 @@ from engine.store import open_store
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-# The slow tier: `make test` runs everything, `make test-fast` (-m "not slow") the rest in under 3 minutes.
-# A test is slow when it trains, runs a background job or a browser, renders whole pages, or evaluates a
-# model on a whole dataset split. Whole modules first, then single tests (by name prefix).
-SLOW_MODULES = {"test_jobs", "test_browser", "test_auth_browser", "test_pages", "test_lifecycle", "test_train",
-                "test_store", "test_pacs", "test_results", "test_batch"}
-SLOW_TESTS = (
-    "test_shipped_card_numbers_reproduce", "test_calibration_lowers", "test_classify_command",
-    "test_the_boundary_offset", "test_segmentation_training", "test_cli_segment", "test_audit_",
-    "test_a_failing_audit", "test_cli_audit", "test_gradcam_is_more_faithful", "test_sequence_training",
-    "test_the_shipped_sequence_card", "test_a_gallery_is_generated", "test_training_with_synthetic",
-    "test_the_gan_program", "test_memorisation_flags",
-    "test_every_method_gives_an_input_sized_map_in_0_1_and_releases_its_hooks[scorecam]",  # ~50 s on 2 cores
-)
+@pytest.fixture(autouse=True)
+def _keep_main_module():
+    """Streamlit's AppTest leaves the page script as `sys.modules["__main__"]`; a later test in the same process
+    that starts multiprocessing workers (spawn) would then re-run dashboard/app.py in each worker. Restored after
+    every test, so the order tests run in (and which xdist worker runs them) does not matter."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if item.module.__name__.split(".")[-1] in SLOW_MODULES or item.name.startswith(SLOW_TESTS):
-            item.add_marker(pytest.mark.slow)
 DATA_DIR = Path(os.environ["RADLENS_DATA_DIR"]) if os.environ.get("RADLENS_DATA_DIR") else None
 DEFAULT_CLASSIFIER = "cxr-pneumonia-resnet18-v2"  # the newest shipped classifier, active by default
 needs_data = pytest.mark.skipif(

@@ -8,15 +8,16 @@ import sys
 import pytest
 
 from engine.cases.demo import DEMO_DICOMS, seed_demo
-from engine.cases.diagnosis import case_history, diagnose_cases, load_classifier, raw_output
-from engine.cases.images import get_case, get_image, newest_in_scope
-from engine.cases.segmentation import export_seg, load_segmenter, raw_segmentation, segment_case_image
+from engine.cases.reviews import case_history
 from engine.cases.worklist import STATUSES, WorklistQuery, query_worklist
 from engine.config import Config
 from engine.context import Context, User
 from engine.errors import NotAnalysed, PermissionDenied
 from engine.models.scope import SCOPES, Scope
 from engine.store import MIGRATIONS, open_store
+from engine.stored import get_case, get_image, newest_in_scope
+from engine.tasks.classification import diagnose_cases, load_classifier, raw_output
+from engine.tasks.segmentation import export_seg, load_segmenter, raw_segmentation, segment_case_image
 from tests.conftest import DATA_DIR, dicom_path, needs_data
 
 CHEST = SCOPES["chest radiograph"]
@@ -75,6 +76,7 @@ def _kind(row) -> str:
     return {"US": "ultrasound", "MR": "MR", "CT": "CT"}.get(modality) or f"{modality} {body_part}"
 
 
+@pytest.mark.slow
 @needs_data
 def test_demo_cases_outside_the_classifiers_scope_are_not_analysed_and_the_chest_films_are(demo):
     ctx, cases, done, _, failed = demo
@@ -140,6 +142,7 @@ def _cli(home, *args):
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_classify_command_says_not_analysed_for_us_mr_ct_and_a_leg_film(tmp_path):
     names = [n for n in DEMO_DICOMS if n != "RG1_UNCR.dcm"]  # US, MR (x2), CT, leg CR
     run = _cli(tmp_path / "home", "classify", *[str(dicom_path(n)) for n in names], "--json")
@@ -154,6 +157,7 @@ def test_classify_command_says_not_analysed_for_us_mr_ct_and_a_leg_film(tmp_path
     assert line["status"] == "not_analysed" and 0 <= line["raw_output_outside_scope"]["probability"] <= 1
 
 
+@pytest.mark.slow
 def test_segment_command_says_not_analysed_for_a_chest_film(tmp_path):
     run = _cli(tmp_path / "home", "segment", str(dicom_path("RG1_UNCR.dcm")), "--json")
     [line] = [json.loads(x) for x in run.stdout.splitlines()]

@@ -26,3 +26,40 @@ def test_pages_stay_thin():
 
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def _task_keyed(tree: ast.AST, names: set[str]) -> list[tuple[int, str]]:
+    """Dict literals keyed by a task's name, and comparisons with a task's name (`task == "..."`, `in (...)`)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            keys = {k.value for k in node.keys if isinstance(k, ast.Constant)}
+            found += [(node.lineno, f"a table keyed by {k!r}") for k in sorted(keys & names)]
+        elif isinstance(node, ast.Compare):
+            constants = [c for c in [node.left, *node.comparators] for c in
+                         ([c] if isinstance(c, ast.Constant) else getattr(c, "elts", []))]
+            found += [(node.lineno, f"a comparison with {c.value!r}") for c in constants
+                      if isinstance(c, ast.Constant) and c.value in names]
+    return found
+
+
+def test_no_table_keyed_by_task_name_outside_the_tasks():
+    """What differs per task lives in engine/tasks (its Task and its Analysis): a table keyed by task name
+    elsewhere is a place a new task silently misses (routing once had no sequence entry)."""
+    from engine.tasks import task_names
+
+    names = set(task_names())
+    # A name that is not a lookup by task: the CLI's `sequence` command (python -m engine sequence).
+    allowed = {"engine/__main__.py: a table keyed by 'sequence'"}
+    offenders = [f"{path.relative_to(ROOT)}:{line}: {what}"
+                 for folder in ("engine", "dashboard", "pages")
+                 for path in sorted((ROOT / folder).rglob("*.py")) if "engine/tasks" not in path.as_posix()
+                 for line, what in _task_keyed(ast.parse(path.read_text()), names)
+                 if f"{path.relative_to(ROOT)}: {what}" not in allowed]
+    assert offenders == []
+
+
+def test_the_task_keyed_table_check_can_fail():
+    tree = ast.parse('VIEWS = {"segmentation": draw}\nif task == "sequence": pass\nok = {"mask": draw}')
+    assert [what for _, what in _task_keyed(tree, {"segmentation", "sequence"})] == [
+        "a table keyed by 'segmentation'", "a comparison with 'sequence'"]

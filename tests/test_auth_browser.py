@@ -20,8 +20,8 @@ from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _settle
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "test-output" / "auth"
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                reason="Debian chromium is not installed (make test installs it when run as root)")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason="Debian chromium is not installed (make test installs it when run as root)")]
 PASSWORD = "correct horse battery staple"
 SIGN_IN = "Sign in to RadLens"
 

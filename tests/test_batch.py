@@ -26,17 +26,17 @@ from engine.batch.backends import Shard, run_ray
 from engine.batch.run import BatchRequest, batch_rows, batch_summary, run_batch, start_batch, worker_options
 from engine.batch.sources import open_source
 from engine.batch.work import Item
-from engine.cases.diagnosis import diagnose_image, load_classifier
-from engine.cases.images import get_image
 from engine.cases.ingest import ingest_files
 from engine.context import Context, User
 from engine.errors import BatchSourceError, JobError, PermissionDenied
 from engine.jobs.queue import JobStatus, cancel_job, get_job, resume_job
+from engine.stored import get_image
+from engine.tasks.classification import diagnose_image, load_classifier
 from tests.conftest import DATA_DIR, dicom_bytes, dicom_path, needs_data
 from tests.hostile import deflate_bomb
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = needs_data
+pytestmark = [pytest.mark.slow, needs_data]
 
 
 def _films(n: int) -> list[Path]:

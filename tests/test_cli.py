@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from engine.io import read_study, render
@@ -22,6 +23,7 @@ def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=180)
 
 
+@pytest.mark.slow
 def test_ingest_reports_each_file_and_exits_1_when_any_failed(tmp_path):
     folder = tmp_path / "batch"
     folder.mkdir()

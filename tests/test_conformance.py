@@ -12,10 +12,10 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from engine.cases.ingest import ingest_files, prepare_here
-from engine.cases.segmentation import seg_dicom
 from engine.config import Limits
 from engine.errors import EngineError
 from engine.io.wrap import ultrasound_dicom, volume_dicom
+from engine.tasks.segmentation import seg_dicom
 
 pytestmark = pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian dicom3tools) is not "
                                 "installed; `make test` installs it when run as root")
@@ -33,6 +33,7 @@ def dciodvfy_errors(path: Path) -> set[str]:
     return {re.sub(r"\s+", " ", line) for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")}
 
 
+@pytest.mark.slow
 def test_stored_copies_of_every_real_dicom_add_no_conformance_error(tmp_path):
     checked, new = 0, {}
     for source in _real_dicoms():

@@ -6,15 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from engine.cases.diagnosis import (
-    add_review,
-    case_history,
-    diagnose_cases,
-    diagnose_image,
-    load_classifier,
-)
-from engine.cases.images import get_image
 from engine.cases.ingest import ingest_files
+from engine.cases.reviews import add_review, case_history
 from engine.data.catalog import gray_of_file
 from engine.errors import EngineError
 from engine.inference.classify import Classifier
@@ -25,6 +18,8 @@ from engine.models.catalog import (
     installed_models,
     set_active,
 )
+from engine.stored import get_image
+from engine.tasks.classification import diagnose_cases, diagnose_image, load_classifier
 from engine.tasks.evaluation import evaluate
 from tests.conftest import DATA_DIR, DEFAULT_CLASSIFIER, dicom_bytes, dicom_path, needs_data
 from tests.test_cli import _cli
@@ -45,6 +40,7 @@ def recomputed() -> dict:
     return evaluate(load_model(SHIPPED), DATA_DIR)
 
 
+@pytest.mark.slow
 @needs_data
 @pytest.mark.parametrize("split", ["val", "test"])
 def test_shipped_card_numbers_reproduce(recomputed, split):
@@ -66,6 +62,7 @@ def recomputed_cv() -> dict:
     return evaluate(load_model(CROSS_VALIDATED), DATA_DIR)
 
 
+@pytest.mark.slow
 @needs_data
 @pytest.mark.parametrize("split", ["val", "cv", "test"])
 def test_cross_validated_card_numbers_reproduce(recomputed_cv, split):
@@ -104,6 +101,7 @@ def test_cross_validated_calibration_refits_from_its_out_of_fold_predictions_and
     assert compared[card.calibration["method"]]["train + val"] < compared["temperature scaling"]["val split only"]
 
 
+@pytest.mark.slow
 @needs_data
 def test_calibration_lowers_ece_on_the_validation_split(recomputed):
     assert recomputed["val"]["ece"] < recomputed["val"]["ece_before_calibration"]
@@ -195,6 +193,7 @@ def test_the_shipped_model_is_installed_and_active_by_default(ctx, config, store
         set_active(ctx, "nope", "checking an unknown name")
 
 
+@pytest.mark.slow
 @needs_data
 def test_classify_command_prints_json_per_image_and_writes_overlays(tmp_path):
     folder = tmp_path / "in"

@@ -70,7 +70,12 @@ def _hooks(model: torch.nn.Module) -> int:
                + len(getattr(m, "_full_backward_hooks", {}) or {}) for m in model.modules())
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+# The perturbation and eigen methods take 10-80 s each on 2 cores: `make test` runs them, `make test-fast` not.
+HEAVY_METHODS = ("scorecam", "ablationcam", "fullgrad", "eigencam", "eigengradcam")
+
+
+@pytest.mark.parametrize("method", [pytest.param(m, marks=[pytest.mark.slow] if m in HEAVY_METHODS else [])
+                                    for m in METHODS])
 def test_every_method_gives_an_input_sized_map_in_0_1_and_releases_its_hooks(small, method):
     model, layer = small
     x = torch.randn(1, 1, 32, 48)
@@ -98,6 +103,7 @@ def test_layer_choices_are_the_default_then_every_conv_deepest_first(small):
     assert len(layers) == 1 + sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
 
 
+@pytest.mark.slow
 def test_batched_score_cam_and_tail_ablation_cam_equal_the_library(small):
     model, layer = small
     x = torch.randn(1, 1, 64, 64)
@@ -186,6 +192,7 @@ def _test_films(n: int) -> list[tuple[str, np.ndarray]]:
     return [(rows[i]["label"], gray_of_file(root / rows[i]["path"])) for i in picks]
 
 
+@pytest.mark.slow
 @needs_data
 def test_gradcam_is_more_faithful_than_random_on_real_test_films(explainer):
     """ROAD of the shipped model's Grad-CAM against grad-cam's RandomCAM, paired per image, over 10 test
@@ -198,9 +205,10 @@ def test_gradcam_is_more_faithful_than_random_on_real_test_films(explainer):
     assert mean > 0 and low > 0, f"Grad-CAM not above random: mean {mean:+.2f}, CI low {low:+.2f}"
 
 
+@pytest.mark.slow
 def test_the_cache_returns_the_identical_map_and_logs_once(ctx, explainer, config, store):
-    from engine.cases.images import get_case, gray_image
     from engine.cases.ingest import ingest_files
+    from engine.stored import get_case, gray_image
     from tests.conftest import dicom_bytes
 
     [landed] = ingest_files([("rg1.dcm", dicom_bytes("RG1_UNCR.dcm"))], ctx)
@@ -218,6 +226,7 @@ def test_the_cache_returns_the_identical_map_and_logs_once(ctx, explainer, confi
     assert len(logged) == 2 and json.loads(logged[-1]["detail"])["methods"] == ["gradcam", "ablationcam", BASELINE]
 
 
+@pytest.mark.slow
 @needs_data
 def test_audit_of_20_test_images_summarises_where_the_model_looks(ctx, config, store):
     audit_id = start_audit(ctx, "cxr-pneumonia-resnet18", "gradcam", "cxr_pneumonia", "test",
@@ -236,6 +245,7 @@ def test_audit_of_20_test_images_summarises_where_the_model_looks(ctx, config, s
     assert listed["border_share"] == summary["border_share"][0] and listed["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_a_failing_audit_is_recorded_with_its_reason(ctx, config, store):
     audit_id = start_audit(ctx, "cxr-pneumonia-resnet18", "gradcam", "folder", "test", background=False)
     with pytest.raises(EngineError, match="not found"):
@@ -244,6 +254,7 @@ def test_a_failing_audit_is_recorded_with_its_reason(ctx, config, store):
     assert row["status"] == "failed" and "not found" in row["error"] and "\n" not in row["error"]
 
 
+@pytest.mark.slow
 @needs_data
 def test_audit_runs_as_a_background_process(ctx, config, store):
     import time
@@ -257,6 +268,7 @@ def test_audit_runs_as_a_background_process(ctx, config, store):
     assert json.loads(row["summary"])["n"] == 3 and row["pid"] != os.getpid()
 
 
+@pytest.mark.slow
 @needs_data
 def test_cli_audit_prints_the_summary(config):
     env = {**os.environ, "RADLENS_HOME": str(config.home), "RADLENS_DATA_DIR": str(DATA_DIR)}

@@ -13,8 +13,6 @@ import zipfile
 import pydicom
 import pytest
 
-from engine.cases.diagnosis import diagnose_image, load_classifier
-from engine.cases.images import get_case
 from engine.cases.ingest import ingest_files
 from engine.cases.results import result_objects, result_zip
 from engine.cases.worklist import WorklistQuery, worklist_csv
@@ -22,6 +20,8 @@ from engine.context import User
 from engine.errors import ExportError, NotAnalysed, PermissionDenied
 from engine.io.derived import BURNED_IN
 from engine.io.wrap import encoded, radiograph_dicom
+from engine.stored import get_case
+from engine.tasks.classification import diagnose_image, load_classifier
 from tests.conftest import needs_data
 from tests.test_conformance import dciodvfy_errors
 
@@ -73,6 +73,7 @@ def test_what_cannot_be_exported_says_why(ctx):
         result_objects(researcher, ct.case_id)
 
 
+@pytest.mark.slow
 @needs_data
 def test_a_png_upload_has_a_pdf_report_but_no_dicom_objects(ctx, tmp_path):
     from tests.conftest import DATA_DIR

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 from PIL import Image
 
 from engine.cases.ingest import ingest_files
@@ -127,6 +128,7 @@ def _resident_mib(field: str) -> float:
     return int(re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE).group(1)) / 1024
 
 
+@pytest.mark.slow
 def test_mutants_fail_cleanly_leave_the_store_unchanged_and_the_server_small(tmp_path):
     config = Config(home=tmp_path / "home", data_dir=None, limits=LIMITS)
     ctx = Context.open(config)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.cases.diagnosis import MAX_COMMENT, add_review
 from engine.cases.ingest import ingest_files, remove_orphan_files
+from engine.cases.reviews import MAX_COMMENT, add_review
 from engine.cases.worklist import WorklistQuery, case_id_of, query_worklist
 from engine.config import Config, Limits
 from engine.context import Context

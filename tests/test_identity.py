@@ -16,10 +16,9 @@ import pytest
 from PIL import Image
 
 from engine.batch.run import BatchRequest, start_batch
-from engine.cases.diagnosis import CaseResult, add_review, diagnose_image, load_classifier, raw_output
 from engine.cases.heatmap_audit import start_audit
-from engine.cases.images import get_case, record_export, view_case
 from engine.cases.ingest import ingest_files
+from engine.cases.reviews import add_review
 from engine.config import AuthSettings, Config
 from engine.context import ACCOUNT_ROLES, PERMISSIONS, ROLES, UNAUTHENTICATED, Context, User
 from engine.errors import (
@@ -50,11 +49,13 @@ from engine.jobs.queue import cancel_job
 from engine.jobs.training import TrainConfig, TrainingRequest, submit_training
 from engine.models.catalog import activation_log, active_model, promote
 from engine.models.scope import NOT_ANALYSED, Verdict
-from engine.pacs.client import StudyQuery
 from engine.pacs.nodes import PacsNode, save_node
 from engine.pacs.push import send_case
 from engine.pacs.studies import pull, search
+from engine.pacs.transports import StudyQuery
+from engine.stored import get_case, record_export, view_case
 from engine.synthetic.export import synthesise
+from engine.tasks.classification import CaseResult, diagnose_image, load_classifier, raw_output
 from engine.tasks.evaluation import compare_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -400,6 +401,7 @@ _REWRITE_AND_UNSEAL = ["UPDATE audit_log SET detail = '{\"forged\": 1}' WHERE id
     pytest.param(["UPDATE audit_log SET detail = '{\"forged\": 1}', hash = (CASE substr(hash, 1, 1) WHEN '0' "
                   "THEN '1' ELSE '0' END) || substr(hash, 2) WHERE id = 5"], "row 5 was changed", id="guessed-seal"),
 ])
+@pytest.mark.slow
 def test_tampering_with_the_database_directly_is_detected(ctx, config, tampering, expected):
     for i in range(6):
         ctx.log("case.view", "case", i)
@@ -412,6 +414,7 @@ def test_tampering_with_the_database_directly_is_detected(ctx, config, tampering
     assert done.returncode == 1 and "BROKEN" in done.stdout and expected in done.stdout
 
 
+@pytest.mark.slow
 def test_an_intact_trail_verifies_from_the_command_line_and_a_later_unsealed_row_stays_a_break(ctx, config):
     add_account(ctx, "alice", PASSWORD, "clinician")
     done = _verify_cli(config.home)

@@ -9,11 +9,11 @@ import pydicom.encaps
 import pytest
 from PIL import Image
 
-from engine.cases.images import get_case, load_image
 from engine.cases.ingest import ingest_files
 from engine.config import Config, Limits
 from engine.context import Context
 from engine.io.sniff import detect_format
+from engine.stored import get_case, load_image
 from tests.conftest import dicom_bytes, needs_data, store_snapshot
 
 

@@ -26,7 +26,7 @@ from engine.train import run as training
 from tests.conftest import needs_data, write_cxr_subset
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-pytestmark = needs_data
+pytestmark = [pytest.mark.slow, needs_data]
 
 
 @pytest.fixture

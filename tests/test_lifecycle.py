@@ -5,9 +5,8 @@ import csv
 
 import pytest
 
-from engine.cases.diagnosis import add_review, diagnose_cases, load_classifier
-from engine.cases.images import get_image
 from engine.cases.ingest import ingest_files
+from engine.cases.reviews import add_review
 from engine.cases.worklist import WorklistQuery, query_worklist
 from engine.data.catalog import load_dataset
 from engine.data.reviews import add_reviews
@@ -22,9 +21,13 @@ from engine.models.catalog import (
 )
 from engine.models.preprocess import Preprocessing
 from engine.store import utc_now
+from engine.stored import get_image
+from engine.tasks.classification import diagnose_cases, load_classifier
 from engine.tasks.evaluation import compare_models
 from engine.train import run as training
 from tests.conftest import DATA_DIR, DEFAULT_CLASSIFIER, make_model_file, needs_data, write_cxr_subset
+
+pytestmark = pytest.mark.slow  # trains, runs jobs, pages or a PACS: `make test-fast` skips it
 
 
 def test_promote_then_roll_back_switches_the_active_model_and_is_audited(ctx, config, store):

@@ -16,6 +16,8 @@ from engine.context import ACCOUNT_ROLES, ROLES, Context, User
 from engine.identity.sessions import start_session
 from tests.conftest import DEFAULT_CLASSIFIER, dicom_bytes, make_model_file, needs_data, write_cxr_subset
 
+pytestmark = pytest.mark.slow  # trains, runs jobs, pages or a PACS: `make test-fast` skips it
+
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "dashboard" / "app.py")
 
@@ -128,7 +130,7 @@ def test_diagnosis_shows_calibrated_probability_cam_and_saves_a_review(app_home,
     next(b for b in at.button if b.label == "Save review").click()
     at.run()
     assert not at.exception and at.success[0].value == "Review saved."
-    from engine.cases.diagnosis import case_history
+    from engine.cases.reviews import case_history
     from engine.store import open_store
 
     history = case_history(open_store(app_home), child_film)

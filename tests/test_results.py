@@ -15,27 +15,29 @@ import pydicom
 import pytest
 import requests
 
-from engine.cases.diagnosis import add_review, diagnose_image, load_classifier
-from engine.cases.images import get_case
 from engine.cases.report import case_report
 from engine.cases.results import result_objects
-from engine.cases.segmentation import load_segmenter, segment_case_image
+from engine.cases.reviews import add_review, review_case
 from engine.config import Config, DicomSettings
 from engine.context import Context, User
 from engine.errors import NoStudyLink, PermissionDenied, SendRefused
 from engine.io.derived import DISCLAIMER, SR_CODES
 from engine.jobs.queue import get_job
 from engine.pacs.nodes import PacsNode, save_credentials, save_node
-from engine.pacs.push import review_case, send_case, set_send_after_review
+from engine.pacs.push import send_case, set_send_after_review
 from engine.pacs.routing import set_routing
 from engine.pacs.studies import pull
 from engine.store import open_store
+from engine.stored import get_case
+from engine.tasks.classification import diagnose_image, load_classifier
+from engine.tasks.segmentation import load_segmenter, segment_case_image
 from tests import orthanc as pacs
 from tests.conftest import DATA_DIR, needs_data
 from tests.orthanc import MARKER, STUDY_UID, chest_study, head_study
 from tests.test_conformance import dciodvfy_errors
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(pacs.ORTHANC is None or not pacs.DICOMWEB_PLUGIN.is_file(),
                        reason="Orthanc and orthanc-dicomweb are not installed (make test installs them as root)"),
     pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian dicom3tools) is not installed"),
@@ -221,8 +223,8 @@ def test_sending_after_review_is_a_job_and_only_clinicians_and_admins_send(pacs_
         set_send_after_review(pacs_ctx, True)  # a clinician may not change the setting
     set_send_after_review(admin, True)
     before = len(_instances(orthanc, STUDY_UID))
-    _, job_id = review_case(pacs_ctx, case_id, "disagree", comment="normal film",
-                            prediction_id=result.prediction_id)
+    _, [job_id] = review_case(pacs_ctx, case_id, "disagree", comment="normal film",
+                              prediction_id=result.prediction_id)
     job = get_job(pacs_ctx.store, job_id)
     deadline = time.monotonic() + 120
     while job.active and time.monotonic() < deadline:

@@ -224,7 +224,7 @@ class _QidoAnswer:
 
 def test_a_qido_answer_is_read_under_a_cap_and_the_limit_is_honoured(config):
     from engine.errors import PacsError
-    from engine.pacs.client import QIDO_MAX_BYTES, StudyQuery, find
+    from engine.pacs.transports import QIDO_MAX_BYTES, StudyQuery, find
 
     many = _QidoAnswer(1_000)
     try:
@@ -323,7 +323,7 @@ def test_dicom_tls_admits_only_a_node_with_a_certificate_our_ca_signed(tmp_path)
     import dataclasses
     import ssl
 
-    from engine.pacs.client import echo
+    from engine.pacs.transports import echo
 
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
     ours.mkdir(), theirs.mkdir()

@@ -17,7 +17,6 @@ import torch
 
 from engine.__main__ import main as cli
 from engine.cases.ingest import ingest_files
-from engine.cases.segmentation import case_spacing, seg_dicom, segment_case_image
 from engine.data.hc18 import dataset_match
 from engine.errors import EmptyMask, EngineError
 from engine.inference.cam import head_only_backward
@@ -37,6 +36,7 @@ from engine.io.wrap import ultrasound_dicom
 from engine.models import load_model
 from engine.models.catalog import SHIPPED_DIR
 from engine.models.registry import create_model, list_models
+from engine.tasks.segmentation import case_spacing, seg_dicom, segment_case_image
 from tests.conftest import DATA_DIR, needs_data
 
 SHIPPED = SHIPPED_DIR / "hc18-unet.safetensors"
@@ -173,6 +173,7 @@ def test_shipped_card_is_complete():
     assert card["limitations"]
 
 
+@pytest.mark.slow
 @needs_data
 def test_shipped_card_numbers_reproduce_on_the_test_split(segmenter):
     from engine.tasks.evaluation import evaluate
@@ -184,6 +185,7 @@ def test_shipped_card_numbers_reproduce_on_the_test_split(segmenter):
     assert test["n"] == 96 and test["dice"]["mean"] > 0.95
 
 
+@pytest.mark.slow
 @needs_data
 def test_the_boundary_offset_makes_the_truth_masks_measure_the_dataset_circumference():
     """HC18's masks reach the outer edge of the annotated line: measured as they are, their ellipses are
@@ -287,6 +289,7 @@ def test_a_case_that_is_no_dataset_image_has_no_match(config):
     assert dataset_match(config, np.zeros((10, 10), np.uint8)) is None
 
 
+@pytest.mark.slow
 @needs_data
 def test_cli_segment_prints_json_writes_masks_and_a_broken_file_fails_alone(tmp_path, monkeypatch, capsys,
                                                                              segmenter):
@@ -316,6 +319,7 @@ def test_cli_segment_prints_json_writes_masks_and_a_broken_file_fails_alone(tmp_
 # --- training -----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @needs_data
 @pytest.mark.parametrize("arch", list_models("segmentation"))
 def test_segmentation_training_writes_a_card_and_resumes(tmp_path, monkeypatch, arch):

@@ -201,7 +201,7 @@ def test_a_missing_slice_and_two_interleaved_series_are_refused_with_the_reason(
 def test_a_zip_of_ct_slices_is_one_sequence_case(ctx, store):
     import zipfile
 
-    from engine.cases.sequence import volume_of
+    from engine.tasks.sequence import volume_of
 
     volume = _volume(seed=7)
     archive = io.BytesIO()
@@ -230,6 +230,7 @@ def _adrenal_subset(folder, per_split=(("train", 16), ("val", 8), ("test", 8))):
     return folder
 
 
+@pytest.mark.slow
 @needs_data
 @pytest.mark.parametrize("arch", list_models("sequence"))
 def test_sequence_training_writes_a_card_resumes_and_runs_on_a_volume(tmp_path, monkeypatch, arch):
@@ -261,6 +262,7 @@ def test_sequence_training_writes_a_card_resumes_and_runs_on_a_volume(tmp_path, 
         assert prediction.contribution is None
 
 
+@pytest.mark.slow
 @needs_data
 def test_the_shipped_sequence_card_numbers_reproduce_on_the_test_split():
     from engine.models.catalog import SHIPPED_DIR
@@ -283,7 +285,7 @@ def test_the_shipped_sequence_card_numbers_reproduce_on_the_test_split():
 @needs_data
 def test_a_demo_volume_is_analysed_with_a_contribution_per_slice_and_an_mr_loop_is_not(ctx, store):
     from engine.cases.demo import _adrenal_items
-    from engine.cases.sequence import analyse_sequence, load_sequence_classifier
+    from engine.tasks.sequence import analyse_sequence, load_sequence_classifier
 
     classifier = load_sequence_classifier(ctx)
     (name, data), *_ = _adrenal_items(ctx.config)
@@ -323,12 +325,12 @@ def test_a_series_over_the_voxel_limit_is_refused_before_a_slice_is_decoded(tmp_
     """The stored rows bound the stack: no slice is decoded for a series the limit would refuse anyway."""
     import dataclasses
 
-    from engine.cases import sequence
-    from engine.cases.images import get_case
     from engine.cases.ingest import ingest_files
     from engine.config import Config, Limits
     from engine.context import Context
     from engine.errors import TooLarge
+    from engine.stored import get_case
+    from engine.tasks import sequence
 
     volume = _volume(seed=7)
     config = Config(home=tmp_path / "home", data_dir=None)

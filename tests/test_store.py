@@ -12,6 +12,7 @@ from engine.keys import secret_key
 from engine.store import MIGRATIONS, Store
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # concurrent writer processes and a database of many rows
 
 
 def test_migrations_are_idempotent(store):
@@ -66,6 +67,7 @@ def test_an_old_salt_is_removed_from_the_database(store):
     assert secret_key(store.path.parent, "pseudonym") == key  # pseudonyms stay stable across migrations
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("statement", ["UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log"])
 def test_audit_log_is_append_only(store, statement):
     store.log_action("alice", "upload", "image", 1)

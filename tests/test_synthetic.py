@@ -135,6 +135,7 @@ def test_prdc_matches_a_hand_computation():
     assert prdc(real, fake, k=1) == {"precision": 0.5, "recall": 1.0, "density": 1.0, "coverage": 0.5}
 
 
+@pytest.mark.slow
 @needs_data
 def test_memorisation_flags_a_planted_copy_and_near_copy_and_few_real_images(config):
     splits = load_dataset("cxr_pneumonia", Preprocessing(size=64), DATA_DIR, only=("train", "test"))
@@ -156,6 +157,7 @@ def test_memorisation_flags_a_planted_copy_and_near_copy_and_few_real_images(con
 
 # --- generation, export, the training program ---------------------------------------------------------------------
 
+@pytest.mark.slow
 @needs_data
 def test_a_gallery_is_exported_without_flagged_images_and_never_laundered_back_in(ctx, config, reference_cache,
                                                                                   shipped):
@@ -214,6 +216,7 @@ def test_synthetic_images_need_a_2d_classifier_and_no_cross_validation():
         TrainConfig(dataset="hc18", model="unet", synthetic=10).resolved()
 
 
+@pytest.mark.slow
 @needs_data
 def test_training_with_synthetic_minority_images_end_to_end(ctx, config, tmp_path, reference_cache):
     from engine.train.run import main
@@ -234,6 +237,7 @@ def test_training_with_synthetic_minority_images_end_to_end(ctx, config, tmp_pat
     assert "--synthetic 5" in card.training["command"]
 
 
+@pytest.mark.slow
 def test_the_gan_program_trains_resumes_and_runs_as_a_job(ctx, config, tmp_path):
     from engine.train.gan import main, run_job
 

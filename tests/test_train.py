@@ -5,12 +5,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from engine.inference.classify import Classifier
 from engine.models import load_model
 from engine.models.checkpoint import load_state, save_state
 from engine.train.run import cli
 from tests.conftest import needs_data, write_cxr_subset
+
+pytestmark = pytest.mark.slow  # trains, runs jobs, pages or a PACS: `make test-fast` skips it
 
 
 def _tiny_run(tmp_path, monkeypatch) -> tuple[Path, list[str]]:

@@ -4,7 +4,6 @@ segmentation, as if it had been analysed on the Diagnosis or Segmentation page. 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -16,31 +15,11 @@ from engine.errors import EngineError
 from engine.models.checkpoint import read_card
 from engine.models.preprocess import Preprocessing
 from engine.store import utc_now
+from engine.tasks import get_task
 
 __all__ = ["land_as_cases"]
 
 log = logging.getLogger("radlens.batch")
-
-
-def _prediction(row: dict, card) -> dict:
-    raw = json.loads(row["probabilities_raw"] or "{}")
-    return {"table": "predictions", "values": {
-        "task": "classification", "label": row["label"], "probability": row["probability"],
-        "probabilities": row["probabilities"], "probability_raw": raw.get(card.positive_label),
-        "probabilities_raw": row["probabilities_raw"], "threshold": row["threshold"],
-        "uncertainty": row["uncertainty"], "uncertainty_method": row["uncertainty_method"],
-        "ood_score": row["ood_score"], "ood_threshold": row["ood_threshold"], "ood_flag": row["ood_flag"],
-        "cam_method": row["cam_method"]}}
-
-
-def _segmentation(row: dict, card) -> dict:
-    return {"table": "segmentations", "values": {
-        "mask_png": row["overlay_png"], "mask_pixels": row["mask_pixels"], "circumference": row["circumference"],
-        "area": row["area"], "unit": row["unit"] or "", "spacing_mm": row["spacing_mm"],
-        "spacing_source": row["spacing_source"]}}
-
-
-RECORDS = {"classification": _prediction, "segmentation": _segmentation}  # the case-path row each task logs
 
 
 def land_as_cases(ctx: Context, job_id: int, config: dict, names: tuple[str, ...], rows: list[dict]) -> int:
@@ -70,11 +49,12 @@ def land_as_cases(ctx: Context, job_id: int, config: dict, names: tuple[str, ...
         result = ingest_files([(f"batch {job_id} item {row['item']}", data)], ctx, source="batch")[0]
         if not result.ok:
             continue
-        record = RECORDS[config["task"]](row, card)
+        analysis = get_task(config["task"]).analysis
         with ctx.store.write() as db:
             sha = db.execute("SELECT sha256 FROM images WHERE id = ?", [result.image_id]).fetchone()[0]
-            record_id = db[record["table"]].insert({
-                **record["values"], "status": row["status"], "status_reason": row["status_reason"] or "",
+            record_id = db[analysis.table].insert({
+                **analysis.batch_record(row, card), "status": row["status"],
+                "status_reason": row["status_reason"] or "",
                 "case_id": result.case_id, "image_id": result.image_id, "image_sha256": sha,
                 "model_name": config["model"], "model_version": config["model_version"],
                 "weights_sha256": config["weights_sha256"], "preprocessing": preprocessing,
@@ -83,8 +63,8 @@ def land_as_cases(ctx: Context, job_id: int, config: dict, names: tuple[str, ...
             db.execute("UPDATE batch_results SET case_id = ?, image_id = ? WHERE input_sha256 = ? AND "
                        "weights_sha256 = ?", [result.case_id, result.image_id, row["input_sha256"],
                                               config["weights_sha256"]])
-            ctx.audit(db, "predict" if record["table"] == "predictions" else "segment", "case", result.case_id,
-                      {f"{record['table'][:-1]}_id": record_id, "model": config["model"],
+            ctx.audit(db, analysis.audit_action, "case", result.case_id,
+                      {f"{analysis.table[:-1]}_id": record_id, "model": config["model"],
                        "version": config["model_version"], "batch": job_id})
         landed += 1
     return landed

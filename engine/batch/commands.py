@@ -17,7 +17,7 @@ from engine.batch.run import (
     start_batch,
     write_results_csv,
 )
-from engine.batch.work import BATCH_TASKS
+from engine.batch.work import batch_tasks
 from engine.context import Context
 from engine.errors import JobError
 from engine.jobs.queue import lower_priority, resume_job
@@ -30,7 +30,7 @@ def add_parsers(sub) -> None:
     batch = sub.add_parser("batch", help="run a model over a folder, zip or manifest of images (a resumable batch job)")
     batch.add_argument("source", nargs="?", type=Path, help="a folder, a .zip, or a manifest (.csv/.parquet with a "
                        "'path' column; relative paths from its folder)")
-    batch.add_argument("--task", choices=list(BATCH_TASKS), default="classification")
+    batch.add_argument("--task", choices=batch_tasks(), default="classification")
     batch.add_argument("--model", default="", help="installed model (default: the task's active one)")
     batch.add_argument("--cam", action="store_true", help="classification: keep each image's Grad-CAM overlay (PNG)")
     batch.add_argument("--backend", choices=list(BACKENDS), default="local",

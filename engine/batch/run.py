@@ -25,7 +25,7 @@ from pathlib import Path
 
 from engine.batch.backends import BACKENDS, Shard, ShardResult
 from engine.batch.sources import DEFAULT_MAX_ITEMS, Source, open_source
-from engine.batch.work import BATCH_TASKS, COLUMNS, ERROR, Item, Options, device_for
+from engine.batch.work import COLUMNS, ERROR, Item, Options, batch_tasks
 from engine.context import Context
 from engine.errors import BatchSourceError, JobError, short_reason
 from engine.io.spreadsheet import SafeDictWriter
@@ -42,6 +42,7 @@ from engine.jobs.queue import (
     update_job,
 )
 from engine.models.catalog import active_model, find_model
+from engine.models.device import choose_device
 from engine.models.scope import ANALYSED, NOT_ANALYSED, abstention_text
 from engine.store import Store, utc_now
 
@@ -69,8 +70,8 @@ class BatchRequest:
     cases: bool = False  # the analysed images also become cases (normal ingest), with their result logged
 
     def check(self) -> None:
-        if self.task not in BATCH_TASKS:
-            raise JobError(f"batch runs do {', '.join(BATCH_TASKS)}; not {self.task!r}")
+        if self.task not in batch_tasks():
+            raise JobError(f"batch runs do {', '.join(batch_tasks())}; not {self.task!r}")
         if self.backend not in BACKENDS:
             raise JobError(f"unknown backend {self.backend!r}; use {' or '.join(BACKENDS)}")
         for label, value in (("workers", self.workers), ("shard size", self.shard_size),
@@ -102,7 +103,7 @@ def start_batch(ctx: Context, request: BatchRequest, background: bool = True) ->
               "roots": [str(r) for r in roots] if roots is not None else None,
               "model": installed.name, "model_version": installed.card.version,
               "model_path": str(installed.path), "weights_sha256": sha256_of(installed.path),
-              "device": device_for(request.device)}
+              "device": choose_device(request.device)}
 
     job_id = submit(ctx, "batch", device=config["device"], task=request.task, config=config, start=False,
                     detail={"model": installed.name, "items": len(source), "shards": len(shards),

@@ -10,33 +10,26 @@ analysed twice by the same model is one row, whatever its file is called or wher
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from engine.batch.decode import decode_plain
+from engine.batch.decode import DECODERS, decode_plain
 from engine.batch.sources import read_item
 from engine.config import Limits
-from engine.draw import overlay
 from engine.errors import EngineError, short_reason
-from engine.inference.classify import Classifier
-from engine.inference.measure import with_spacing
-from engine.inference.segment import Segmenter
 from engine.io.display import to_gray_uint8
 from engine.io.sandbox import sandbox_for
 from engine.io.study import Spacing
-from engine.models.checkpoint import load_model
 from engine.models.scope import Scope
+from engine.tasks import TASKS, get_task
+from engine.tasks.analysis import load_path
 
-__all__ = ["Options", "Item", "Decoded", "Decoder", "Analyser", "BATCH_TASKS", "ERROR", "COLUMNS", "STAGES",
-           "device_for"]
+__all__ = ["Options", "Item", "Decoded", "Decoder", "Analyser", "batch_tasks", "ERROR", "COLUMNS", "STAGES"]
 
 ERROR = "error"  # the status of an item that could not be read or decoded (a reason row)
 STAGES = ("read", "decode", "preprocess", "forward", "forward_cam", "encode")  # worker seconds, summed per shard
@@ -66,21 +59,6 @@ class Item:
     name: str
 
 
-def device_for(requested: str = "auto") -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if requested == "auto" else requested
-
-
-OVERLAY_MAX_SIDE = 512  # a CAM overlay kept by a batch run: a screen's worth (the CAM itself is 1/32 of the input)
-
-
-def _png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)  # level 6 cost 3x the forward pass
-    return buffer.getvalue()
-
-
 def _input_hash(gray: np.ndarray, modality: str, body_part: str, spacing: Spacing) -> str:
     digest = hashlib.sha256(json.dumps([gray.shape, modality, body_part, spacing.row_mm, spacing.col_mm]).encode())
     digest.update(np.ascontiguousarray(gray).tobytes())
@@ -90,79 +68,35 @@ def _input_hash(gray: np.ndarray, modality: str, body_part: str, spacing: Spacin
 @dataclass
 class Decoded:
     item: Item
-    gray: np.ndarray
+    gray: np.ndarray  # the model's input: a 2-D display image, or a volume's (slices, rows, cols) voxels
     modality: str
     body_part: str
     spacing: Spacing
 
 
 class _TaskModel:
-    """A task's loaded model (`runner`: Classifier or Segmenter) and its scope."""
-
-    runner: type  # set by each task
+    """A task's loaded model (its analysis's runner), its scope, and how it turns decoded images into rows."""
 
     def __init__(self, options: Options):
-        self.model = self.runner(load_model(Path(options.model_path), options.device), options.device)
+        self.task = get_task(options.task)
+        self.model = load_path(self.task, Path(options.model_path), options.device)
         self.loaded, self.options = self.model.loaded, options
         self.scope = Scope.from_card(self.loaded.card)
 
-
-class _Classification(_TaskModel):
-    runner = Classifier
-
     def rows(self, batch: list[Decoded], timings: dict[str, float]) -> list[dict]:
-        predictions = self.model.classify_batch([d.gray for d in batch], cam=self.options.cam, timings=timings)
-        out = []
-        for d, p in zip(batch, predictions):
-            verdict = self.scope.judge(d.modality, d.body_part, p.ood_score, p.ood_threshold)
-            start = time.perf_counter()
-            cam_png = _png(overlay(d.gray, p.cam, max_side=OVERLAY_MAX_SIDE)) \
-                if p.cam is not None and verdict.analysed else None
-            timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - start
-            out.append({
-                "status": verdict.status, "status_reason": verdict.reason, "label": p.label,
-                "probability": p.probability, "probabilities": json.dumps(p.probabilities),
-                "probabilities_raw": json.dumps(p.probabilities_raw), "threshold": p.threshold,
-                "uncertainty": p.uncertainty, "uncertainty_method": p.uncertainty_method,
-                "ood_score": p.ood_score, "ood_threshold": p.ood_threshold, "ood_flag": int(p.out_of_distribution),
-                "cam_method": p.cam_method if p.cam is not None else "", "overlay_png": cam_png,
-                "latency_ms": p.latency_ms})
-        return out
+        return self.task.analysis.batch_rows(self.model, self.scope, batch, self.options, timings)
 
 
-class _Segmentation(_TaskModel):
-    runner = Segmenter
+def batch_tasks() -> list[str]:
+    """The tasks a batch run can do: those whose analysis turns decoded images into rows."""
+    return [name for name, task in TASKS.items() if task.analysis.batch_rows]
 
-    def rows(self, batch: list[Decoded], timings: dict[str, float]) -> list[dict]:
-        out = []
-        for d in batch:
-            spacing = d.spacing if d.spacing.known else with_spacing(self.options.pixel_mm, "entered by the user")
-            start = time.perf_counter()
-            result = self.model.segment(d.gray, spacing)
-            timings["forward"] = timings.get("forward", 0.0) + time.perf_counter() - start
-            verdict, m = self.scope.judge(d.modality, d.body_part), result.measurement
-            start = time.perf_counter()
-            mask_png = _png(np.where(result.mask, 255, 0).astype(np.uint8)) if verdict.analysed else None
-            timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - start
-            out.append({
-                "status": verdict.status, "status_reason": verdict.reason, "mask_pixels": int(result.mask.sum()),
-                "circumference": m.circumference if m else None, "area": m.area if m else None,
-                "unit": m.unit if m else "", "spacing_mm": spacing.row_mm, "spacing_source": spacing.source,
-                "overlay_png": mask_png, "latency_ms": result.latency_ms})
-        return out
-
-
-# One entry per task a batch run can do: the class that loads its model and turns decoded images into rows.
-BATCH_TASKS: dict[str, Callable[[Options], _TaskModel]] = {
-    "classification": _Classification, "segmentation": _Segmentation}
 
 # Every column a row may carry (the Parquet schema and the `batch_results` table); a task leaves the others None.
 COLUMNS = {"shard": int, "item": int, "input_sha256": str, "status": str, "status_reason": str,
            "modality": str, "body_part": str, "rows": int, "cols": int,
-           "label": str, "probability": float, "probabilities": str, "probabilities_raw": str, "threshold": float,
-           "uncertainty": float, "uncertainty_method": str, "ood_score": float, "ood_threshold": float,
-           "ood_flag": int, "cam_method": str, "mask_pixels": int, "circumference": float, "area": float,
-           "unit": str, "spacing_mm": float, "spacing_source": str, "overlay_png": bytes, "latency_ms": float}
+           **{k: v for task in TASKS.values() for k, v in task.analysis.batch_columns.items()},
+           "overlay_png": bytes, "latency_ms": float}  # overlay_png: a CAM overlay or a mask, as PNG
 
 
 class Decoder:
@@ -186,9 +120,10 @@ class Decoder:
         return decoded
 
     def decode_bytes(self, item: Item, data: bytes) -> Decoded:
-        decoded = self.sandbox.call(decode_plain, data, asdict(self.limits))
-        return Decoded(item, to_gray_uint8(decoded["image"]), decoded["modality"], decoded["body_part"],
-                       Spacing(**decoded["spacing"]))
+        kind = get_task(self.options.task).analysis.batch_input
+        decoded = self.sandbox.call(DECODERS[kind], data, asdict(self.limits))
+        pixels = to_gray_uint8(decoded["image"]) if kind == "image" else decoded["image"]
+        return Decoded(item, pixels, decoded["modality"], decoded["body_part"], Spacing(**decoded["spacing"]))
 
     def input_hash(self, data: bytes) -> str:
         """The row key's input hash of a file's bytes: what a result was computed on."""
@@ -214,10 +149,10 @@ class Analyser(Decoder):
     """One worker's model and decoder sandbox, loaded once and used for many batches of items."""
 
     def __init__(self, options: Options):
-        if options.task not in BATCH_TASKS:
-            raise EngineError(f"batch runs do {', '.join(BATCH_TASKS)}; not {options.task!r}")
+        if options.task not in batch_tasks():
+            raise EngineError(f"batch runs do {', '.join(batch_tasks())}; not {options.task!r}")
         super().__init__(options)
-        self.task = BATCH_TASKS[options.task](options)
+        self.task = _TaskModel(options)
 
     def infer(self, decoded: list[Decoded], timings: dict[str, float]) -> list[dict]:
         """One row per decoded image, `batch_size` images per forward."""
@@ -226,8 +161,8 @@ class Analyser(Decoder):
             batch = decoded[start:start + self.options.batch_size]
             for d, values in zip(batch, self.task.rows(batch, timings)):
                 rows.append(_row(d.item, input_sha256=_input_hash(d.gray, d.modality, d.body_part, d.spacing),
-                                 modality=d.modality, body_part=d.body_part, rows=d.gray.shape[0],
-                                 cols=d.gray.shape[1], **values))
+                                 modality=d.modality, body_part=d.body_part, rows=d.gray.shape[-2],
+                                 cols=d.gray.shape[-1], **values))
         return rows
 
     def analyse(self, items: list[Item], timings: dict[str, float] | None = None) -> list[dict]:

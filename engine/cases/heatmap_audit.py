@@ -19,9 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from engine.cases.diagnosis import load_classifier
 from engine.config import Config
 from engine.context import Context
 from engine.data.catalog import DATASETS, datasets, load_dataset
@@ -41,7 +39,9 @@ from engine.jobs.queue import (
 )
 from engine.metrics import mean_ci
 from engine.models.catalog import find_model
+from engine.models.device import choose_device
 from engine.store import Store
+from engine.tasks.classification import load_classifier
 
 __all__ = ["BORDER", "CORNER", "AuditImage", "region_masks", "mass_shares", "audit_split", "start_audit", "run_audit",
            "list_audits", "get_audit", "audit_heatmaps", "dataset_file", "TOP_OUTSIDE"]
@@ -145,7 +145,7 @@ def start_audit(ctx: Context, model_name: str, method: str, dataset: str, split:
     installed = find_model(ctx.config, model_name)
     request = {"model_name": installed.name, "model_version": installed.card.version, "method": method,
                "layer": layer or "", "dataset": dataset, "split": split, "limit": limit}
-    return submit(ctx, "audit", device="cuda" if torch.cuda.is_available() else "cpu", task="classification",
+    return submit(ctx, "audit", device=choose_device(), task="classification",
                   config=request, detail={"model": installed.name, "method": method, "dataset": dataset,
                                           "split": split}, here=not background)
 

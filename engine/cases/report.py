@@ -9,58 +9,31 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pydicom
 from fpdf import FPDF
 from PIL import Image
 
-from engine.cases.results import CaseResults, area_unit, case_results, evidence_view
+from engine.cases.results import CaseResults, case_results, evidence_view
 from engine.config import Config
 from engine.context import Context
 from engine.draw import fit_within, font_path
 from engine.errors import EngineError, ExportError, UnknownModel
 from engine.io.derived import DISCLAIMER
-from engine.metrics import Calibrator
 from engine.models.card import ModelCard
 from engine.models.catalog import find_model
 from engine.store import Store
+from engine.tasks import TASKS, Task
+from engine.tasks.analysis import Bar
+from engine.tasks.classification import percent
 
 __all__ = ["case_report", "MAX_REPORT_CASES"]
 
+_TABLES = tuple(dict.fromkeys(t.analysis.table for t in TASKS.values()))  # where results are logged
 MAX_REPORT_CASES = 200  # one PDF; each page decodes an image and recomputes a Grad-CAM
 _INK, _GREY, _WARN = (20, 20, 20), (100, 100, 100), (170, 60, 0)
-
-
-def _percent(p: float) -> str:
-    return "> 99.9 %" if p > 0.999 else "< 0.1 %" if p < 0.001 else f"{p:.1%}".replace("%", " %")
-
-
-def _ci(metrics: dict, key: str) -> str:
-    low_high = (metrics.get("ci95") or {}).get(key)
-    return f" (95 % CI {low_high[0]:.3f}-{low_high[1]:.3f})" if low_high else ""
-
-
-def _classification_metrics(test: dict) -> list[str]:
-    return [f"AUC {test['auc']:.3f}{_ci(test, 'auc')}",
-            f"Sensitivity {test['sensitivity']:.3f}{_ci(test, 'sensitivity')}, "
-            f"specificity {test['specificity']:.3f}{_ci(test, 'specificity')}",
-            f"ECE {test['ece']:.3f}{_ci(test, 'ece')} after calibration; n = {test['n']}"]
-
-
-def _segmentation_metrics(test: dict) -> list[str]:
-    def mean_ci(key: str, unit: str = "") -> str:
-        m = test[key]
-        return f"{m['mean']:.3f}{unit} (95 % CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f})"
-
-    return [f"Dice {mean_ci('dice')}", f"Head circumference absolute error {mean_ci('hc_abs_error_mm', ' mm')}",
-            f"n = {test['n']}"]
-
-
-# task -> the card's held-out test metrics as lines of the report
-CARD_METRICS: dict[str, Callable[[dict], list[str]]] = {"classification": _classification_metrics,
-                                                        "segmentation": _segmentation_metrics}
 
 
 class _Report(FPDF):
@@ -102,7 +75,7 @@ class _Report(FPDF):
         self.set_line_width(0.2)
         self.set_font("DejaVu", "", 7)
         self.set_text_color(*_GREY)
-        self.text(x + w + 2, y + 3.2, f"| = threshold {_percent(threshold)}")
+        self.text(x + w + 2, y + 3.2, f"| = threshold {percent(threshold)}")
         self.set_y(y + h + 2.5)
 
 
@@ -146,49 +119,26 @@ def _images(pdf: _Report, gray: np.ndarray, evidence: np.ndarray | None, caption
     pdf.set_xy(pdf.l_margin, top + height + 6)
 
 
-def _prediction(pdf: _Report, p: dict, positive: str, card: ModelCard | None) -> None:
+def _result(pdf: _Report, lines: list) -> None:
+    """A task's result section (engine.tasks.analysis Line / Bar items), set as plain text."""
     pdf.heading("Result")
-    flagged = p["label"] == positive
-    pdf.line_text(f"{p['label'].capitalize()}: calibrated probability of {positive} {_percent(p['probability'])}, "
-                  f"{'above' if flagged else 'below'} the operating threshold {_percent(p['threshold'])}",
-                  11, _WARN if flagged else _INK, bold=True)
-    pdf.probability_bar(p["probability"], p["threshold"])
-    calibrator = Calibrator.from_card(card.calibration) if card and card.calibration else None
-    summary = calibrator.summary() if calibrator else "none"
-    calibration = summary if not calibrator or summary.startswith(calibrator.method) else \
-        f"{calibrator.method} ({summary})"
-    pdf.line_text(f"Calibration: {calibration}; uncalibrated probability {_percent(p['probability_raw'])}.", 8.5,
-                  _GREY)
-    spread = (f"+/- {p['uncertainty']:.1%} (spread over test-time augmentation)"
-              if p["uncertainty_method"].startswith("tta") else
-              f"{p['uncertainty']:.2f} bits (predictive entropy; 0 = certain, 1 = coin toss)")
-    ood = p["ood_score"] > p["ood_threshold"]
-    pdf.line_text(f"Uncertainty: {spread}")
-    pdf.line_text(f"Out-of-distribution check: {'UNLIKE the training images' if ood else 'in distribution'} "
-                  f"(score {p['ood_score']:.1f}, threshold {p['ood_threshold']:.1f})", colour=_WARN if ood else _INK)
-
-
-def _segmentation(pdf: _Report, s: dict) -> None:
-    pdf.heading("Result")
-    pdf.line_text(f"Head circumference {s['circumference']:.1f} {s['unit']}, area {s['area']:.0f} "
-                  f"{area_unit(s['unit'])}", 11,
-                  bold=True)
-    pdf.line_text(f"Measured on the ellipse fitted to the model's mask; pixel size: {s['spacing_source']}.", 8.5,
-                  _GREY)
-    if s.get("dice") is not None:
-        pdf.line_text(f"Against the dataset's ground truth: Dice {s['dice']:.3f}, HD95 {s['hd95']:.2f} mm")
+    for item in lines:
+        if isinstance(item, Bar):
+            pdf.probability_bar(item.probability, item.threshold)
+        else:
+            pdf.line_text(item.text, item.size, _WARN if item.warn else _GREY if item.muted else _INK, item.bold)
 
 
 def _not_analysed(pdf: _Report, store: Store, case_id: int) -> None:
     pdf.heading("Result")
+    tables = " UNION ALL ".join(f"SELECT status_reason FROM {t} WHERE case_id = ?" for t in _TABLES)
     with store.read() as db:
-        row = db.execute("SELECT status_reason FROM predictions WHERE case_id = ? UNION ALL SELECT status_reason "
-                         "FROM segmentations WHERE case_id = ? LIMIT 1", [case_id, case_id]).fetchone()
+        row = db.execute(f"{tables} LIMIT 1", [case_id] * len(_TABLES)).fetchone()
     pdf.line_text("Not analysed: " + (f"outside what the model was trained on ({row[0]})" if row else
                                       "no model has been run on this case"), 10, _WARN, bold=True)
 
 
-def _model(pdf: _Report, row: dict, card: ModelCard | None) -> None:
+def _model(pdf: _Report, task: Task, row: dict, card: ModelCard | None) -> None:
     pdf.heading(f"Model: {row['model_name']} v{row['model_version']} (weights {row['weights_sha256'][:12]})")
     if card is None:
         pdf.line_text("This model is no longer installed; its card is not available.", colour=_GREY)
@@ -196,7 +146,7 @@ def _model(pdf: _Report, row: dict, card: ModelCard | None) -> None:
     data = card.data or {}
     pdf.line_text(f"Data: {data.get('description') or data.get('dataset', '-')}", 8.5)
     if test := card.test_metrics:
-        pdf.line_text("Held-out test split: " + "; ".join(CARD_METRICS[card.task](test)), 8.5)
+        pdf.line_text("Held-out test split: " + "; ".join(task.analysis.card_metrics(test)), 8.5)
     for limitation in card.limitations[:4]:
         pdf.line_text(f"- {limitation}", 8, _GREY)
 
@@ -222,20 +172,14 @@ def _page(pdf: _Report, config: Config, store: Store, results: CaseResults, toda
     pdf.line_text(f"Pseudonym {_pseudonym(config, results.image)} | {case['modality'] or '-'} "
                   f"{case['body_part'] or ''} {case['study_description'] or ''} | study date (shifted) "
                   f"{case['study_date'] or '-'} | source: {case['source']} | report date {today}", 8.5, _GREY)
-    gray, evidence, positive = evidence_view(config, results)
-    p, s = results.prediction, results.segmentation
-    _images(pdf, gray, evidence, "Grad-CAM: where the model looked, not a lesion outline" if p else
-            "Model mask (green) and fitted ellipse (white)")
-    row = p or s
-    card = _card(config, row) if row else None
-    if p:
-        _prediction(pdf, p, positive, card)
-    elif s:
-        _segmentation(pdf, s)
-    else:
+    gray, evidence, caption = evidence_view(config, results)
+    _images(pdf, gray, evidence, caption)
+    if not results.logged:
         _not_analysed(pdf, store, results.case_id)
-    if row:
-        _model(pdf, row, card)
+    for logged in results.logged:
+        card = _card(config, logged.row)
+        _result(pdf, logged.task.analysis.report(logged.row, card))
+        _model(pdf, logged.task, logged.row, card)
     _review(pdf, results.review)
 
 

@@ -1,64 +1,62 @@
-"""A case's result as standard DICOM objects: a Comprehensive SR of the finding and measurements, a
-Secondary Capture of the Grad-CAM overlay and of the segmentation outline (research-use text burned in),
-and the DICOM SEG. Built from what the store logged (the latest analysed prediction and segmentation, the
-latest review), over a source dataset the caller chooses: the stored de-identified image for a download, or
-the original study's identity for a push (engine.pacs.push). Nothing built here is stored.
-
-The Grad-CAM is recomputed from the prediction's own weights (the same SHA-256, else the export is refused):
-it is deterministic, and a heat map is not worth a BLOB per prediction.
+"""A case's result as standard DICOM objects: each task's latest analysed result contributes its objects
+(engine.tasks: the classifier a Secondary Capture of its Grad-CAM, the segmenter a SEG and a capture of its
+outline) and its part of one Comprehensive SR (the finding, the measurements) that references them, with the
+latest review. Built from what the store logged, over a source dataset the caller chooses: the stored
+de-identified image for a download, or the original study's identity for a push (engine.pacs.push). Nothing
+built here is stored. Evidence is recomputed by the task from the row's own weights (the same SHA-256, else
+the export is refused): it is deterministic, and a heat map is not worth a BLOB per prediction.
 """
 
 from __future__ import annotations
 
-import functools
 import io
-import json
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 
-import cv2
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 
-from engine.cases.images import get_case, gray_image
 from engine.config import Config
 from engine.context import Context
-from engine.draw import draw_segmentation, overlay, with_banner
-from engine.errors import ExportError, NotAnalysed, UnknownCase, UnknownModel
-from engine.inference.measure import Ellipse
+from engine.errors import NotAnalysed
 from engine.io import derived
-from engine.io.derived import BURNED_IN, SC_STORAGE, SEG_STORAGE, SR_STORAGE
-from engine.models.catalog import find_model
+from engine.io.derived import SC_STORAGE, SEG_STORAGE, SR_STORAGE
 from engine.store import Store
+from engine.stored import get_case, gray_image, stored_source
+from engine.tasks import TASKS, Task
+from engine.tasks.analysis import algorithm_of, analysis_of
 
-__all__ = ["CaseResults", "ResultObject", "case_results", "stored_source", "build_objects", "result_objects",
-           "algorithm_of", "evidence_view", "area_unit", "result_zip", "OBJECT_KINDS"]
+__all__ = ["CaseResults", "Logged", "ResultObject", "case_results", "build_objects", "result_objects",
+           "evidence_view", "result_zip", "OBJECT_KINDS"]
 
 # kind -> (title, SOP class): what each object is, for pages, the CLI and the audit log.
 OBJECT_KINDS = {"sr": ("Structured report (SR)", SR_STORAGE),
                 "sc-cam": ("Secondary capture of the Grad-CAM overlay", SC_STORAGE),
                 "seg": ("Segmentation (SEG)", SEG_STORAGE),
                 "sc-seg": ("Secondary capture of the segmentation", SC_STORAGE)}
-# Type 2 Patient/Study attributes the derived objects copy; de-identification may have left them out.
-_TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                 "ReferringPhysicianName", "AccessionNumber", "StudyID")
+
+
+
+@dataclass(frozen=True)
+class Logged:
+    """A task's latest analysed row on the case."""
+
+    task: Task
+    row: dict
 
 
 @dataclass(frozen=True)
 class CaseResults:
-    """What the store holds about one case's result: rows as logged (None where there is none)."""
+    """What the store holds about one case's result: rows as logged."""
 
     case_id: int
-    image: dict  # the image the results are about
-    prediction: dict | None  # the latest analysed prediction
-    segmentation: dict | None  # the latest analysed segmentation
+    image: dict  # the image the results are about (that of the newest analysed row)
+    logged: list[Logged]  # each task's latest analysed row on that image, newest first
     review: dict | None  # the latest review
 
     @property
     def analysed(self) -> bool:
-        return bool(self.prediction or self.segmentation)
+        return bool(self.logged)
 
 
 @dataclass(frozen=True)
@@ -79,68 +77,28 @@ class ResultObject:
 
 def case_results(store: Store, case_id: int) -> CaseResults:
     case = get_case(store, case_id)
+    newest: dict[str, tuple[str, dict]] = {}
     with store.read() as db:
-        def latest(sql: str) -> dict | None:
-            rows = list(db.query(sql + " ORDER BY id DESC LIMIT 1", [case_id]))
-            return rows[0] if rows else None
-
-        prediction = latest("SELECT * FROM predictions WHERE case_id = ? AND status = 'analysed'")
-        segmentation = latest("SELECT * FROM segmentations WHERE case_id = ? AND status = 'analysed'")
-        review = latest("SELECT * FROM reviews WHERE case_id = ?")
-    image_id = (prediction or segmentation or {}).get("image_id") or case["images"][0]["id"]
+        for table in dict.fromkeys(t.analysis.table for t in TASKS.values()):
+            for row in db.query(f"SELECT * FROM {table} WHERE case_id = ? AND status = 'analysed' ORDER BY id DESC",
+                                [case_id]):
+                newest.setdefault(analysis_of(TASKS.values(), table, row).name, (row["created_at"], row))
+        reviews = list(db.query("SELECT * FROM reviews WHERE case_id = ? ORDER BY id DESC LIMIT 1", [case_id]))
+    logged = [Logged(TASKS[name], row) for name, (_, row) in
+              sorted(newest.items(), key=lambda item: (item[1][0], item[1][1]["id"]), reverse=True)]
+    image_id = logged[0].row["image_id"] if logged else case["images"][0]["id"]
     image = next(i for i in case["images"] if i["id"] == image_id)
-    return CaseResults(case_id, image, prediction, segmentation, review)
+    return CaseResults(case_id, image, [r for r in logged if r.row["image_id"] == image_id],
+                       reviews[0] if reviews else None)
 
 
-def stored_source(config: Config, image: dict) -> Dataset:
-    """The stored, de-identified DICOM of an image (the source a download's objects derive from)."""
-    if image["source_format"] != "dicom":
-        raise ExportError("a DICOM export needs a DICOM source image; this case was uploaded as "
-                          f"{image['source_format'].upper()} (download the PDF report or the PNG mask instead)")
-    path = config.home / image["path"]
-    if not path.is_file():
-        raise UnknownCase(f"the stored file of image {image['id']} is missing")
-    source = pydicom.dcmread(path)
-    for keyword in _TYPE2_COPIED:  # type 2: empty is valid and keeps the objects free of identifiers
-        if keyword not in source:
-            setattr(source, keyword, "")
-    if int(source.get("NumberOfFrames", 1) or 1) != 1:
-        raise ExportError("DICOM results are built for single-frame images; download the PDF report instead")
-    return source
-
-
-def algorithm_of(row: dict) -> derived.Algorithm:
-    return derived.Algorithm(row["model_name"], row["model_version"], row["weights_sha256"])
-
-
-@functools.lru_cache(maxsize=4)
-def _classifier(path: Path, sha256: str):
-    import torch
-
-    from engine.inference.classify import Classifier
-    from engine.models.checkpoint import load_model
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Classifier(load_model(path, device), device)
-
-
-def _verified_classifier(config: Config, prediction: dict):
-    """The classifier with the very weights that produced `prediction` (ExportError when gone)."""
-    try:
-        installed = find_model(config, prediction["model_name"])
-    except UnknownModel:
-        installed = None
-    classifier = _classifier(installed.path, prediction["weights_sha256"]) if installed else None
-    if classifier is None or classifier.loaded.sha256 != prediction["weights_sha256"]:
-        raise ExportError(f"the weights of {prediction['model_name']} v{prediction['model_version']} that produced "
-                          "this result are no longer installed; run the case again to export its result")
-    return classifier
-
-
-def _finding(prediction: dict, positive: str) -> derived.Finding:
-    return derived.Finding(prediction["label"], prediction["probability"], positive, prediction["threshold"],
-                           prediction["uncertainty"], prediction["uncertainty_method"], prediction["ood_score"],
-                           prediction["ood_threshold"], prediction["cam_method"] or "gradcam")
+def evidence_view(config: Config, results: CaseResults) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(the image the model saw, the newest result's evidence drawn over it or None, its caption)."""
+    gray = gray_image(config, results.image)
+    if not results.logged:
+        return gray, None, ""
+    newest = results.logged[0]
+    return gray, *newest.task.analysis.evidence(config, newest.row, gray)
 
 
 def _review(results: CaseResults) -> derived.Review | None:
@@ -148,79 +106,20 @@ def _review(results: CaseResults) -> derived.Review | None:
     return derived.Review(r["verdict"], r["reviewer"], r["label"] or "") if r else None
 
 
-def evidence_view(config: Config, results: CaseResults) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """(the image the model saw, its evidence drawn over it or None, the positive label): the Grad-CAM
-    overlay of the prediction, else the segmentation outline with its fitted ellipse."""
-    gray = gray_image(config, results.image)
-    if p := results.prediction:
-        classifier = _verified_classifier(config, p)
-        return gray, overlay(gray, classifier.classify(gray).cam), classifier.loaded.card.positive_label
-    if s := results.segmentation:
-        return gray, _outline(gray, s), ""
-    return gray, None, ""
-
-
-def _outline(gray: np.ndarray, segmentation: dict) -> np.ndarray:
-    """The segmentation's mask outlined over the image, with the ellipse its measurement was fitted on."""
-    ellipse = Ellipse(**json.loads(segmentation["ellipse"])) if segmentation["ellipse"] else None
-    return draw_segmentation(gray, _mask(segmentation), ellipse=ellipse)
-
-
-def area_unit(unit: str) -> str:
-    """The unit of an area measured in `unit` (mm or px)."""
-    return f"{unit}\u00b2"
-
-
-def _cam_capture(results: CaseResults, source: Dataset, rgb: np.ndarray, positive: str) -> Dataset:
-    p = results.prediction
-    rgb = with_banner(rgb, BURNED_IN, [
-        f"RadLens {p['model_name']} v{p['model_version']}: {p['label']}. Calibrated probability of {positive} "
-        f"{p['probability']:.1%} (operating threshold {p['threshold']:.1%})",
-        f"Grad-CAM ({p['cam_method'] or 'gradcam'}): where the model looked, not a lesion outline"])
-    return derived.secondary_capture(source, rgb, "RadLens Grad-CAM (research use only)", algorithm_of(p),
-                                     "Grad-CAM heat map of the model's evidence over the source image")
-
-
-def _mask(segmentation: dict) -> np.ndarray:
-    mask = cv2.imdecode(np.frombuffer(segmentation["mask_png"], np.uint8), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise ExportError("the stored mask cannot be decoded")
-    return mask > 127
-
-
-def _seg_capture(results: CaseResults, source: Dataset, rgb: np.ndarray) -> Dataset:
-    s = results.segmentation
-    rgb = with_banner(rgb, BURNED_IN, [
-        f"RadLens {s['model_name']} v{s['model_version']}: head circumference {s['circumference']:.1f} {s['unit']}, "
-        f"area {s['area']:.0f} {area_unit(s['unit'])}",
-        f"Model mask (green), fitted ellipse (white); pixel size: {s['spacing_source']}"])
-    return derived.secondary_capture(source, rgb, "RadLens segmentation (research use only)", algorithm_of(s),
-                                     "Segmentation outline and fitted ellipse over the source image")
-
-
 def build_objects(config: Config, results: CaseResults, source: Dataset) -> list[ResultObject]:
-    """SC(s), SEG and SR of the case's result over `source` (the SR references the others)."""
+    """Each logged result's objects (captures, SEG) over `source`, and one SR of them all that references them."""
     if not results.analysed:
         raise NotAnalysed(f"case {results.case_id} has no analysed result to export: run a model on it first")
-    gray, evidence, positive = evidence_view(config, results)
-    objects: list[ResultObject] = []
-    cam_sc = seg = finding = None
-    if p := results.prediction:
-        finding = _finding(p, positive)
-        cam_sc = _cam_capture(results, source, evidence, positive)
-        objects.append(ResultObject("sc-cam", cam_sc))
-    measurements = None
-    if results.segmentation:
-        s = results.segmentation
-        mask = _mask(s)
-        if mask.shape != (source.Rows, source.Columns):
-            raise ExportError("the mask and the source image differ in size; download the PDF report instead")
-        seg = derived.segmentation(source, mask, algorithm_of(s))
-        outline = _outline(gray, s) if p else evidence  # evidence_view drew it unless there is a prediction
-        objects += [ResultObject("seg", seg), ResultObject("sc-seg", _seg_capture(results, source, outline))]
-        measurements = derived.Measurements(s["circumference"], s["area"], s["unit"], s["spacing_source"])
-    sr = derived.structured_report(source, algorithm_of(p or results.segmentation), finding, measurements,
-                                   _review(results) if p else None, cam_sc, seg)
+    gray = gray_image(config, results.image)
+    parts = [(r.row, r.task.analysis.objects(config, r.row, source, gray)) for r in results.logged]
+    objects = [ResultObject(kind, ds) for _, part in parts for kind, ds in part.objects]
+    found = next(((row, part) for row, part in parts if part.finding), None)
+    measurements = next((part.measurements for _, part in parts if part.measurements), None)
+    capture = next((ds for kind, ds in found[1].objects if ds.SOPClassUID == SC_STORAGE), None) if found else None
+    seg = next((o.dataset for o in objects if o.dataset.SOPClassUID == SEG_STORAGE), None)
+    sr = derived.structured_report(source, algorithm_of(found[0] if found else parts[0][0]),
+                                   found[1].finding if found else None, measurements,
+                                   _review(results) if found else None, capture, seg)
     return [ResultObject("sr", sr), *objects]
 
 

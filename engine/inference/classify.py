@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from engine.errors import ModelMismatch
 from engine.inference.batch import autocast
 from engine.inference.cam import single_pass_cam
 from engine.metrics import Calibrator
@@ -56,8 +55,6 @@ class Classifier:
     serialised by a lock because CAM hooks live on the shared modules."""
 
     def __init__(self, loaded: LoadedModel, device: str | torch.device = "cpu"):
-        if loaded.card.task != "classification":
-            raise ModelMismatch(f"{loaded.name} is a {loaded.card.task} model, not a classifier")
         self.loaded = loaded
         self.device = torch.device(device)
         self.model = loaded.model.to(self.device, memory_format=torch.channels_last).eval()

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 
-from engine.errors import ModelMismatch
 from engine.inference.cam import compute_cam, head_only_backward
 from engine.inference.measure import Measurement, clean_mask, measure
 from engine.io.study import UNKNOWN_SPACING, Spacing
@@ -54,8 +53,6 @@ class Segmenter:
     """A loaded segmentation model; thread-safe (one forward at a time, as in Classifier)."""
 
     def __init__(self, loaded: LoadedModel, device: str | torch.device = "cpu"):
-        if loaded.card.task != "segmentation":
-            raise ModelMismatch(f"{loaded.name} is a {loaded.card.task} model, not a segmentation model")
         self.loaded = loaded
         self.device = torch.device(device)
         self.model = loaded.model.to(self.device).eval().requires_grad_(False)

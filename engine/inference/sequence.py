@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from engine.errors import ModelMismatch
 from engine.metrics import Calibrator
 from engine.models.checkpoint import LoadedModel
 from engine.models.ood import mahalanobis, pooled
@@ -49,8 +48,6 @@ class SequenceClassifier:
     """A loaded sequence model prepared for inference; shared across threads (hooks live on the modules)."""
 
     def __init__(self, loaded: LoadedModel, device: str | torch.device = "cpu"):
-        if loaded.card.task != "sequence":
-            raise ModelMismatch(f"{loaded.name} is a {loaded.card.task} model, not a sequence model")
         self.loaded = loaded
         self.device = torch.device(device)
         self.model = loaded.model.to(self.device).eval().requires_grad_(False)

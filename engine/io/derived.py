@@ -87,7 +87,7 @@ class Finding:
     probability: float  # calibrated probability of the positive label
     positive_label: str
     threshold: float
-    uncertainty: float
+    uncertainty: float | None  # None: the model gives none (a sequence model)
     uncertainty_method: str  # "entropy" (bits) or "tta-<n>" (spread of the probability)
     ood_score: float
     ood_threshold: float
@@ -192,8 +192,9 @@ def _finding_items(finding: Finding, source: Dataset, capture: Dataset | None) -
     probability = _num("probability", finding.probability, "1")
     probability.ContentSequence = hd.sr.ContentSequence([hd.sr.CodeContentItem(  # probability *of* what
         name=SR_CODES["finding"], value=_label_code(finding.positive_label), relationship_type=_REL.HAS_CONCEPT_MOD)])
-    items = [code, probability, _num("threshold", finding.threshold, "1"),
-             _num("uncertainty", finding.uncertainty, spread_unit), _num("ood_score", finding.ood_score, "1"),
+    spread = [] if finding.uncertainty is None else [_num("uncertainty", finding.uncertainty, spread_unit)]
+    items = [code, probability, _num("threshold", finding.threshold, "1"), *spread,
+             _num("ood_score", finding.ood_score, "1"),
              _num("ood_threshold", finding.ood_threshold, "1"),
              hd.sr.CodeContentItem(name=SR_CODES["ood_flag"],
                                    value=codes.SCT.Yes if finding.ood_score > finding.ood_threshold else codes.SCT.No,

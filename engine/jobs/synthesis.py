@@ -15,6 +15,7 @@ from engine.errors import JobError
 from engine.inference.batch import PRECISIONS
 from engine.jobs.queue import job_folder, submit
 from engine.jobs.training import argv_of, opt, parser_of
+from engine.tasks import get_task
 
 __all__ = ["GanConfig", "GAN_PROGRAM", "gan_parser", "submit_gan"]
 
@@ -26,7 +27,7 @@ class GanConfig:
     """Everything one GAN training run needs; trained on the dataset's training split only."""
 
     dataset: str = opt("a classification dataset of the catalogue (its training split is used)", "cxr_pneumonia",
-                       choices=lambda: [n for n, d in DATASETS.items() if d.task == "classification"])
+                       choices=lambda: [n for n, d in DATASETS.items() if get_task(d.task).synthetic_images])
     size: int = opt("generated image side in pixels (4 x a power of two)", 64, type=int)
     width: int = opt("channels of the generator's full-resolution layers (doubling per halving)", 32, type=int)
     d_width: int = opt("channels of the discriminator's first layer (doubling per halving)", 48, type=int)
@@ -51,7 +52,7 @@ class GanConfig:
     output: Path | None = opt("run folder (default: $RADLENS_HOME/runs/<name>)", type=Path)
 
     def checked(self) -> GanConfig:
-        if self.dataset not in DATASETS or DATASETS[self.dataset].task != "classification":
+        if self.dataset not in DATASETS or not get_task(DATASETS[self.dataset].task).synthetic_images:
             raise JobError(f"a GAN is trained on a classification dataset's training split; {self.dataset!r} is "
                            "not one")
         side = self.size

@@ -11,16 +11,15 @@ import shlex
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import torch
-
 from engine.config import Config
 from engine.context import Context
 from engine.data.catalog import DATASETS
 from engine.data.reviews import usable_review_ids
-from engine.errors import JobError
+from engine.errors import EngineError, JobError
 from engine.inference.batch import PRECISIONS
 from engine.jobs.queue import job_folder, submit
 from engine.models.catalog import active_model
+from engine.models.device import choose_device, visible_gpus
 from engine.models.registry import get_spec, list_models
 from engine.tasks import get_task
 
@@ -206,18 +205,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                      "write its weights and model card")
 
 
-def visible_gpus() -> int:
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 def _device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if visible_gpus() else "cpu"
-    if device == "cuda" and not visible_gpus():
-        raise JobError("device cuda was chosen but no GPU is visible to torch; choose cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise JobError(f"Unknown device {device!r}. Use auto, cpu or cuda")
-    return device
+    try:
+        return choose_device(device)
+    except EngineError as error:
+        raise JobError(str(error)) from error
 
 
 def _with_base(ctx: Context, cfg: TrainConfig, fine_tune: bool) -> TrainConfig:

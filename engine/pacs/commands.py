@@ -1,6 +1,6 @@
-"""`python -m engine pacs ...`, `python -m engine listen`, `python -m engine analyse` and `python -m engine send`:
-PACS nodes, echo, find, pull, push and routing from the shell, the DICOM listener alone, and the programs of
-the analysis and send jobs."""
+"""`python -m engine pacs ...`, `python -m engine listen` and `python -m engine send`:
+PACS nodes, echo, find, pull, push and routing from the shell, the DICOM listener alone, and the program of
+the send job (the analysis job's is `python -m engine analyse --run N`)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from engine.cases.results import OBJECT_KINDS
 from engine.context import Context, User
 from engine.errors import InvalidOption
 from engine.identity.commands import read_password
-from engine.pacs.client import VIAS, StudyQuery
 from engine.pacs.nodes import PacsNode, list_nodes, remove_node, save_credentials, save_node
 from engine.pacs.push import run_send, send_after_review, send_case, set_send_after_review
-from engine.pacs.routing import routing, run_analysis, set_routing
+from engine.pacs.routing import routing, set_routing
 from engine.pacs.studies import pull, search, test_connection
+from engine.pacs.transports import VIAS, StudyQuery
 
 __all__ = ["add_parsers", "COMMANDS"]
 
@@ -137,12 +137,6 @@ def _listen(args, ctx: Context) -> int:
     return 0
 
 
-def _analyse(args, ctx: Context) -> int:
-    summary = run_analysis(ctx, args.run)
-    print(json.dumps(summary))
-    return 0
-
-
 def _send(args, ctx: Context) -> int:
     print(json.dumps(run_send(ctx, args.run)))
     return 0
@@ -198,10 +192,8 @@ def add_parsers(sub) -> None:
     listen = sub.add_parser("listen", help="run the DICOM listener (C-STORE SCP) in the foreground")
     listen.add_argument("--port", type=int, help="default RADLENS_DICOM_PORT (11112)")
     listen.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # `make run`: stop when the dashboard does
-    analyse = sub.add_parser("analyse", help="run a queued analysis job of PACS arrivals (the job queue's program)")
-    analyse.add_argument("--run", type=int, required=True, help="job id")
     send = sub.add_parser("send", help="run a queued job sending a case's results to a PACS (the job queue's program)")
     send.add_argument("--run", type=int, required=True, help="job id")
 
 
-COMMANDS = {"pacs": _pacs, "listen": _listen, "analyse": _analyse, "send": _send}
+COMMANDS = {"pacs": _pacs, "listen": _listen, "send": _send}

@@ -16,18 +16,20 @@ import os
 import time
 from dataclasses import dataclass
 
-from engine.cases.diagnosis import add_review
-from engine.cases.results import OBJECT_KINDS, build_objects, case_results, stored_source
+from engine.cases.results import OBJECT_KINDS, build_objects, case_results
+from engine.cases.reviews import AFTER_REVIEW
 from engine.context import Context
 from engine.errors import NoStudyLink, PacsError, SendRefused, short_reason
 from engine.io.link import reidentify, unseal
 from engine.jobs.queue import claim_job, dispatch, fail_job, finish_job, submit, update_job
 from engine.keys import secret_key
-from engine.pacs.client import STORERS, choose_via, study_patient_ids
 from engine.pacs.nodes import PacsNode, get_node, is_loopback_url
+from engine.pacs.transports import choose_via, study_patient_ids, transport
 from engine.store import Store
+from engine.stored import stored_source
 
-__all__ = ["SendReport", "send_case", "has_link", "send_after_review", "set_send_after_review", "review_case",
+__all__ = ["SendReport", "send_case", "has_link", "send_after_review", "set_send_after_review",
+           "queue_send_after_review",
            "run_send"]
 
 _SETTING = "pacs_send_after_review"
@@ -95,7 +97,7 @@ def send_case(ctx: Context, case_id: int, node_name: str | None = None, via: str
     kinds = [o.kind for o in objects]
     detail["objects"] = kinds
     try:
-        STORERS[via](ctx.config, node, [(OBJECT_KINDS[o.kind][0].lower(), o.dataset) for o in objects])
+        transport(node, via).store(ctx.config, node, [(OBJECT_KINDS[o.kind][0].lower(), o.dataset) for o in objects])
     except PacsError as error:
         ctx.log("pacs.send", "case", case_id, {**detail, "ok": False, "error": short_reason(error)})
         raise
@@ -114,14 +116,15 @@ def set_send_after_review(ctx: Context, enabled: bool) -> None:
         ctx.audit(db, "pacs.send_after_review", "setting", _SETTING, {"enabled": bool(enabled)})
 
 
-def review_case(ctx: Context, case_id: int, verdict: str, label: str = "", comment: str = "",
-                prediction_id: int | None = None) -> tuple[int, int | None]:
-    """Record a review (engine.cases.diagnosis.add_review) and, when "send after review" is on and the case
-    came from a PACS, queue the sending of its results. Returns (review id, send job id or None)."""
-    review_id = add_review(ctx, case_id, verdict, label, comment, prediction_id)
+def queue_send_after_review(ctx: Context, case_id: int, review_id: int) -> int | None:
+    """After a review (engine.cases.reviews.AFTER_REVIEW): when "send after review" is on and the case came from a
+    PACS, queue the sending of its results; returns the send job's id, or None."""
     if not (send_after_review(ctx.store) and has_link(ctx.store, case_id)):
-        return review_id, None
-    return review_id, submit(ctx, "send", config={"case_id": case_id}, detail={"case": case_id})
+        return None
+    return submit(ctx, "send", config={"case_id": case_id}, detail={"case": case_id, "review": review_id})
+
+
+AFTER_REVIEW.append(queue_send_after_review)
 
 
 def run_send(ctx: Context, job_id: int) -> dict:

@@ -5,25 +5,24 @@ the study's header lies inside its active model's scope (the card's modalities a
 chest -> the classifier, US -> the fetal-head segmenter. A study no model applies to is stored and listed,
 not analysed. Arrivals are recorded per case; pushed studies are routed once no instance of them arrived
 for the quiet period (RADLENS_DICOM_QUIET_S), pulled ones as soon as the pull ends. Routed cases are
-analysed by an "analyse" job of the job machinery, never in the listener or the dashboard.
+analysed by an "analyse" job (engine.cases.analysis), never in the listener or the dashboard.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 
 from engine.context import Context
-from engine.errors import EngineError, JobError, UnknownModel, short_reason
-from engine.jobs.queue import claim_job, dispatch, fail_job, finish_job, submit, update_job
+from engine.errors import EngineError, UnknownModel
+from engine.jobs.queue import submit
 from engine.models.catalog import InstalledModel, active_model
 from engine.models.scope import Scope
 from engine.store import Store, utc_now
 from engine.tasks import task_names
 
 __all__ = ["routing", "set_routing", "route_descriptions", "routed_scopes", "routes_for", "note_arrival",
-           "route_ready", "route_cases", "run_analysis"]
+           "route_ready", "route_cases"]
 
 _SETTING = "pacs_routing"
 
@@ -108,55 +107,6 @@ def route_cases(ctx: Context, case_ids: list[int]) -> int | None:
         db.execute(f"UPDATE arrivals SET routed_at = ?, job_id = ? WHERE case_id IN "
                    f"({','.join('?' * len(case_ids))})", [utc_now(), job_id, *case_ids])
     return job_id
-
-
-def _classify(ctx: Context, case_ids: list[int], progress) -> dict[int, str]:
-    from engine.cases.diagnosis import diagnose_cases, load_classifier
-
-    _, failed = diagnose_cases(ctx, load_classifier(ctx), case_ids, progress)
-    return failed
-
-
-def _segment(ctx: Context, case_ids: list[int], progress) -> dict[int, str]:
-    from engine.cases.images import get_case
-    from engine.cases.segmentation import load_segmenter, segment_case_image
-
-    segmenter, failed = load_segmenter(ctx), {}
-    for n, case_id in enumerate(case_ids, 1):
-        try:
-            segment_case_image(ctx, segmenter, get_case(ctx.store, case_id)["images"][0])
-        except EngineError as error:
-            failed[case_id] = str(error)
-        progress(n, len(case_ids), f"case #{case_id}")
-    return failed
-
-
-_ANALYSES = {"classification": _classify, "segmentation": _segment}
-
-
-def run_analysis(ctx: Context, job_id: int) -> dict:
-    """Execute an analysis job in this process: each task's active model on its cases, progress on the row;
-    a case that cannot be analysed is reported with its reason and the others go on."""
-    try:
-        job = claim_job(ctx.store, job_id, os.getpid())
-        plan, failed, done = job.config["plan"], {}, 0
-        total = sum(map(len, plan.values()))
-
-        def progress(n: int, _total: int, label: str) -> None:
-            update_job(ctx.store, job_id, {"phase": f"analysing {label}", "done": done + n, "total": total})
-
-        try:
-            for task, case_ids in plan.items():
-                failed.update({f"{task} #{k}": v for k, v in _ANALYSES[task](ctx, case_ids, progress).items()})
-                done += len(case_ids)
-        except Exception as error:  # noqa: BLE001 - recorded on the row as one line, never lost
-            fail_job(ctx.store, job_id, short_reason(error))
-            raise JobError(f"analysis {job_id} failed: {short_reason(error)}") from error
-        summary = {"cases": total, "failed": len(failed), "reasons": dict(list(failed.items())[:20])}
-        finish_job(ctx.store, job_id, job.actor or ctx.actor, summary)
-        return summary
-    finally:
-        dispatch(ctx)
 
 
 def route_descriptions(ctx: Context) -> dict[str, str]:

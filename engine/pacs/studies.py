@@ -14,21 +14,18 @@ from dataclasses import dataclass, field
 from engine.cases.ingest import IngestResult, ingest_files
 from engine.context import Context
 from engine.errors import EngineError, PacsError
-from engine.pacs.client import (
+from engine.pacs.nodes import get_node
+from engine.pacs.routing import note_arrival, route_cases
+from engine.pacs.transports import (
     EchoReport,
     StudyMatch,
     StudyQuery,
-    choose_via,
-    count_instances,
     echo,
-    fetch_cget,
-    fetch_dicomweb,
     find,
+    transport,
 )
-from engine.pacs.nodes import get_node
-from engine.pacs.routing import note_arrival, route_cases
 
-__all__ = ["PullReport", "test_connection", "search", "pull", "PULLERS"]
+__all__ = ["PullReport", "test_connection", "search", "pull"]
 
 Progress = Callable[[int, int | None, IngestResult], None]  # (done, total if known, the latest result)
 
@@ -54,36 +51,6 @@ def _ingest_one(ctx: Context, node, source: str, name: str, data: bytes) -> Inge
     return result
 
 
-def _pull_web(ctx: Context, node, study_uid: str, series_uid: str, source: str,
-              progress: Progress) -> list[IngestResult]:
-    results = []
-    for index, total, data in fetch_dicomweb(ctx.config, node, study_uid, series_uid):
-        name = f"instance {index + 1} of {total}"
-        result = IngestResult(name, "error", error=f"{type(data).__name__}: {data}") if isinstance(data, EngineError) \
-            else _ingest_one(ctx, node, source, name, data)
-        results.append(result)
-        progress(len(results), total, result)
-    return results
-
-
-def _pull_cget(ctx: Context, node, study_uid: str, series_uid: str, source: str,
-               progress: Progress) -> list[IngestResult]:
-    results, total = [], count_instances(ctx.config, node, study_uid, series_uid)
-
-    def on_instance(data: bytes) -> tuple[int, str]:
-        name = f"instance {len(results) + 1}" + (f" of {total}" if total else "")
-        result = _ingest_one(ctx, node, source, name, data)
-        results.append(result)
-        progress(len(results), total, result)
-        return (0, "") if result.ok else (0xC000, result.error)  # C000: cannot understand (failed, not lost)
-
-    fetch_cget(ctx.config, node, study_uid, on_instance, series_uid)
-    return results
-
-
-PULLERS: dict[str, Callable[..., list[IngestResult]]] = {"dicomweb": _pull_web, "dimse": _pull_cget}
-
-
 def test_connection(ctx: Context, node_name: str) -> EchoReport:
     """C-ECHO and a DICOMweb ping of the node, each "ok" or what is wrong (audited)."""
     ctx.require("pacs.query")
@@ -97,7 +64,7 @@ def search(ctx: Context, node_name: str, query: StudyQuery, via: str | None = No
     ctx.require("pacs.query")
     node = get_node(ctx.store, node_name)
     matches = find(ctx.config, node, query, via)
-    ctx.log("pacs.find", "pacs_node", node.name, {"via": choose_via(node, via), "keys": sorted(query.keys()),
+    ctx.log("pacs.find", "pacs_node", node.name, {"via": transport(node, via).name, "keys": sorted(query.keys()),
                                                   "matches": len(matches)})
     return matches
 
@@ -109,18 +76,22 @@ def pull(ctx: Context, node_name: str, study_uid: str, via: str | None = None,
     ctx.require("pacs.retrieve")
     ctx.require("case.upload")
     node = get_node(ctx.store, node_name)
-    via = choose_via(node, via)
-    source = f"PACS pull: {node.name}"
+    chosen = transport(node, via)
+    via, source = chosen.name, f"PACS pull: {node.name}"
     results: list[IngestResult] = []
 
-    def track(done: int, total: int | None, result: IngestResult) -> None:
+    def on_instance(position: int, total: int | None, data: bytes | EngineError) -> tuple[int, str]:
+        name = f"instance {position}" + (f" of {total}" if total else "")  # a UID never names a file or a log line
+        result = IngestResult(name, "error", error=f"{type(data).__name__}: {data}") \
+            if isinstance(data, EngineError) else _ingest_one(ctx, node, source, name, data)
         results.append(result)
         if progress:
-            progress(done, total, result)
+            progress(len(results), total, result)
+        return (0, "") if result.ok else (0xC000, result.error)  # C000: cannot understand (failed, not lost)
 
     error = ""
     try:
-        PULLERS[via](ctx, node, study_uid, series_uid, source, track)
+        chosen.retrieve(ctx.config, node, study_uid, series_uid, on_instance)
     except PacsError as exc:
         error = str(exc)
     case_ids = sorted({r.case_id for r in results if r.ok and r.case_id})

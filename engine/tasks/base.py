@@ -7,8 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from engine.tasks.analysis import Analysis
 
 __all__ = ["Scored", "FormDefaults", "Task"]
 
@@ -60,3 +64,5 @@ class Task:
     label_smoothing: bool = False  # whether --label-smoothing means anything
     boundary_loss: bool = False  # whether --boundary-loss means anything
     metric_range: tuple[float, float] = field(default=(0.0, 1.0))  # where the score lives, for charts
+    # Analysis of stored cases (pages, CLI, PACS analysis job, batch, PDF report, DICOM results): see analysis.py.
+    analysis: Analysis | None = None

@@ -4,13 +4,25 @@ quality figures: Dice, IoU, HD95 in mm and head-circumference error in mm, each 
 
 from __future__ import annotations
 
+import io
+import json
+import time
+from dataclasses import dataclass
+
+import cv2
 import numpy as np
 import torch
 from torch import nn
 
+from engine.config import Config
+from engine.context import Context
 from engine.data.catalog import MaskSet, mask_augmentation
+from engine.data.hc18 import MANIFEST_SPACING, DatasetMatch, dataset_match
+from engine.draw import draw_segmentation, fast_png, with_banner
+from engine.errors import ExportError, NotAnalysed
 from engine.inference.batch import autocast
 from engine.inference.measure import (
+    Ellipse,
     agreement,
     clean_mask,
     ellipse_perimeter,
@@ -18,16 +30,25 @@ from engine.inference.measure import (
     measure,
     with_spacing,
 )
-from engine.inference.segment import foreground_probability, full_size_mask
+from engine.inference.segment import Segmentation, Segmenter, foreground_probability, full_size_mask
+from engine.io import derived
+from engine.io.derived import BURNED_IN
+from engine.io.study import Spacing
 from engine.metrics import mean_ci
 from engine.models.card import ModelCard
 from engine.models.checkpoint import LoadedModel
-from engine.models.preprocess import Preprocessing
+from engine.models.preprocess import Preprocessing, model_view
 from engine.models.registry import get_spec
+from engine.models.scope import ANALYSED, Scope, Verdict, shown_as_logged
+from engine.store import Store
+from engine.stored import load_image, single_frame, stored_source
+from engine.tasks.analysis import Analysis, Contribution, Line, algorithm_of, load, record
 from engine.tasks.base import FormDefaults, Scored, Task
 
 __all__ = ["TASK", "seg_loss", "probabilities", "validate", "quality", "fit_boundary_offset", "describe",
-           "POSTPROCESSING"]
+           "POSTPROCESSING", "CaseSegmentation", "raw_segmentation", "load_segmenter", "case_spacing",
+           "segment_case_image", "export_seg", "mask_png", "seg_dicom", "segmentation_history", "stored_mask",
+           "area_unit", "card_metrics"]
 
 OFFSETS_PX = np.round(np.arange(0.0, 2.001, 0.025), 3)  # the boundary offsets tried (pixels)
 
@@ -163,6 +184,226 @@ def _rules(card: ModelCard) -> str:
             f"fitted on {rule['fitted_on']} ({rule['rule']}).")
 
 
+# ---- Analysis of stored cases (pixel size, first found wins: a number the user gives; the DICOM's own;
+# the manifest of a known dataset holding the same pixels, recognised by the hash of its decoded pixels; else
+# none, and measurements are in pixels) -----------------------------------------------------------------
+
+def case_spacing(image: dict, match: DatasetMatch | None, override_mm: float | None = None) -> Spacing:
+    if override_mm:
+        return with_spacing(override_mm, "entered by the user")
+    if image.get("spacing_row_mm") and image.get("spacing_col_mm"):
+        return Spacing(image["spacing_row_mm"], image["spacing_col_mm"], image["spacing_source"])
+    if match:
+        return with_spacing(match.pixel_mm, MANIFEST_SPACING)
+    return with_spacing(None, "unknown")
+
+
+@dataclass
+class CaseSegmentation:
+    case_id: int
+    image_id: int
+    segmentation_id: int
+    raw: Segmentation  # the network's output, whether or not it is a result (see raw_segmentation)
+    gray: np.ndarray  # the image the model saw, for overlays
+    spacing: Spacing
+    truth: np.ndarray | None  # ground-truth mask when the case is a known dataset image
+    scores: dict[str, float] | None  # Dice, IoU, HD95 against the truth
+    match: DatasetMatch | None
+    verdict: Verdict = Verdict(ANALYSED)
+
+    @property
+    def record_id(self) -> int:
+        """The id of the row this outcome was logged as (in the task's analysis table)."""
+        return self.segmentation_id
+
+    @property
+    def result(self) -> Segmentation | None:
+        """The result; None when the model abstained (the image is outside its scope)."""
+        return self.raw if self.verdict.analysed else None
+
+
+def raw_segmentation(ctx: Context, done: CaseSegmentation) -> Segmentation:
+    """The mask and measurement on an image outside the model's scope, for research; asked for on purpose
+    and audited."""
+    ctx.require("case.raw_output")
+    if not done.verdict.analysed:
+        ctx.log("case.raw_output", "case", done.case_id, {"segmentation_id": done.segmentation_id})
+    return done.raw
+
+
+def load_segmenter(ctx: Context | Config, name: str | None = None) -> Segmenter:
+    """The named installed segmentation model (default: the active one), loaded once on the chosen device."""
+    return load(ctx, TASK, name)
+
+
+def segment_case_image(ctx: Context, segmenter: Segmenter, image: dict,
+                       pixel_mm: float | None = None, match: DatasetMatch | None = None) -> CaseSegmentation:
+    """Segment a stored image, measure it, compare it with its ground truth when it has one, log it."""
+    study = load_image(ctx.config, image)
+    gray = model_view(study)
+    match = match or dataset_match(ctx.config, study.frames[0])
+    spacing = case_spacing(image, match, pixel_mm)
+    result = segmenter.segment(gray, spacing)
+    verdict = Scope.from_card(segmenter.loaded.card).judge(image.get("modality", ""), image.get("body_part", ""))
+    truth = match.truth() if match else None
+    scores = agreement(result.mask, truth, spacing) if truth is not None and truth.shape == gray.shape else None
+    segmentation_id = _record(ctx, segmenter, image, result, spacing, scores, match, verdict)
+    return CaseSegmentation(image["case_id"], image["id"], segmentation_id, result, gray, spacing,
+                            truth if scores else None, scores, match, verdict)
+
+
+def _record(ctx: Context, segmenter: Segmenter, image: dict, result: Segmentation, spacing: Spacing,
+            scores: dict | None, match: DatasetMatch | None, verdict: Verdict) -> int:
+    m = result.measurement
+    values = {
+        "status": verdict.status, "status_reason": verdict.reason,
+        "mask_png": mask_png(result.mask), "mask_pixels": int(result.mask.sum()),
+        "circumference": m.circumference if m else None, "area": m.area if m else None,
+        "unit": m.unit if m else "", "ellipse": json.dumps(m.to_dict()["ellipse"]) if m else "",
+        "bbox": json.dumps(m.bbox) if m else "", "spacing_mm": spacing.row_mm, "spacing_source": spacing.source,
+        "dice": scores["dice"] if scores else None, "iou": scores["iou"] if scores else None,
+        "hd95": scores["hd95"] if scores else None,
+        "truth_source": f"{match.dataset}/{match.image}" if match and scores else "",
+        "device": str(segmenter.device), "latency_ms": result.latency_ms,
+    }
+    return record(ctx, TASK, image, segmenter.loaded, values,
+                  {"circumference": values["circumference"], "unit": values["unit"]} if verdict.analysed else
+                  {"status": "not analysed", "reason": verdict.reason})
+
+
+def export_seg(ctx: Context, image: dict, done: CaseSegmentation, segmenter: Segmenter) -> bytes:
+    """A case's segmentation as a DICOM SEG object; the export is audited ('export.seg')."""
+    ctx.require("case.export")
+    if done.result is None:
+        raise NotAnalysed(f"nothing to export: {done.verdict.text}")
+    data = seg_dicom(ctx.config, image, done.result.mask, segmenter.loaded.name, segmenter.loaded.version)
+    ctx.log("export.seg", "case", done.case_id, {"segmentation_id": done.segmentation_id})
+    return data
+
+
+def segmentation_history(store: Store, case_id: int) -> list[dict]:
+    with store.read() as db:
+        rows = list(db.query(
+            "SELECT id, created_at, model_name, model_version, substr(weights_sha256, 1, 12) AS weights, "
+            "status, status_reason, round(circumference, 1) AS circumference, round(area, 0) AS area, unit, "
+            "spacing_source, "
+            "round(dice, 4) AS dice, round(hd95, 2) AS hd95, round(latency_ms, 0) AS latency_ms, actor "
+            "FROM segmentations WHERE case_id = ? ORDER BY id DESC", [case_id]))
+    return [shown_as_logged(r, "status", ("circumference", "area")) for r in rows]
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """A mask as an 8-bit PNG, 255 inside (opens in any viewer; PNG keeps it lossless)."""
+    ok, data = cv2.imencode(".png", np.where(mask, 255, 0).astype(np.uint8))
+    if not ok:
+        raise ExportError("the mask could not be encoded as PNG")
+    return data.tobytes()
+
+
+def seg_dicom(config: Config, image: dict, mask: np.ndarray, model_name: str, model_version: str) -> bytes:
+    """A DICOM Segmentation (binary, one segment) referencing the stored, de-identified source image."""
+    source = stored_source(config, image)
+    if mask.shape != (source.Rows, source.Columns):
+        raise ExportError("DICOM SEG export handles single-frame images whose size matches the mask; "
+                          "export the PNG mask instead")
+    buffer = io.BytesIO()
+    derived.segmentation(single_frame(source), mask, derived.Algorithm(model_name, model_version, "")).save_as(buffer)
+    return buffer.getvalue()
+
+
+def area_unit(unit: str) -> str:
+    """The unit of an area measured in `unit` (mm or px)."""
+    return f"{unit}\u00b2"
+
+
+def card_metrics(test: dict) -> list[str]:
+    def mean_ci(key: str, unit: str = "") -> str:
+        m = test[key]
+        return f"{m['mean']:.3f}{unit} (95 % CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f})"
+
+    return [f"Dice {mean_ci('dice')}", f"Head circumference absolute error {mean_ci('hc_abs_error_mm', ' mm')}",
+            f"n = {test['n']}"]
+
+
+def _report(s: dict, card: ModelCard | None) -> list:
+    lines = [Line(f"Head circumference {s['circumference']:.1f} {s['unit']}, area {s['area']:.0f} "
+                  f"{area_unit(s['unit'])}", 11, bold=True),
+             Line(f"Measured on the ellipse fitted to the model's mask; pixel size: {s['spacing_source']}.", 8.5,
+                  muted=True)]
+    if s.get("dice") is not None:
+        lines.append(Line(f"Against the dataset's ground truth: Dice {s['dice']:.3f}, HD95 {s['hd95']:.2f} mm"))
+    return lines
+
+
+def stored_mask(row: dict) -> np.ndarray:
+    mask = cv2.imdecode(np.frombuffer(row["mask_png"], np.uint8), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise ExportError("the stored mask cannot be decoded")
+    return mask > 127
+
+
+def _evidence(config: Config, s: dict, gray: np.ndarray) -> tuple[np.ndarray, str]:
+    """The segmentation's mask outlined over the image, with the ellipse its measurement was fitted on."""
+    ellipse = Ellipse(**json.loads(s["ellipse"])) if s["ellipse"] else None
+    return draw_segmentation(gray, stored_mask(s), ellipse=ellipse), "Model mask (green) and fitted ellipse (white)"
+
+
+def _objects(config: Config, s: dict, source, gray: np.ndarray) -> Contribution:
+    """The DICOM SEG of the mask, a Secondary Capture of its outline, and the SR's measurements."""
+    single_frame(source)
+    mask = stored_mask(s)
+    if mask.shape != (source.Rows, source.Columns):
+        raise ExportError("the mask and the source image differ in size; download the PDF report instead")
+    seg = derived.segmentation(source, mask, algorithm_of(s))
+    rgb = with_banner(_evidence(config, s, gray)[0], BURNED_IN, [
+        f"RadLens {s['model_name']} v{s['model_version']}: head circumference {s['circumference']:.1f} {s['unit']}, "
+        f"area {s['area']:.0f} {area_unit(s['unit'])}",
+        f"Model mask (green), fitted ellipse (white); pixel size: {s['spacing_source']}"])
+    capture = derived.secondary_capture(source, rgb, "RadLens segmentation (research use only)", algorithm_of(s),
+                                        "Segmentation outline and fitted ellipse over the source image")
+    return Contribution([("seg", seg), ("sc-seg", capture)],
+                        measurements=derived.Measurements(s["circumference"], s["area"], s["unit"],
+                                                          s["spacing_source"]))
+
+
+def _batch_rows(model: Segmenter, scope: Scope, batch: list, options, timings: dict[str, float]) -> list[dict]:
+    out = []
+    for d in batch:
+        spacing = d.spacing if d.spacing.known else with_spacing(options.pixel_mm, "entered by the user")
+        start = time.perf_counter()
+        result = model.segment(d.gray, spacing)
+        timings["forward"] = timings.get("forward", 0.0) + time.perf_counter() - start
+        verdict, m = scope.judge(d.modality, d.body_part), result.measurement
+        start = time.perf_counter()
+        mask = fast_png(np.where(result.mask, 255, 0).astype(np.uint8)) if verdict.analysed else None
+        timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - start
+        out.append({
+            "status": verdict.status, "status_reason": verdict.reason, "mask_pixels": int(result.mask.sum()),
+            "circumference": m.circumference if m else None, "area": m.area if m else None,
+            "unit": m.unit if m else "", "spacing_mm": spacing.row_mm, "spacing_source": spacing.source,
+            "overlay_png": mask, "latency_ms": result.latency_ms})
+    return out
+
+
+def _batch_record(row: dict, card: ModelCard) -> dict:
+    return {"mask_png": row["overlay_png"], "mask_pixels": row["mask_pixels"], "circumference": row["circumference"],
+            "area": row["area"], "unit": row["unit"] or "", "spacing_mm": row["spacing_mm"],
+            "spacing_source": row["spacing_source"]}
+
+
+ANALYSIS = Analysis(
+    kind="mask", table="segmentations", audit_action="segment", page="pages/segmentation.py", runner=Segmenter,
+    images=lambda case: case["images"][:1],
+    run=lambda ctx, model, image, pixel_mm=None: segment_case_image(ctx, model, image, pixel_mm),
+    report=_report, evidence=_evidence, card_metrics=card_metrics, objects=_objects,
+    batch_rows=_batch_rows, batch_record=_batch_record,
+    batch_columns={"mask_pixels": int, "circumference": float, "area": float, "unit": str, "spacing_mm": float,
+                   "spacing_source": str},
+    # one call on a blank image takes the one-off CPU kernel set-up (hundreds of ms) off the first case
+    warm_up=lambda segmenter: segmenter.segment(np.zeros((64, 64), np.uint8)),
+)
+
+
 TASK = Task(
     name="segmentation", title="Segmentation", defaults=FormDefaults(size=256, batch_size=16, epochs=20),
     loss=lambda train, cfg: seg_loss(cfg.boundary_loss),
@@ -174,4 +415,5 @@ TASK = Task(
     describe=describe, scores=_segmenter_scores, difference=_segmentation_difference, headline=_headline,
     headline_numbers=lambda m: {"dice": m["dice"]["mean"], "hc_abs_error_mm": m["hc_abs_error_mm"]["mean"]},
     rules=_rules, refit_on_rewrite=True, boundary_loss=True,
+    analysis=ANALYSIS,
 )

@@ -30,6 +30,7 @@ from engine.inference.batch import autocast
 from engine.jobs.queue import get_job
 from engine.jobs.synthesis import GanConfig, gan_parser
 from engine.models.checkpoint import atomic_write, load_state, remove_stale_temps, save_model, save_state
+from engine.models.device import choose_device
 from engine.models.gan import GAN_ARCH, Discriminator, Generator, diff_augment
 from engine.models.preprocess import Preprocessing
 from engine.synthetic.generator import install_generator, sample_grid
@@ -74,8 +75,7 @@ def main(cfg: GanConfig, ctx: Context, job: JobReporter | None = None, resume: b
     remove_stale_temps(out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    device = torch.device(choose_device(cfg.device))
     if job:
         job.device = device
         job.phase("loading the training split")

@@ -6,10 +6,12 @@ from collections.abc import Callable
 from typing import TypedDict
 
 import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
 
 from engine.config import Config
 from engine.context import Context
-from engine.errors import UnknownCase
+from engine.errors import ExportError, UnknownCase
 from engine.io import read_study
 from engine.io.study import Study
 from engine.models.preprocess import model_view
@@ -67,7 +69,7 @@ class CaseRow(TypedDict):
 
 
 __all__ = ["CaseRow", "ImageRow", "get_case", "view_case", "record_export", "get_image", "newest_in_scope",
-           "load_image", "gray_image", "recent_cases"]
+           "load_image", "gray_image", "recent_cases", "stored_source", "single_frame"]
 
 
 def get_case(store: Store, case_id: int) -> CaseRow:
@@ -130,3 +132,31 @@ def get_image(store: Store, image_id: int) -> ImageRow:
 def gray_image(config: Config, image: ImageRow) -> np.ndarray:
     """The stored image's display rendering (first frame, its own window) as 8-bit gray: the model's input."""
     return model_view(load_image(config, image))
+
+
+# Type 2 Patient/Study attributes the derived objects copy; de-identification may have left them out.
+_TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                 "ReferringPhysicianName", "AccessionNumber", "StudyID")
+
+
+def stored_source(config: Config, image: dict) -> Dataset:
+    """The stored, de-identified DICOM of an image (the source a download's objects derive from)."""
+    if image["source_format"] != "dicom":
+        raise ExportError("a DICOM export needs a DICOM source image; this case was uploaded as "
+                          f"{image['source_format'].upper()} (download the PDF report or the PNG mask instead)")
+    path = config.home / image["path"]
+    if not path.is_file():
+        raise UnknownCase(f"the stored file of image {image['id']} is missing")
+    source = pydicom.dcmread(path)
+    for keyword in _TYPE2_COPIED:  # type 2: empty is valid and keeps the objects free of identifiers
+        if keyword not in source:
+            setattr(source, keyword, "")
+    return source
+
+
+def single_frame(source: Dataset) -> Dataset:
+    """`source` when it holds one frame (a capture or a SEG is drawn over one image); else ExportError."""
+    if int(source.get("NumberOfFrames", 1) or 1) != 1:
+        raise ExportError("image objects (captures, SEG) are built for single-frame images; download the PDF "
+                          "report instead")
+    return source
