@@ -52,14 +52,18 @@ debian-tools:
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 
-test: lint debian-tools
-	home=$$(mktemp -d); TQDM_DISABLE=1 RADLENS_HOME=$$home $(PY) -m pytest -q -p no:cacheprovider; \
-		status=$$?; rm -rf $$home; exit $$status
+# Two pytest-xdist workers (tests use their own homes, free ports and temporary folders; a module's tests stay on
+# one worker, so a module-wide Orthanc or pushed study is set up once); the 25 slowest tests are printed.
+PYTEST := TQDM_DISABLE=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadscope
+TEST_WORKERS ?= 2
 
-# The unit tier while working (no training runs, background jobs, browser or whole pages): under 3 minutes.
+test: lint debian-tools
+	home=$$(mktemp -d); RADLENS_HOME=$$home $(PYTEST) --durations=25; status=$$?; rm -rf $$home; exit $$status
+
+# The unit tier while working (no training runs, background jobs, browser, PACS or whole pages): under 3 minutes.
 test-fast: lint
-	home=$$(mktemp -d); TQDM_DISABLE=1 RADLENS_HOME=$$home $(PY) -m pytest -q -p no:cacheprovider -m "not slow"; \
-		status=$$?; rm -rf $$home; exit $$status
+	home=$$(mktemp -d); RADLENS_HOME=$$home $(PYTEST) -m "not slow" --durations=10; status=$$?; rm -rf $$home; \
+		exit $$status
 
 bench: $(DEV_STAMP)
 	$(PY) -m bench.ingest

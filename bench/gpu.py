@@ -29,13 +29,13 @@ import numpy as np
 import torch
 
 from bench.common import machine
-from engine.inference.batch import autocast
 from engine.inference.classify import Classifier
+from engine.inference.predict import autocast
 from engine.inference.segment import Segmenter
 from engine.io import read_study
-from engine.models.catalog import SHIPPED_DIR
 from engine.models.checkpoint import load_model
 from engine.models.device import choose_device
+from engine.models.installed import SHIPPED_DIR
 from engine.models.preprocess import model_view
 from engine.models.registry import create_model
 

@@ -3,7 +3,7 @@ image after each edit the security review tried, and how often they would refuse
 
 - Generated: the shipped generator's 512 images (256 per class, seed 0) as the page shows and exports them
   (upscaled to 256 px, marked), registered as `synthesise` registers them. Every 4th one is edited.
-- Checks: the pixel mark alone (engine.io.mark.has_mark, what ingest had) and the likeness print
+- Checks: the pixel mark alone (engine.synthetic.mark.has_mark, what ingest had) and the likeness print
   (engine.synthetic.prints, correlation >= LIKENESS_REFUSE with a registered print).
 - Real films: every film of cxr_pneumonia (train, val, test) and the full-resolution val/test films, against
   the same 512 prints: the highest correlation, and how many would be refused.
@@ -25,9 +25,9 @@ import numpy as np
 from bench.common import report
 from engine.config import Config
 from engine.context import Context
-from engine.io.mark import LIKENESS_REFUSE, has_mark, thumbnail
 from engine.synthetic.export import shown
 from engine.synthetic.generator import find_generator, generate, load_generator
+from engine.synthetic.mark import LIKENESS_REFUSE, has_mark, thumbnail
 from engine.synthetic.prints import closest, register
 
 

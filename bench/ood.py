@@ -22,10 +22,10 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from bench.common import report
-from engine.data.catalog import gray_of_file, load_dataset
-from engine.inference.batch import predict
+from engine.data.datasets import gray_of_file, load_dataset
+from engine.inference.predict import predict
 from engine.models import cam_layer, load_model
-from engine.models.catalog import SHIPPED_DIR
+from engine.models.installed import SHIPPED_DIR
 from engine.models.ood import mahalanobis
 from engine.models.preprocess import Preprocessing
 

@@ -26,7 +26,7 @@ import torch
 
 from bench.common import report
 from engine.config import Config
-from engine.data.catalog import load_dataset
+from engine.data.datasets import load_dataset
 from engine.inference.measure import (
     agreement,
     clean_mask,
@@ -38,7 +38,7 @@ from engine.inference.measure import (
 from engine.inference.segment import Segmenter, full_size_mask
 from engine.metrics import mean_ci
 from engine.models import load_model
-from engine.models.catalog import SHIPPED_DIR
+from engine.models.installed import SHIPPED_DIR
 from engine.models.registry import create_model
 from engine.tasks.segmentation import probabilities
 

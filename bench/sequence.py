@@ -31,10 +31,10 @@ from engine.cases.demo import _adrenal_items
 from engine.cases.ingest import ingest_files
 from engine.config import Config
 from engine.context import Context
-from engine.data.catalog import load_dataset
+from engine.data.datasets import load_dataset
 from engine.inference.sequence import SequenceClassifier
-from engine.models.catalog import SHIPPED_DIR
 from engine.models.checkpoint import LoadedModel, load_model, read_card
+from engine.models.installed import SHIPPED_DIR
 from engine.tasks import get_task
 from engine.tasks.sequence import analyse_sequence
 

@@ -30,11 +30,11 @@ from sklearn.metrics import roc_auc_score
 from bench.common import report
 from engine.config import Config
 from engine.context import Context
-from engine.data.catalog import load_dataset
+from engine.data.datasets import load_dataset
 from engine.jobs.training import TrainConfig
 from engine.metrics import bootstrap_ci, spec_at_sens
-from engine.models.catalog import active_model
 from engine.models.checkpoint import load_model, read_card
+from engine.models.installed import active_model
 from engine.synthetic.evaluation import evaluate, load_references, write_card_metrics
 from engine.synthetic.generator import find_generator, load_generator
 from engine.tasks import get_task

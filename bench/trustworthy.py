@@ -18,10 +18,10 @@ import torch
 
 from bench.common import report
 from engine.config import Config
-from engine.data.catalog import gray_of_file
+from engine.data.datasets import gray_of_file
 from engine.inference.classify import Classifier
-from engine.models.catalog import find_model
 from engine.models.checkpoint import load_model
+from engine.models.installed import find_model
 from engine.tasks.evaluation import compare_models, evaluate
 
 KEYS = ("n", "auc", "specificity_at_sensitivity_0.95", "negatives_above_0.9", "sensitivity", "specificity", "ece",

@@ -9,8 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.context import ACCOUNT_ROLES, PERMISSIONS, ROLES
-from engine.identity.accounts import Account
-from engine.identity.sessions import Session
+from engine.identity import Account, Session
 
 __all__ = ["accounts_table", "add_form", "change_form", "sessions_table", "audit_filters", "audit_table",
            "role_matrix"]

@@ -13,9 +13,16 @@ from dashboard.text import md, plain
 from engine.config import is_loopback
 from engine.context import UNAUTHENTICATED, Context, User
 from engine.errors import EngineError, SessionExpired
-from engine.identity.accounts import authenticate, change_password, create_first_admin, setup_token_valid
-from engine.identity.oidc import oidc_user
-from engine.identity.sessions import check_session, end_session, start_session
+from engine.identity import (
+    authenticate,
+    change_password,
+    check_session,
+    create_first_admin,
+    end_session,
+    oidc_user,
+    setup_token_valid,
+    start_session,
+)
 
 __all__ = ["signed_in_user", "sign_out", "account_panel", "refreshing"]
 

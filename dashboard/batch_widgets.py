@@ -11,19 +11,19 @@ import streamlit as st
 
 from dashboard.auth import refreshing
 from dashboard.text import md
-from engine.batch.backends import BACKENDS
-from engine.batch.run import (
+from engine.batch import (
+    BACKENDS,
     DEFAULT_SHARD_SIZE,
     EXPORT_COLUMNS,
     BatchRequest,
     batch_rows,
     batch_summary,
+    batch_tasks,
     write_results_csv,
 )
-from engine.batch.work import batch_tasks
 from engine.context import Context
-from engine.jobs.queue import Job, JobStatus, get_job
-from engine.models.catalog import installed_models
+from engine.jobs import Job, JobStatus, get_job
+from engine.models import installed_models
 
 __all__ = ["run_form", "runs_table", "live_run", "run_title", "REFRESH_S", "PREVIEW_ROWS"]
 

@@ -16,19 +16,11 @@ from dashboard import state
 from dashboard.auth import refreshing
 from dashboard.text import md
 from dashboard.widgets import Exporter
-from engine.cases.heatmap_audit import (
-    TOP_OUTSIDE,
-    audit_heatmaps,
-    dataset_file,
-    get_audit,
-    list_audits,
-)
+from engine.cases import TOP_OUTSIDE, audit_heatmaps, dataset_file, get_audit, list_audits
 from engine.config import Config
-from engine.data.catalog import SPLITS, datasets, gray_of_file
+from engine.data import SPLITS, datasets, gray_of_file
 from engine.draw import COLORMAPS, comparison_sheet, keep_top, overlay, png_bytes
-from engine.inference.cam import BASELINE, METHODS
-from engine.inference.explainer import Explainer, Heatmap
-from engine.inference.faithfulness import METRICS, REMOVED
+from engine.inference import BASELINE, METHODS, METRICS, REMOVED, Explainer, Heatmap
 
 __all__ = ["method_controls", "display_controls", "comparison", "overlay_grid", "faithfulness_table",
            "deletion_curves", "exports", "audit_intro", "audit_form", "audit_runs", "audit_picker", "audit_view"]

@@ -10,7 +10,7 @@ import streamlit as st
 
 from dashboard.text import md
 from engine.context import Context
-from engine.jobs.queue import RESUMABLE, Job, JobStatus, cancel_job, dispatch, get_job, list_jobs, resume_job
+from engine.jobs import RESUMABLE, Job, JobStatus, cancel_job, dispatch, get_job, list_jobs, resume_job
 
 __all__ = ["JobRoom", "job_room"]
 

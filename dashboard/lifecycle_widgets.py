@@ -9,7 +9,7 @@ import streamlit as st
 from dashboard import model_widgets, resources, state
 from dashboard.text import md
 from engine.errors import EngineError
-from engine.models.catalog import InstalledModel, activation_log
+from engine.models import InstalledModel, activation_log
 from engine.store import Store
 from engine.tasks import get_task
 

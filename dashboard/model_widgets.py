@@ -10,16 +10,13 @@ import streamlit as st
 from dashboard import links, state, widgets
 from dashboard.text import md, plain
 from dashboard.widgets import image_view
-from engine.cases.reviews import MAX_COMMENT, VERDICTS, review_case
+from engine.cases import MAX_COMMENT, VERDICTS, review_case
 from engine.context import Context
 from engine.draw import COLORMAPS, DISPLAY_MAX_SIDE, overlay
-from engine.inference.classify import OOD_WARNING, Classifier, Prediction
-from engine.io.study import Rendered
-from engine.models.card import ModelCard
-from engine.models.preprocess import Preprocessing
-from engine.models.scope import Scope
-from engine.tasks import get_task
-from engine.tasks.classification import CaseResult, raw_output
+from engine.inference import OOD_WARNING, Classifier, Prediction
+from engine.io import Rendered
+from engine.models import ModelCard, Preprocessing, Scope
+from engine.tasks import CaseResult, get_task, raw_output
 
 __all__ = ["overlay_controls", "result_panel", "plain_view", "cam_view", "prediction_panel", "review_form", "history",
            "card_metrics", "roc_chart", "reliability_chart", "reliability_overlay", "prep_text", "card_details",

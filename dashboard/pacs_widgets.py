@@ -11,9 +11,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.text import md, plain
-from engine.cases.ingest import IngestResult
-from engine.pacs.nodes import PacsNode
-from engine.pacs.transports import TRANSPORTS, VIAS, EchoReport, StudyMatch, StudyQuery
+from engine.cases import IngestResult
+from engine.pacs import TRANSPORTS, VIAS, EchoReport, PacsNode, StudyMatch, StudyQuery
 
 __all__ = ["search_form", "matches_table", "pull_progress", "node_form", "nodes_table", "routing_form",
            "send_after_review_toggle"]

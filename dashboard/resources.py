@@ -8,21 +8,14 @@ from dashboard import state
 from engine.config import Config
 from engine.context import Context, User
 from engine.errors import SessionExpired
-from engine.identity.sessions import check_session
-from engine.inference.classify import Classifier
-from engine.inference.explainer import Explainer
-from engine.inference.segment import Segmenter
-from engine.inference.sequence import SequenceClassifier
-from engine.io.study import Study
-from engine.models.catalog import active_model, find_model
-from engine.models.checkpoint import load_model
+from engine.identity import check_session
+from engine.inference import Classifier, Explainer, Segmenter, SequenceClassifier
+from engine.io import Study
+from engine.models import active_model, find_model, load_model
 from engine.store import Store
 from engine.stored import load_image
-from engine.synthetic.evaluation import References, load_references
-from engine.synthetic.generator import LoadedGenerator, find_generator, load_generator
-from engine.tasks import Task, classification, get_task, segmentation, sequence
-from engine.tasks.analysis import load
-from engine.tasks.evaluation import compare_models
+from engine.synthetic import LoadedGenerator, References, find_generator, load_generator, load_references
+from engine.tasks import Task, classification, compare_models, get_task, load, segmentation, sequence
 
 NOBODY = User("nobody", "nobody", "none")  # holds no permission
 

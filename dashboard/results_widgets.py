@@ -7,11 +7,9 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard.text import md
-from engine.cases.report import MAX_REPORT_CASES, case_report
-from engine.cases.results import result_zip
-from engine.cases.worklist import WorklistQuery, matching_cases, worklist_csv
+from engine.cases import MAX_REPORT_CASES, WorklistQuery, case_report, matching_cases, result_zip, worklist_csv
 from engine.context import Context
-from engine.pacs.push import has_link, send_case
+from engine.pacs import has_link, send_case
 
 __all__ = ["case_results_out", "filter_exports"]
 

@@ -11,9 +11,9 @@ import streamlit as st
 from dashboard.text import md
 from dashboard.widgets import Exporter, image_view
 from engine.draw import COLORMAPS, COLOURS, draw_segmentation, overlay
-from engine.inference.segment import Segmenter
-from engine.io.study import Rendered
-from engine.tasks.segmentation import CaseSegmentation, mask_png
+from engine.inference import Segmenter
+from engine.io import Rendered
+from engine.tasks import CaseSegmentation, mask_png
 
 __all__ = ["view_controls", "segmentation_view", "measurements", "agreement_panel", "exports", "region_explanation",
            "uncertainty_view", "history"]

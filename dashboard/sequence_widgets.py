@@ -11,11 +11,11 @@ import streamlit as st
 from dashboard import links, state, widgets
 from dashboard.model_widgets import percent
 from dashboard.text import md
-from engine.cases.worklist import case_id_of
-from engine.inference.sequence import SequencePrediction
-from engine.io.volume import Volume
-from engine.models.scope import Scope
-from engine.tasks.sequence import sequence_cases
+from engine.cases import case_id_of
+from engine.inference import SequencePrediction
+from engine.io import Volume
+from engine.models import Scope
+from engine.tasks import sequence_cases
 
 __all__ = ["case_picker", "position", "focus", "planes", "cine", "result", "contribution_chart", "abstained"]
 

@@ -8,9 +8,7 @@ import streamlit as st
 
 from dashboard.text import md
 from engine.config import Config
-from engine.synthetic.evaluation import Gallery
-from engine.synthetic.export import shown, upscaled
-from engine.synthetic.generator import LoadedGenerator, installed_generators
+from engine.synthetic import Gallery, LoadedGenerator, installed_generators, shown, upscaled
 
 __all__ = ["generator_picker", "card_summary", "quality_report", "request_form", "gallery_grid", "GALLERY_MAX"]
 

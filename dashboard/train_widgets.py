@@ -15,15 +15,12 @@ from dashboard.model_widgets import headline
 from dashboard.text import md, plain
 from engine.config import Config
 from engine.context import Context
-from engine.data.catalog import datasets
-from engine.data.reviews import usable_review_ids
+from engine.data import datasets, usable_review_ids
 from engine.errors import UnknownModel
-from engine.inference.batch import PRECISIONS
-from engine.jobs.queue import Job, JobStatus, get_job, job_metrics, log_tail
-from engine.jobs.training import TrainConfig, TrainingRequest, visible_gpus
-from engine.models.catalog import active_model, find_model
-from engine.models.registry import get_spec, list_models
-from engine.synthetic.generator import installed_generators
+from engine.inference import PRECISIONS
+from engine.jobs import Job, JobStatus, TrainConfig, TrainingRequest, get_job, job_metrics, log_tail, visible_gpus
+from engine.models import active_model, find_model, get_spec, list_models
+from engine.synthetic import installed_generators
 from engine.tasks import get_task, task_names
 
 __all__ = ["job_form", "queue_table", "job_title", "live_job", "compare_link", "REFRESH_S"]

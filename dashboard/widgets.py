@@ -12,13 +12,11 @@ import streamlit as st
 
 from dashboard import links, state
 from dashboard.text import md, plain
-from engine.cases.ingest import IngestResult
-from engine.cases.worklist import case_id_of
+from engine.cases import IngestResult, case_id_of
 from engine.context import Context
 from engine.errors import EngineError
-from engine.io import presets
-from engine.io.study import Rendered, Spacing, Study, Window
-from engine.models.scope import Scope, Verdict
+from engine.io import Rendered, Spacing, Study, Window, presets
+from engine.models import Scope, Verdict
 from engine.stored import newest_in_scope, recent_cases, record_export, view_case
 
 T = TypeVar("T")

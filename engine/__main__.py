@@ -232,7 +232,7 @@ def _segment_fields(done) -> dict:
 
 def _audit(args, ctx: Context) -> int:
     from engine.cases.heatmap_audit import run_audit, start_audit
-    from engine.models.catalog import active_model
+    from engine.models.installed import active_model
 
     if args.run is None:  # a new audit in the foreground
         name = args.model or active_model(ctx, "classification").name
@@ -303,7 +303,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     sequence.add_argument("paths", nargs="+", type=Path)
     sequence.add_argument("--model", help="installed sequence model (default: the active one)")
     sequence.add_argument("--json", action="store_true", help="one JSON object per line")
-    audit = sub.add_parser("audit", help="where the model looks across a dataset split (explanation audit)")
+    audit = sub.add_parser("heatmap-audit", help="where the model looks across a dataset split (explanation audit)")
     audit.add_argument("--model", help="installed classifier (default: the active one)")
     audit.add_argument("--method", default="gradcam", help="explanation method (default: gradcam)")
     audit.add_argument("--layer", help="target layer (default: the architecture's last stage)")
@@ -335,9 +335,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"init": _init, "ingest": _ingest, "render": _render, "classify": _classify, "segment": _segment,
-            "sequence": _sequence,
-            "analyse": _analyse, "audit": _audit, "report": _report, "export": _export, **identity_commands.COMMANDS,
-            **pacs_commands.COMMANDS, **batch_commands.COMMANDS, **synthetic_commands.COMMANDS}
+            "sequence": _sequence, "analyse": _analyse, "heatmap-audit": _audit, "report": _report, "export": _export,
+            **identity_commands.COMMANDS, **pacs_commands.COMMANDS, **batch_commands.COMMANDS,
+            **synthetic_commands.COMMANDS}
 
 
 # C0/C1 control characters (ESC starts terminal escape sequences) and bidirectional overrides: a value from

@@ -252,7 +252,7 @@ def _m010_pacs(db: Database) -> None:
 
 
 def _m011_study_links(db: Database) -> None:
-    """Sealed links from an image that came from a PACS to its original study (engine.io.link): ciphertext
+    """Sealed links from an image that came from a PACS to its original study (engine.deid.link): ciphertext
     only, so results can be sent back to that study."""
     db["study_links"].create({"image_id": int, "node": str, "sealed": bytes}, pk="image_id",
                              foreign_keys=[("image_id", "images")])
@@ -312,6 +312,11 @@ def _m016_batch_sequence_result(db: Database) -> None:
     db["batch_results"].add_column("result", str)
 
 
+def _m017_heatmap_audit_kind(db: Database) -> None:
+    """The heatmap audit's job kind is 'heatmap-audit' (beside the audit trail, 'audit' alone confused)."""
+    db.execute("UPDATE jobs SET kind = 'heatmap-audit' WHERE kind = 'audit'")
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (1, "initial schema", _m001_initial),
     (2, "prediction provenance", _m002_prediction_provenance),
@@ -329,6 +334,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (14, "a case's patient pseudonym; what a node may receive", _m014_case_patient),
     (15, "likeness prints of generated images", _m015_synthetic_prints),
     (16, "batch results of sequence models", _m016_batch_sequence_result),
+    (17, "the heatmap audit's job kind is heatmap-audit", _m017_heatmap_audit_kind),
 )
 _AUDIT_HEAD = "audit_head"
 

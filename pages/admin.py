@@ -4,9 +4,18 @@ import streamlit as st
 
 from dashboard import admin_widgets, links, resources, widgets
 from dashboard.text import md, plain
-from engine.identity.accounts import add_account, list_accounts, reset_password, set_disabled, set_role
-from engine.identity.sessions import list_sessions, revoke_session
-from engine.identity.trail import audit_actions, read_audit_log, verify_audit_log
+from engine.identity import (
+    add_account,
+    audit_actions,
+    list_accounts,
+    list_sessions,
+    read_audit_log,
+    reset_password,
+    revoke_session,
+    set_disabled,
+    set_role,
+    verify_audit_log,
+)
 
 ctx = resources.context()
 st.title("Administration")

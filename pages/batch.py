@@ -6,7 +6,7 @@ import streamlit as st
 
 from dashboard import batch_widgets, resources, state, widgets
 from dashboard.job_widgets import JobRoom, job_room
-from engine.batch.run import start_batch
+from engine.batch import start_batch
 
 ctx = resources.context()
 st.title("Batch")

@@ -4,8 +4,8 @@ import streamlit as st
 
 from dashboard import model_widgets, resources, results_widgets, state, widgets
 from dashboard.text import md
-from engine.cases.reviews import case_history, unreviewed_cases
-from engine.tasks.classification import diagnose_cases, diagnose_image, scope_of
+from engine.cases import case_history, unreviewed_cases
+from engine.tasks import diagnose_cases, diagnose_image, scope_of
 
 ctx = resources.context()
 st.title("Diagnosis")

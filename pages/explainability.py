@@ -6,9 +6,7 @@ import streamlit as st
 from dashboard import explain_widgets as ew
 from dashboard import resources, widgets
 from dashboard.text import md, plain
-from engine.cases.explanations import explain_image
-from engine.cases.heatmap_audit import start_audit
-from engine.cases.ingest import ingest_paths
+from engine.cases import explain_image, ingest_paths, start_audit
 from engine.stored import gray_image
 
 ctx = resources.context()

@@ -5,14 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import lifecycle_widgets, model_widgets, resources, state, widgets
-from engine.models.catalog import (
-    active_model,
-    installed_models,
-    promote,
-    rollback,
-    rollback_target,
-)
-from engine.models.registry import architectures
+from engine.models import active_model, architectures, installed_models, promote, rollback, rollback_target
 
 ctx = resources.context()
 st.title("Models")

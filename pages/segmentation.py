@@ -4,8 +4,8 @@ agreement with the ground truth for dataset cases, exports, and the region's exp
 import streamlit as st
 
 from dashboard import model_widgets, resources, results_widgets, seg_widgets, state, widgets
-from engine.models.scope import Scope
-from engine.tasks.segmentation import export_seg, raw_segmentation, segment_case_image, segmentation_history
+from engine.models import Scope
+from engine.tasks import export_seg, raw_segmentation, segment_case_image, segmentation_history
 
 ctx = resources.context()
 st.title("Segmentation")

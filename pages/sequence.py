@@ -4,8 +4,8 @@ calibrated result with its OOD gate, and each slice's contribution to it."""
 import streamlit as st
 
 from dashboard import resources, sequence_widgets, state, widgets
-from engine.models.scope import Scope
-from engine.tasks.sequence import analyse_sequence, raw_sequence_output, sequence_images
+from engine.models import Scope
+from engine.tasks import analyse_sequence, raw_sequence_output, sequence_images
 
 ctx = resources.context()
 st.title("Sequence")

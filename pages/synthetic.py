@@ -5,8 +5,8 @@ images are for studying data augmentation, never for reading as cases."""
 import streamlit as st
 
 from dashboard import resources, state, synthetic_widgets, widgets
-from engine.models.catalog import active_model
-from engine.synthetic.export import export_zip, synthesise
+from engine.models import active_model
+from engine.synthetic import export_zip, synthesise
 
 ctx = resources.context()
 st.title("Synthetic data")

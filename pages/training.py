@@ -5,7 +5,7 @@ import streamlit as st
 
 from dashboard import resources, state, train_widgets, widgets
 from dashboard.job_widgets import JobRoom, job_room
-from engine.jobs.training import submit_training
+from engine.jobs import submit_training
 
 ctx = resources.context()
 st.title("Training")

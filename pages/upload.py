@@ -3,7 +3,7 @@
 import streamlit as st
 
 from dashboard import resources, state, widgets
-from engine.cases.ingest import ingest_files
+from engine.cases import ingest_files
 
 st.title("Upload studies")
 st.write("DICOM (.dcm or no extension), PNG (8/16-bit), JPEG, or a ZIP of a folder of them. "

@@ -4,14 +4,7 @@ import streamlit as st
 
 from dashboard import resources, results_widgets, widgets
 from dashboard.text import md
-from engine.cases.worklist import (
-    COLUMNS,
-    SORTS,
-    STATUSES,
-    WorklistQuery,
-    facet_values,
-    list_worklist,
-)
+from engine.cases import COLUMNS, SORTS, STATUSES, WorklistQuery, facet_values, list_worklist
 
 ctx = resources.context()
 st.title("Worklist")

@@ -140,8 +140,8 @@ def reference_cache(tmp_path_factory) -> Path:
     """The shipped generator's real reference images and their features in the default classifier's spaces,
     computed once per session (about a minute and a half on 2 cores) and copied into a test's home by
     `install_references`."""
-    from engine.models.catalog import find_model
     from engine.models.checkpoint import load_model
+    from engine.models.installed import find_model
     from engine.synthetic.evaluation import load_references
     from engine.synthetic.generator import find_generator, load_generator
 

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import requests
 
-from engine.io.wrap import encoded, radiograph_dicom
+from engine.writers.wrap import encoded, radiograph_dicom
 
 ORTHANC = shutil.which("Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -147,7 +147,7 @@ def head_study() -> bytes:
 
     import pydicom
 
-    from engine.io.wrap import ultrasound_dicom
+    from engine.writers.wrap import ultrasound_dicom
 
     with open(DATA_DIR / "hc18" / "manifest.csv", newline="") as f:
         row = next(r for r in csv.DictReader(f) if r["split"] == "test")

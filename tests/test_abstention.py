@@ -48,7 +48,7 @@ def test_a_model_without_a_stated_scope_is_limited_by_its_ood_gate_only(config):
 
 
 def load_classifier_card(config):
-    from engine.models.catalog import installed_models
+    from engine.models.installed import installed_models
 
     return next(m.card for m in installed_models(config, "classification"))
 

@@ -208,7 +208,7 @@ def test_segmentation_of_an_hc18_case_shows_contour_and_circumference(server, tm
 
     import cv2
 
-    from engine.io.wrap import ultrasound_dicom
+    from engine.writers.wrap import ultrasound_dicom
 
     data = Path(os.environ.get("RADLENS_DATA_DIR", "/nonexistent")) / "hc18"
     if not data.is_dir():

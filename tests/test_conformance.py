@@ -14,8 +14,8 @@ from pydicom.data import get_testdata_file
 from engine.cases.ingest import ingest_files, prepare_here
 from engine.config import Limits
 from engine.errors import EngineError
-from engine.io.wrap import ultrasound_dicom, volume_dicom
 from engine.tasks.segmentation import seg_dicom
+from engine.writers.wrap import ultrasound_dicom, volume_dicom
 
 pytestmark = pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian dicom3tools) is not "
                                 "installed; `make test` installs it when run as root")

@@ -8,11 +8,11 @@ import pytest
 
 from engine.cases.ingest import ingest_files
 from engine.cases.reviews import add_review, case_history
-from engine.data.catalog import gray_of_file
+from engine.data.datasets import gray_of_file
 from engine.errors import EngineError
 from engine.inference.classify import Classifier
 from engine.models import load_model
-from engine.models.catalog import (
+from engine.models.installed import (
     SHIPPED_DIR,
     active_model,
     installed_models,

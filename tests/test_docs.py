@@ -7,9 +7,9 @@ from pathlib import Path
 
 from dashboard.registry import PAGES
 from engine.__main__ import COMMANDS
-from engine.data.catalog import DATASETS
+from engine.data.datasets import DATASETS
 from engine.inference.cam import METHODS
-from engine.models.catalog import SHIPPED_DIR
+from engine.models.installed import SHIPPED_DIR
 from tests.gen_docs import GENERATED
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,12 +62,12 @@ def test_every_doc_the_readme_points_to_exists():
 
 def test_architecture_doc_answers_where_to_change_things():
     text = (ROOT / "docs" / "architecture.md").read_text()
-    for question in ("add a CAM method", "add a DICOM check", "add a dataset", "add a task", "add a page",
-                     "change what the worklist shows"):
+    for question in ("add a CAM method", "add a task", "add a PACS transport", "change a de-identification rule",
+                     "add a page", "change what the worklist shows", "add a DICOM check", "add a dataset"):
         row = next((line for line in text.splitlines() if line.startswith(f"| {question} |")), None)
         assert row, question
-        for path in re.findall(r"`((?:engine|dashboard|pages)/[\w/]+\.py)`", row):
-            assert (ROOT / path).is_file(), f"{question}: {path} does not exist"
+        for path in re.findall(r"`((?:engine|dashboard|pages)/[\w/]+(?:\.py|/))`", row):
+            assert (ROOT / path).exists(), f"{question}: {path} does not exist"
 
 
 def test_security_doc_prints_the_permission_matrix_the_engine_enforces():

@@ -44,7 +44,7 @@ from engine.inference.faithfulness import (
 )
 from engine.metrics import mean_ci
 from engine.models import create_model, load_model
-from engine.models.catalog import SHIPPED_DIR
+from engine.models.installed import SHIPPED_DIR
 from tests.conftest import DATA_DIR, needs_data
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,7 +183,7 @@ def explainer():
 def _test_films(n: int) -> list[tuple[str, np.ndarray]]:
     import csv
 
-    from engine.data.catalog import gray_of_file
+    from engine.data.datasets import gray_of_file
 
     root = DATA_DIR / "cxr_pneumonia"
     with open(root / "manifest.csv", newline="") as f:
@@ -272,8 +272,8 @@ def test_audit_runs_as_a_background_process(ctx, config, store):
 @needs_data
 def test_cli_audit_prints_the_summary(config):
     env = {**os.environ, "RADLENS_HOME": str(config.home), "RADLENS_DATA_DIR": str(DATA_DIR)}
-    done = subprocess.run([sys.executable, "-m", "engine", "audit", "--limit", "4", "--json"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "engine", "heatmap-audit", "--limit", "4", "--json"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["n"] == 4 and set(summary["uniform"]) == {"border_share", "corner_share"}

@@ -18,10 +18,10 @@ from engine.cases.results import result_objects, result_zip
 from engine.cases.worklist import WorklistQuery, worklist_csv
 from engine.context import User
 from engine.errors import ExportError, NotAnalysed, PermissionDenied
-from engine.io.derived import BURNED_IN
-from engine.io.wrap import encoded, radiograph_dicom
 from engine.stored import get_case
 from engine.tasks.classification import diagnose_image, load_classifier
+from engine.writers.derived import BURNED_IN
+from engine.writers.wrap import encoded, radiograph_dicom
 from tests.conftest import needs_data
 from tests.test_conformance import dciodvfy_errors
 
@@ -117,8 +117,8 @@ def test_the_worklist_filter_exports_as_csv_without_formulas(ctx):
 
 @needs_data
 def test_the_original_study_link_is_sealed_to_its_key_and_image(ctx):
+    from engine.deid.link import LINK_KEYWORDS, reidentify, seal, unseal
     from engine.errors import KeyUnavailable
-    from engine.io.link import LINK_KEYWORDS, reidentify, seal, unseal
     from engine.keys import secret_key
     from engine.pacs.push import has_link
     from tests.orthanc import MARKER, chest_study

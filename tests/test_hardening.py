@@ -20,7 +20,7 @@ from engine.errors import DiskFull, InvalidReview, JobError
 from engine.jobs.process import alive, start_time
 from engine.jobs.queue import get_job
 from engine.jobs.training import TrainConfig, TrainingRequest, submit_training
-from engine.models.catalog import SHIPPED_DIR, install_candidate
+from engine.models.installed import SHIPPED_DIR, install_candidate
 from tests.conftest import dicom_bytes
 
 ROOT = Path(__file__).resolve().parent.parent

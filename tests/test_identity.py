@@ -47,7 +47,7 @@ from engine.identity.sessions import check_session, end_session, start_session
 from engine.identity.trail import verify_audit_log
 from engine.jobs.queue import cancel_job
 from engine.jobs.training import TrainConfig, TrainingRequest, submit_training
-from engine.models.catalog import activation_log, active_model, promote
+from engine.models.installed import activation_log, active_model, promote
 from engine.models.scope import NOT_ANALYSED, Verdict
 from engine.pacs.nodes import PacsNode, save_node
 from engine.pacs.push import send_case

@@ -19,8 +19,8 @@ from engine.cases.worklist import WorklistQuery, query_worklist
 from engine.errors import TrainingDiverged
 from engine.jobs.queue import cancel_job, get_job, job_metrics, list_jobs, resume_job
 from engine.jobs.training import TrainConfig, TrainingRequest, submit_training
-from engine.models.catalog import find_model
 from engine.models.checkpoint import load_state
+from engine.models.installed import find_model
 from engine.tasks import TASKS
 from engine.train import run as training
 from tests.conftest import needs_data, write_cxr_subset

@@ -16,6 +16,7 @@ LAYERS = (
     ("engine.config",),
     ("engine.keys", "engine.audit"),
     ("engine.store", "engine.io", "engine.metrics"),
+    ("engine.deid", "engine.writers"),
     ("engine.context",),
     ("engine.models", "engine.identity"),
     ("engine.inference",),

@@ -16,13 +16,13 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from engine.config import Config, DicomSettings
 from engine.context import Context, User
 from engine.errors import PacsError, PermissionDenied
-from engine.io.wrap import encoded
 from engine.jobs.queue import get_job
 from engine.pacs.listener import CANNOT_UNDERSTAND, Listener
 from engine.pacs.nodes import PacsNode, save_credentials, save_node
 from engine.pacs.studies import pull, search
 from engine.pacs.transports import StudyQuery, echo, find
 from engine.store import open_store
+from engine.writers.wrap import encoded
 from tests import orthanc as pacs
 from tests.conftest import DATA_DIR, dicom_bytes, needs_data
 from tests.orthanc import MARKER, STUDY_UID, chest_study, head_study

@@ -106,7 +106,7 @@ def test_marker_appears_nowhere_in_database_wal_files_or_logs(tmp_path):
 
 
 def test_uids_and_pseudonyms_are_keyed_and_consistent_per_key():
-    from engine.io.deid import deidentify
+    from engine.deid.profile import deidentify
 
     ds = pydicom.dcmread(io.BytesIO(_phi_dicom()))
     key_1, key_2 = bytes(range(32)), bytes(range(1, 33))

@@ -36,9 +36,9 @@ def test_a_dead_running_job_reads_as_interrupted_without_a_write(ctx, store):
 
 
 def test_audits_and_training_share_one_queue_and_one_status_vocabulary(store):
-    train, audit = _row(store, "train", "finished"), _row(store, "audit", "failed")
-    assert {"train", "audit"} <= set(KINDS)
-    assert [j.id for j in list_jobs(store, "audit")] == [audit]
+    train, audit = _row(store, "train", "finished"), _row(store, "heatmap-audit", "failed")
+    assert {"train", "heatmap-audit"} <= set(KINDS)
+    assert [j.id for j in list_jobs(store, "heatmap-audit")] == [audit]
     assert {j.status for j in list_jobs(store)} == {JobStatus.FINISHED, JobStatus.FAILED}
     assert all(isinstance(j, Job) for j in list_jobs(store)) and get_job(store, train).kind == "train"
     with pytest.raises(JobError, match="does not exist"):

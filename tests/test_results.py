@@ -21,7 +21,6 @@ from engine.cases.reviews import add_review, review_case
 from engine.config import Config, DicomSettings
 from engine.context import Context, User
 from engine.errors import NoStudyLink, PermissionDenied, SendRefused
-from engine.io.derived import DISCLAIMER, SR_CODES
 from engine.jobs.queue import get_job
 from engine.pacs.nodes import PacsNode, save_credentials, save_node
 from engine.pacs.push import send_case, set_send_after_review
@@ -31,6 +30,7 @@ from engine.store import open_store
 from engine.stored import get_case
 from engine.tasks.classification import diagnose_image, load_classifier
 from engine.tasks.segmentation import load_segmenter, segment_case_image
+from engine.writers.derived import DISCLAIMER, SR_CODES
 from tests import orthanc as pacs
 from tests.conftest import DATA_DIR, needs_data
 from tests.orthanc import MARKER, STUDY_UID, chest_study, head_study

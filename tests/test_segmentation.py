@@ -32,11 +32,11 @@ from engine.inference.measure import (
 )
 from engine.inference.segment import Segmenter
 from engine.io import read_study
-from engine.io.wrap import ultrasound_dicom
 from engine.models import load_model
-from engine.models.catalog import SHIPPED_DIR
+from engine.models.installed import SHIPPED_DIR
 from engine.models.registry import create_model, list_models
 from engine.tasks.segmentation import case_spacing, seg_dicom, segment_case_image
+from engine.writers.wrap import ultrasound_dicom
 from tests.conftest import DATA_DIR, needs_data
 
 SHIPPED = SHIPPED_DIR / "hc18-unet.safetensors"
@@ -190,7 +190,7 @@ def test_shipped_card_numbers_reproduce_on_the_test_split(segmenter):
 def test_the_boundary_offset_makes_the_truth_masks_measure_the_dataset_circumference():
     """HC18's masks reach the outer edge of the annotated line: measured as they are, their ellipses are
     ~0.7 % too long; the offset fitted on the training masks removes that on the other splits."""
-    from engine.data.catalog import load_dataset
+    from engine.data.datasets import load_dataset
     from engine.models.preprocess import Preprocessing
     from engine.tasks.segmentation import fit_boundary_offset
 

@@ -15,10 +15,10 @@ from engine.cases.ingest import ingest_files, prepare_here
 from engine.config import Limits
 from engine.errors import JobError, NotAnalysed, TooLarge, UnreadableStudy, UnsupportedFormat
 from engine.io.volume import read_volume
-from engine.io.wrap import volume_dicom
 from engine.jobs.training import TrainConfig
 from engine.models.preprocess import Preprocessing
 from engine.models.registry import create_model, list_models
+from engine.writers.wrap import volume_dicom
 from tests.conftest import DATA_DIR, dicom_bytes, needs_data
 
 KEY = bytes(range(32))
@@ -143,7 +143,7 @@ def _slices(volume: np.ndarray, spacing: float = 2.0, series: str | None = None,
     """Each slice of `volume` as a single-frame DICOM of one series (axial, tilted so the normal is not z)."""
     from pydicom.uid import generate_uid
 
-    from engine.io.wrap import encoded, radiograph_dicom
+    from engine.writers.wrap import encoded, radiograph_dicom
 
     series, study = series or generate_uid(), generate_uid()
     row, col = np.array([1.0, 0.0, 0.0]), np.array([0.0, np.cos(0.3), np.sin(0.3)])
@@ -265,8 +265,8 @@ def test_sequence_training_writes_a_card_resumes_and_runs_on_a_volume(tmp_path, 
 @pytest.mark.slow
 @needs_data
 def test_the_shipped_sequence_card_numbers_reproduce_on_the_test_split():
-    from engine.models.catalog import SHIPPED_DIR
     from engine.models.checkpoint import load_model
+    from engine.models.installed import SHIPPED_DIR
     from engine.tasks.evaluation import evaluate
 
     loaded = load_model(SHIPPED_DIR / f"{SHIPPED}.safetensors")

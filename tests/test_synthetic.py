@@ -13,18 +13,18 @@ import pytest
 import torch
 
 from engine.cases.ingest import ingest_files
-from engine.data.catalog import load_dataset
+from engine.data.datasets import load_dataset
 from engine.errors import InvalidOption, JobError
-from engine.io.mark import has_mark, mark, png_says_synthetic, synthetic_png
 from engine.jobs.queue import get_job
 from engine.jobs.synthesis import GanConfig, submit_gan
 from engine.jobs.training import TrainConfig
-from engine.models.catalog import find_model
 from engine.models.checkpoint import load_model, load_state, save_state
+from engine.models.installed import find_model
 from engine.models.preprocess import Preprocessing
 from engine.synthetic.evaluation import load_references
 from engine.synthetic.export import export_zip, synthesise
 from engine.synthetic.generator import find_generator, generate, installed_generators, load_generator
+from engine.synthetic.mark import has_mark, mark, png_says_synthetic, synthetic_png
 from engine.synthetic.quality import ClassifierFeatures, frechet_distance, memorisation, prdc
 from engine.synthetic.training import as_model_input
 from tests.conftest import DATA_DIR, DEFAULT_CLASSIFIER, install_references, needs_data, write_cxr_subset
@@ -85,7 +85,7 @@ def test_the_mode_seeking_term_penalises_a_collapsed_batch_and_is_not_fooled_by_
 
 def test_the_shipped_generator_is_installed_apart_from_the_task_models(config):
     assert SHIPPED in [name for name, _ in installed_generators(config)]
-    from engine.models.catalog import installed_models
+    from engine.models.installed import installed_models
 
     assert SHIPPED not in [m.name for m in installed_models(config)]  # it answers no clinical question
 

@@ -21,7 +21,7 @@ from engine.cases.results import result_objects
 from engine.config import Config, DicomSettings
 from engine.context import Context, User
 from engine.jobs.queue import get_job
-from engine.models.catalog import find_model
+from engine.models.installed import find_model
 from engine.pacs.listener import Listener
 from engine.pacs.nodes import PacsNode, save_credentials, save_node
 from engine.store import open_store
@@ -44,7 +44,7 @@ pytestmark = [
 def _adrenal_volume(config: Config) -> list[bytes]:
     """A shipped-model-scope volume: an AdrenalMNIST3D test mask (modality SEG, body part ADRENAL)."""
     from engine.cases.demo import _adrenal_items
-    from engine.io.wrap import encoded
+    from engine.writers.wrap import encoded
 
     ds = pydicom.dcmread(io.BytesIO(_adrenal_items(config)[0][1]))
     ds.Modality = "SEG"

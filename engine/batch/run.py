@@ -27,24 +27,23 @@ from engine.batch.backends import BACKENDS, Shard, ShardResult
 from engine.batch.sources import DEFAULT_MAX_ITEMS, Source, open_source
 from engine.batch.work import COLUMNS, ERROR, Item, Options, batch_tasks
 from engine.context import Context
-from engine.errors import BatchSourceError, JobError, short_reason
-from engine.io.spreadsheet import SafeDictWriter
+from engine.errors import BatchSourceError, JobError
 from engine.jobs.queue import (
     Job,
     JobProgress,
-    claim_job,
+    JobRun,
     dispatch,
-    fail_job,
-    finish_job,
     get_job,
     job_folder,
+    run_job,
     submit,
     update_job,
 )
-from engine.models.catalog import active_model, find_model
 from engine.models.device import choose_device
+from engine.models.installed import active_model, find_model
 from engine.models.scope import ANALYSED, NOT_ANALYSED, abstention_text
 from engine.store import Store, utc_now
+from engine.writers.spreadsheet import SafeDictWriter
 
 __all__ = ["BatchRequest", "start_batch", "run_batch", "batch_summary", "batch_rows", "list_batches",
            "DEFAULT_SHARD_SIZE"]
@@ -148,11 +147,10 @@ def run_batch(ctx: Context, job_id: int, progress: Callable[[JobProgress], None]
     queued job of its lane. SIGTERM (cancel) stops the workers and leaves every loaded shard in place."""
     previous = signal.signal(signal.SIGTERM, _exit_on_term) if _main_thread() else None
     try:
-        return _run(ctx, job_id, progress)
+        return run_job(ctx, job_id, "batch", lambda run: _run(ctx, run, progress))
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        dispatch(ctx)
 
 
 def _main_thread() -> bool:
@@ -163,37 +161,29 @@ def _exit_on_term(signum, frame):
     raise SystemExit(143)  # unwinds: the backend's pool or Ray cluster is shut down on the way out
 
 
-def _run(ctx: Context, job_id: int, progress: Callable[[JobProgress], None] | None) -> dict:
-    job = claim_job(ctx.store, job_id, os.getpid())
+def _run(ctx: Context, run: JobRun, progress: Callable[[JobProgress], None] | None) -> dict:
+    job, job_id = run.job, run.job.id
     config = job.config
-    try:
-        source = _source_of(config)
-        pending = _pending(ctx.store, job_id)
-        for number, start, stop in list(pending):  # written before the job died: load, do not recompute
-            if (path := _shard_file(ctx, job_id, number)).is_file():
-                _load(ctx, job, _read_shard(path, number))
-                pending.remove((number, start, stop))
-        if config.get("cases"):  # loaded before the job died, their cases not all landed yet
-            for number in _without_cases(ctx.store, job_id):
-                _land(ctx, job, source, _read_shard(_shard_file(ctx, job_id, number), number))
-        shards = [Shard(n, tuple(Item(n, i, source.names[i]) for i in range(a, b))) for n, a, b in pending]
-        meter = _Meter(ctx.store, job_id, config["items"], progress)
-        # the Ray cluster comes from the server's configuration only (RADLENS_RAY_ADDRESS), never from a request
-        backend = BACKENDS[config["backend"]](shards, worker_options(config, ctx), config["workers"],
-                                              ctx.config.ray_address)
-        with closing(backend):  # a cancel or Ctrl-C shuts the pool or the Ray cluster down at once
-            for result in backend:
-                _store_shard(ctx, job, source, result)
-                meter.shard_done(result)
-    except (Exception, SystemExit) as error:  # noqa: BLE001 - recorded on the row as one line, never lost
-        message = "stopped (cancelled or terminated)" if isinstance(error, SystemExit) else short_reason(error)
-        fail_job(ctx.store, job_id, message)
-        if isinstance(error, SystemExit):
-            raise
-        raise JobError(f"batch {job_id} failed: {message}") from error
+    source = _source_of(config)
+    pending = _pending(ctx.store, job_id)
+    for number, start, stop in list(pending):  # written before the job died: load, do not recompute
+        if (path := _shard_file(ctx, job_id, number)).is_file():
+            _load(ctx, job, _read_shard(path, number))
+            pending.remove((number, start, stop))
+    if config.get("cases"):  # loaded before the job died, their cases not all landed yet
+        for number in _without_cases(ctx.store, job_id):
+            _land(ctx, job, source, _read_shard(_shard_file(ctx, job_id, number), number))
+    shards = [Shard(n, tuple(Item(n, i, source.names[i]) for i in range(a, b))) for n, a, b in pending]
+    meter = _Meter(ctx.store, job_id, config["items"], progress)
+    # the Ray cluster comes from the server's configuration only (RADLENS_RAY_ADDRESS), never from a request
+    backend = BACKENDS[config["backend"]](shards, worker_options(config, ctx), config["workers"],
+                                          ctx.config.ray_address)
+    with closing(backend):  # a cancel or Ctrl-C shuts the pool or the Ray cluster down at once
+        for result in backend:
+            _store_shard(ctx, job, source, result)
+            meter.shard_done(result)
     counts = batch_summary(ctx.store, job_id)
-    finish_job(ctx.store, job_id, job.actor or ctx.actor,
-               {k: counts[k] for k in ("items", "analysed", "not_analysed", "failed", "new_rows")},
+    run.finish({k: counts[k] for k in ("items", "analysed", "not_analysed", "failed", "new_rows")},
                progress=json.dumps({**meter.progress, "phase": "finished"}))
     return batch_summary(ctx.store, job_id)
 

@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file
 from engine.cases.ingest import IngestResult, ingest_files
 from engine.config import Config
 from engine.context import Context
-from engine.io.wrap import ultrasound_dicom, volume_dicom
+from engine.writers.wrap import ultrasound_dicom, volume_dicom
 
 __all__ = ["DEMO_DICOMS", "demo_files", "seed_demo"]
 

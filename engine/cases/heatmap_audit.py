@@ -5,15 +5,14 @@ border and in the two top corners (where laterality markers and burned-in text s
 and the map's faithfulness. The summary (means with CIs, per class, the mean heatmap per class and the 8
 images looking most outside the centre) is stored so runs can be compared across model versions.
 
-Runs as a job of kind 'audit' (`python -m engine audit --run ID`, started by the job queue); its progress
-is the job's done/total, its result a `heatmap_audits` row.
+Runs as a job of kind 'heatmap-audit' (`python -m engine heatmap-audit --run ID`, started by the job queue); its
+progress is the job's done/total, its result a `heatmap_audits` row.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,24 +21,21 @@ import numpy as np
 
 from engine.config import Config
 from engine.context import Context
-from engine.data.catalog import DATASETS, datasets, load_dataset
-from engine.errors import JobError, UnknownDataset, UnknownMethod, short_reason
+from engine.data.datasets import DATASETS, datasets, load_dataset
+from engine.errors import JobError, UnknownDataset, UnknownMethod
 from engine.inference.cam import METHODS
 from engine.inference.explainer import Explainer
 from engine.jobs.queue import (
     Job,
-    claim_job,
-    dispatch,
-    fail_job,
-    finish_job,
+    JobRun,
     get_job,
     list_jobs,
+    run_job,
     submit,
-    update_job,
 )
 from engine.metrics import mean_ci
-from engine.models.catalog import find_model
 from engine.models.device import choose_device
+from engine.models.installed import find_model
 from engine.store import Store
 from engine.tasks.classification import load_classifier
 
@@ -135,7 +131,7 @@ def dataset_file(config: Config, dataset: str, name: str) -> Path | None:
 
 def start_audit(ctx: Context, model_name: str, method: str, dataset: str, split: str,
                 layer: str | None = None, limit: int | None = None, background: bool = True) -> int:
-    """Queue an audit as a job of kind 'audit' (started at once when no other audit runs); returns its id.
+    """Queue an audit as a job of kind 'heatmap-audit' (started at once when no other audit runs); returns its id.
     `background=False` records it as running in this process, for the caller to run (`run_audit`)."""
     ctx.require("explain.audit")
     if method not in METHODS:
@@ -145,7 +141,7 @@ def start_audit(ctx: Context, model_name: str, method: str, dataset: str, split:
     installed = find_model(ctx.config, model_name)
     request = {"model_name": installed.name, "model_version": installed.card.version, "method": method,
                "layer": layer or "", "dataset": dataset, "split": split, "limit": limit}
-    return submit(ctx, "audit", device=choose_device(), task="classification",
+    return submit(ctx, "heatmap-audit", device=choose_device(), task="classification",
                   config=request, detail={"model": installed.name, "method": method, "dataset": dataset,
                                           "split": split}, here=not background)
 
@@ -153,35 +149,25 @@ def start_audit(ctx: Context, model_name: str, method: str, dataset: str, split:
 def run_audit(ctx: Context, audit_id: int) -> dict:
     """Execute an audit job in this process, recording progress, the result or the failure; then start the
     next queued job of its lane."""
-    try:
-        return _run(ctx, audit_id)
-    finally:
-        dispatch(ctx)
 
-
-def _run(ctx: Context, audit_id: int) -> dict:
-    job = claim_job(ctx.store, audit_id, os.getpid())
-    request = job.config
-    try:
+    def work(run: JobRun) -> dict:
+        request = run.job.config
         explainer = Explainer(load_classifier(ctx, request["model_name"]))
         summary, heatmaps = audit_split(
             explainer, request["dataset"], request["split"], ctx.config.data_dir, request["method"],
             request["layer"] or None, request["limit"],
-            lambda done, total: update_job(ctx.store, audit_id, {"phase": "explaining", "done": done, "total": total}))
-    except Exception as error:  # noqa: BLE001 - any failure is recorded on the row as one line, never lost
-        message = short_reason(error)
-        fail_job(ctx.store, audit_id, message)
-        raise JobError(f"audit {audit_id} failed: {message}") from error
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **{label: cam.astype(np.float16) for label, cam in heatmaps.items()})
-    loaded = explainer.classifier.loaded
-    with ctx.store.write() as db:
-        db["heatmap_audits"].insert({
-            "job_id": audit_id, "weights_sha256": loaded.sha256, "layer": request["layer"] or explainer.default_layer,
-            "summary": json.dumps(summary), "heatmaps": buffer.getvalue()}, replace=True)
-    finish_job(ctx.store, audit_id, job.actor or ctx.actor,
-               {"n": summary["n"], "border_share": summary["border_share"][0]})
-    return summary
+            lambda done, total: run.progress(phase="explaining", done=done, total=total))
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **{label: cam.astype(np.float16) for label, cam in heatmaps.items()})
+        loaded = explainer.classifier.loaded
+        with ctx.store.write() as db:
+            db["heatmap_audits"].insert({
+                "job_id": audit_id, "weights_sha256": loaded.sha256, "summary": json.dumps(summary),
+                "layer": request["layer"] or explainer.default_layer, "heatmaps": buffer.getvalue()}, replace=True)
+        run.finish({"n": summary["n"], "border_share": summary["border_share"][0]})
+        return summary
+
+    return run_job(ctx, audit_id, "audit", work)
 
 
 def _audit_row(job: Job, result: dict | None) -> dict:
@@ -198,7 +184,7 @@ def _audit_row(job: Job, result: dict | None) -> dict:
 
 def list_audits(store: Store) -> list[dict]:
     """Every audit, newest first, with its headline numbers; one whose process died reads 'interrupted'."""
-    jobs = list_jobs(store, "audit")
+    jobs = list_jobs(store, "heatmap-audit")
     with store.read() as db:
         results = {r["job_id"]: r
                    for r in db.query("SELECT job_id, layer, weights_sha256, summary FROM heatmap_audits")}
@@ -216,7 +202,7 @@ def list_audits(store: Store) -> list[dict]:
 
 def get_audit(store: Store, audit_id: int) -> dict:
     job = get_job(store, audit_id)
-    if job.kind != "audit":
+    if job.kind != "heatmap-audit":
         raise JobError(f"job {audit_id} is a {job.kind} job, not an explanation audit; "
                        "pick one from the list of audits")
     with store.read() as db:

@@ -21,6 +21,9 @@ from PIL import Image
 
 from engine.config import Config, Limits
 from engine.context import Context
+from engine.deid.fields import fields_of
+from engine.deid.link import capture, seal
+from engine.deid.profile import deidentify
 from engine.errors import (
     DiskFull,
     EngineError,
@@ -33,18 +36,16 @@ from engine.errors import (
 )
 from engine.io import read_study, render
 from engine.io.archive import iter_zip
-from engine.io.deid import deidentify
-from engine.io.fields import fields_of
 from engine.io.jpeg import strip_encapsulated_jpeg_metadata, strip_jpeg_metadata
-from engine.io.link import capture, seal
-from engine.io.mark import has_mark, png_says_synthetic, thumbnail
 from engine.io.sandbox import sandbox_for
 from engine.io.sniff import is_zip
 from engine.io.study import Study, Window
-from engine.io.volume import is_array_volume, volume_as_dicom
+from engine.io.volume import is_array_volume
 from engine.keys import secret_key
 from engine.store import utc_now
+from engine.synthetic.mark import has_mark, png_says_synthetic, thumbnail
 from engine.synthetic.prints import is_synthetic
+from engine.writers.wrap import volume_as_dicom
 
 __all__ = ["IngestResult", "Prepared", "prepare", "prepare_here", "render_untrusted", "ingest_files", "ingest_paths",
            "remove_orphan_files"]
@@ -77,7 +78,7 @@ class Prepared:
     fields: dict
     study_key: str
     sha256: str
-    link: bytes = b""  # the sealed original-study link (engine.io.link), for studies that came from a PACS
+    link: bytes = b""  # the sealed original-study link (engine.deid.link), for studies that came from a PACS
     patient_key: str = ""  # the patient's pseudonym (DICOM only): a study UID never joins two patients' images
     thumbnail: bytes = b""  # 64 x 64 float32 of the first frame: checked against generated images' prints
 

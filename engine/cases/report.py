@@ -21,13 +21,13 @@ from engine.config import Config
 from engine.context import Context
 from engine.draw import fit_within, font_path
 from engine.errors import EngineError, ExportError, UnknownModel
-from engine.io.derived import DISCLAIMER
 from engine.models.card import ModelCard
-from engine.models.catalog import find_model
+from engine.models.installed import find_model
 from engine.store import Store
 from engine.tasks import TASKS, Task
 from engine.tasks.analysis import Bar
 from engine.tasks.classification import percent
+from engine.writers.derived import DISCLAIMER
 
 __all__ = ["case_report", "MAX_REPORT_CASES"]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import zipfile
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -19,12 +20,12 @@ from pydicom.dataset import Dataset
 from engine.config import Config
 from engine.context import Context
 from engine.errors import NotAnalysed
-from engine.io import derived
-from engine.io.derived import SC_STORAGE, SEG_STORAGE, SR_STORAGE
 from engine.store import Store
 from engine.stored import get_case, gray_image, stored_source
 from engine.tasks import TASKS, Task
 from engine.tasks.analysis import algorithm_of, analysis_of
+from engine.writers import derived
+from engine.writers.derived import SC_STORAGE, SEG_STORAGE, SR_STORAGE
 
 __all__ = ["CaseResults", "Logged", "ResultObject", "case_results", "build_objects", "result_objects",
            "evidence_view", "result_zip", "OBJECT_KINDS"]
@@ -37,8 +38,7 @@ OBJECT_KINDS = {"sr": ("Structured report (SR)", SR_STORAGE),
 
 
 
-@dataclass(frozen=True)
-class Logged:
+class Logged(NamedTuple):
     """A task's latest analysed row on the case."""
 
     task: Task

@@ -8,8 +8,8 @@ import io
 from dataclasses import dataclass, field
 
 from engine.context import Context
-from engine.io.spreadsheet import defused
 from engine.store import Store
+from engine.writers.spreadsheet import defused
 
 __all__ = ["Column", "COLUMNS", "WorklistQuery", "WorklistPage", "query_worklist", "list_worklist", "facet_values",
            "SORTS", "STATUSES", "search_text", "case_id_of", "matching_cases", "worklist_csv", "MAX_EXPORT"]

@@ -1,1 +1,14 @@
 """Pure compute: arrays and a loaded model in, results out. No store, no files, no cases."""
+
+from engine.public import public_face
+
+# The public face the dashboard and the pages import from (engine.public: each module loads when first asked).
+__getattr__, __dir__ = public_face(__name__, {
+    "cam": ("BASELINE", "METHODS"),
+    "classify": ("Classifier", "OOD_WARNING", "Prediction"),
+    "explainer": ("Explainer", "Heatmap"),
+    "faithfulness": ("METRICS", "REMOVED"),
+    "predict": ("PRECISIONS",),
+    "segment": ("Segmenter",),
+    "sequence": ("SequenceClassifier", "SequencePrediction"),
+})

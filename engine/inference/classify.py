@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from engine.inference.batch import autocast
 from engine.inference.cam import single_pass_cam
+from engine.inference.predict import autocast
 from engine.metrics import Calibrator
 from engine.models.checkpoint import LoadedModel
 from engine.models.ood import mahalanobis, pooled

@@ -26,7 +26,7 @@ from engine.errors import TooLarge, UnreadableStudy, UnsupportedFormat, short_re
 from engine.io.display import render, to_gray_uint8
 from engine.io.study import Study, Window
 
-__all__ = ["Volume", "read_volume", "volume_format", "is_array_volume", "volume_as_dicom", "rendered_volume",
+__all__ = ["Volume", "read_volume", "volume_format", "is_array_volume", "rendered_volume",
            "VOLUME_READERS"]
 
 _NPY = b"\x93NUMPY"
@@ -202,12 +202,3 @@ def read_volume(data: bytes, limits: Limits | None = None) -> Volume:
 def is_array_volume(data: bytes) -> bool:
     """A NumPy array or a NIfTI image (plain or gzipped): a volume without a DICOM header."""
     return data.startswith((_NPY, _GZIP)) or data[344:348] in _NIFTI1
-
-
-def volume_as_dicom(data: bytes, limits: Limits | None = None) -> bytes:
-    """An array or NIfTI volume re-written as a multi-frame DICOM (what ingest stores): the voxels and the voxel
-    size only, so nothing else the file carried (NIfTI's free-text fields) can reach the store."""
-    from engine.io.wrap import volume_dicom
-
-    volume = read_volume(data, limits)
-    return volume_dicom(volume.voxels, volume.spacing_mm, f"Volume ({volume.source_format.upper()} upload)")

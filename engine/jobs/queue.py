@@ -24,11 +24,11 @@ from typing import TypedDict
 
 from engine.config import Config
 from engine.context import Context
-from engine.errors import JobError
+from engine.errors import JobError, short_reason
 from engine.jobs.process import alive, start_process, start_time
 from engine.store import Store, utc_now
 
-__all__ = ["JobStatus", "ACTIVE", "RESUMABLE", "JobProgress", "JobKind", "KINDS", "Job", "submit",
+__all__ = ["run_job", "JobRun", "JobStatus", "ACTIVE", "RESUMABLE", "JobProgress", "JobKind", "KINDS", "Job", "submit",
            "dispatch", "get_job", "list_jobs", "cancel_job", "resume_job", "claim_job", "update_job",
            "finish_job", "fail_job", "job_metrics", "log_tail", "job_folder", "NICENESS", "lower_priority"]
 
@@ -101,7 +101,7 @@ KINDS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("train", "Training", _train_argv, "one running training job per device"),
     JobKind("gan", "GAN training", lambda job: ["-m", "engine.train.gan", "--job", str(job.id)],
             "one running GAN training per device"),
-    JobKind("audit", "Heatmap audit", lambda job: ["-m", "engine", "audit", "--run", str(job.id)],
+    JobKind("heatmap-audit", "Heatmap audit", lambda job: ["-m", "engine", "heatmap-audit", "--run", str(job.id)],
             "one running audit per device"),
     JobKind("analyse", "Analysis of PACS arrivals", lambda job: ["-m", "engine", "analyse", "--run", str(job.id)],
             "one running analysis per device"),
@@ -317,3 +317,35 @@ def log_tail(config: Config, job_id: int, lines: int = 15) -> str:
     with open(path, "rb") as f:
         f.seek(max(0, path.stat().st_size - 16_384))
         return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-lines:])
+
+
+class JobRun:
+    """A job as its own process runs it: the claimed row, its progress and its finish."""
+
+    def __init__(self, ctx: Context, job: Job):
+        self.ctx, self.job = ctx, job
+
+    def progress(self, **values) -> None:
+        update_job(self.ctx.store, self.job.id, values)
+
+    def finish(self, detail: dict, **values) -> None:
+        finish_job(self.ctx.store, self.job.id, self.job.actor or self.ctx.actor, detail, **values)
+
+
+def run_job(ctx: Context, job_id: int, what: str, work: Callable[[JobRun], dict]) -> dict:
+    """The envelope every job kind's program runs in: claim the row (it must still be running), run `work` (which
+    reports progress and finishes the row), record a failure or a stop as one line on the row (and raise JobError
+    naming the job; a stop goes on as SystemExit), then start the next queued job of the lane, whatever
+    happened."""
+    try:
+        run = JobRun(ctx, claim_job(ctx.store, job_id, os.getpid()))
+        try:
+            return work(run)
+        except (Exception, SystemExit) as error:  # noqa: BLE001 - recorded on the row as one line, never lost
+            message = "stopped (cancelled or terminated)" if isinstance(error, SystemExit) else short_reason(error)
+            fail_job(ctx.store, job_id, message)
+            if isinstance(error, SystemExit):
+                raise
+            raise JobError(f"{what} {job_id} failed: {message}") from error
+    finally:
+        dispatch(ctx)

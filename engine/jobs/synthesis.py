@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from engine.context import Context
-from engine.data.catalog import DATASETS
+from engine.data.datasets import DATASETS
 from engine.errors import JobError
-from engine.inference.batch import PRECISIONS
+from engine.inference.predict import PRECISIONS
 from engine.jobs.queue import job_folder, submit
 from engine.jobs.training import argv_of, opt, parser_of
 from engine.tasks import get_task

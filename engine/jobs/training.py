@@ -13,13 +13,13 @@ from pathlib import Path
 
 from engine.config import Config
 from engine.context import Context
-from engine.data.catalog import DATASETS
+from engine.data.datasets import DATASETS
 from engine.data.reviews import usable_review_ids
 from engine.errors import EngineError, JobError
-from engine.inference.batch import PRECISIONS
+from engine.inference.predict import PRECISIONS
 from engine.jobs.queue import job_folder, submit
-from engine.models.catalog import active_model
 from engine.models.device import choose_device, visible_gpus
+from engine.models.installed import active_model
 from engine.models.registry import get_spec, list_models
 from engine.tasks import get_task
 

@@ -3,8 +3,19 @@ routing of arrivals. Importing the package adds the after-review hook that sends
 
 import logging
 
+from engine.public import public_face
+
 # pynetdicom logs every C-FIND identifier (patient name, ID, accession) and C-GET/C-STORE UIDs at INFO: its
 # lines would carry identifiers into RADLENS_HOME/logs. Warnings and errors (no dataset content) still show.
 logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 from engine.pacs import push  # noqa: E402,F401 - registers queue_send_after_review with engine.cases.reviews
+
+# The public face the dashboard and the pages import from (engine.public: each module loads when first asked).
+__getattr__, __dir__ = public_face(__name__, {
+    "nodes": ("PacsNode", "list_nodes", "save_credentials", "save_node"),
+    "push": ("has_link", "send_after_review", "send_case", "set_send_after_review"),
+    "routing": ("route_descriptions", "routing", "set_routing"),
+    "studies": ("pull", "search", "test_connection"),
+    "transports": ("EchoReport", "StudyMatch", "StudyQuery", "TRANSPORTS", "VIAS"),
+})

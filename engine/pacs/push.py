@@ -1,6 +1,6 @@
 """Send a case's results (SR, secondary captures, SEG) to the PACS its study came from, into that study.
 
-Only a study that arrived from a PACS has an original-study link (engine.io.link, sealed at ingest). The
+Only a study that arrived from a PACS has an original-study link (engine.deid.link, sealed at ingest). The
 push step opens it in memory, puts the original Patient/Study identity and the source image's UIDs back on a
 copy of the stored image, builds the objects over that copy (engine.cases.results), sends them by STOW-RS
 or C-STORE and forgets them: nothing identifying is written to the store, the files or the logs. The audit
@@ -12,16 +12,15 @@ a "send" job of the job machinery does it, so a slow PACS never holds up the rev
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
 from engine.cases.results import OBJECT_KINDS, build_objects, case_results
 from engine.cases.reviews import AFTER_REVIEW
 from engine.context import Context
+from engine.deid.link import reidentify, unseal
 from engine.errors import NoStudyLink, PacsError, SendRefused, short_reason
-from engine.io.link import reidentify, unseal
-from engine.jobs.queue import claim_job, dispatch, fail_job, finish_job, submit, update_job
+from engine.jobs.queue import JobRun, run_job, submit
 from engine.keys import secret_key
 from engine.pacs.nodes import PacsNode, get_node, is_loopback_url
 from engine.pacs.transports import choose_via, study_patient_ids, transport
@@ -129,17 +128,13 @@ AFTER_REVIEW.append(queue_send_after_review)
 
 def run_send(ctx: Context, job_id: int) -> dict:
     """Execute a send job in this process (its program: `python -m engine send --run JOB`)."""
-    try:
-        job = claim_job(ctx.store, job_id, os.getpid())
-        case_id = job.config["case_id"]
-        update_job(ctx.store, job_id, {"phase": f"sending case #{case_id}", "done": 0, "total": 1})
-        try:
-            report = send_case(ctx.as_user(job.actor or ctx.actor), case_id)
-        except Exception as error:  # noqa: BLE001 - recorded on the row as one line, never lost
-            fail_job(ctx.store, job_id, short_reason(error))
-            raise
+
+    def work(run: JobRun) -> dict:
+        case_id = run.job.config["case_id"]
+        run.progress(phase=f"sending case #{case_id}", done=0, total=1)
+        report = send_case(ctx.as_user(run.job.actor or ctx.actor), case_id)
         summary = {"case": case_id, "node": report.node, "via": report.via, "objects": report.objects}
-        finish_job(ctx.store, job_id, job.actor or ctx.actor, summary)
+        run.finish(summary)
         return summary
-    finally:
-        dispatch(ctx)
+
+    return run_job(ctx, job_id, "send", work)

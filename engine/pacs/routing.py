@@ -16,7 +16,7 @@ import time
 from engine.context import Context
 from engine.errors import EngineError, UnknownModel
 from engine.jobs.queue import submit
-from engine.models.catalog import InstalledModel, active_model
+from engine.models.installed import InstalledModel, active_model
 from engine.models.scope import Scope
 from engine.store import Store, utc_now
 from engine.tasks import task_names

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from engine.context import Context
-from engine.models.catalog import active_model
 from engine.models.checkpoint import atomic_write, load_model
+from engine.models.installed import active_model
 from engine.synthetic.evaluation import evaluate, load_references, write_card_metrics
 from engine.synthetic.export import export_zip, synthesise
 from engine.synthetic.generator import find_generator, installed_generators, load_generator

@@ -13,11 +13,11 @@ import numpy as np
 
 from engine.context import Context
 from engine.errors import InvalidOption
-from engine.io.mark import mark, synthetic_png
-from engine.io.spreadsheet import SafeDictWriter
 from engine.synthetic.evaluation import Gallery, References, gallery
 from engine.synthetic.generator import MAX_PER_REQUEST, LoadedGenerator
+from engine.synthetic.mark import mark, synthetic_png
 from engine.synthetic.prints import register
+from engine.writers.spreadsheet import SafeDictWriter
 
 __all__ = ["synthesise", "shown", "upscaled", "export_zip", "EXPORT_SIZE", "MANIFEST_COLUMNS"]
 

@@ -1,5 +1,5 @@
 """Installed generators (shipped under weights/generators/, trained ones under RADLENS_HOME/generators/) and
-seeded generation. A generator is kept apart from the models of engine.models.catalog: it answers no clinical
+seeded generation. A generator is kept apart from the models of engine.models.installed: it answers no clinical
 question, so it never appears as a task's model."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 from engine.config import Config
 from engine.errors import BadCheckpoint, InvalidOption, JobError, UnknownModel
 from engine.models.card import ModelCard
-from engine.models.catalog import SHIPPED_DIR
 from engine.models.checkpoint import atomic_write, read_card, sha256_of
 from engine.models.gan import Generator
+from engine.models.installed import SHIPPED_DIR
 
 __all__ = ["LoadedGenerator", "GENERATORS_DIR", "installed_generators", "find_generator", "load_generator",
            "install_generator", "generate", "sample_grid", "MAX_PER_REQUEST"]
@@ -106,7 +106,7 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def generate(gen: LoadedGenerator, label: str, n: int, seed: int) -> np.ndarray:
     """(n, size, size) uint8 images of class `label`, unmarked (for training and measurement inside the
-    engine; engine.io.mark marks anything shown or written). The same (generator, label, n, seed) always gives
+    engine; engine.synthetic.mark marks anything shown or written). The same (generator, label, n, seed) always gives
     the same images: latents come from a CPU generator seeded with `seed`."""
     if label not in gen.labels:
         raise InvalidOption(f"{gen.name} generates {', '.join(gen.labels)}; not {label!r}")

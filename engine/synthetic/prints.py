@@ -1,4 +1,4 @@
-"""The register of generated images' likeness prints (engine.io.mark.likeness): every image a generator makes
+"""The register of generated images' likeness prints (engine.synthetic.mark.likeness): every image a generator makes
 for a person (the gallery shown on the page, every export) is registered when it is made, and ingest refuses
 an upload that looks like one of them (flipped, inverted, resized, its mark cropped or painted over). A print is
 48 x 48 numbers of a generated image, never of a patient's."""
@@ -9,8 +9,8 @@ import threading
 
 import numpy as np
 
-from engine.io.mark import LIKENESS_REFUSE, likeness, thumbnail
 from engine.store import Store, utc_now
+from engine.synthetic.mark import LIKENESS_REFUSE, likeness, thumbnail
 
 __all__ = ["register", "closest", "is_synthetic"]
 

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-from engine.inference.batch import predict
+from engine.inference.predict import predict
 from engine.models.checkpoint import LoadedModel
 from engine.models.registry import cam_layer
 

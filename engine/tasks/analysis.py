@@ -21,16 +21,32 @@ from engine.config import Config
 from engine.context import Context
 from engine.errors import EngineError, ModelMismatch
 from engine.models.card import ModelCard
-from engine.models.catalog import active_model, find_model
 from engine.models.checkpoint import load_model
 from engine.models.device import choose_device
+from engine.models.installed import active_model, find_model
 from engine.stored import get_case
 
 if TYPE_CHECKING:
     from engine.tasks.base import Task
 
-__all__ = ["Analysis", "Line", "Bar", "Contribution", "load", "load_path", "analyse", "analyse_cases",
+__all__ = ["Analysis", "Outcome", "Line", "Bar", "Contribution", "load", "load_path", "analyse", "analyse_cases",
            "analysis_of", "record", "algorithm_of"]
+
+
+class Outcome:
+    """What a task's `Analysis.run` returns (a dataclass with `raw`, `verdict` and its row's id field): the
+    network's output is kept whether or not it is a result; `result` is it only when the model did not abstain."""
+
+    id_field: str  # the field holding the id of the row it was logged as
+
+    @property
+    def record_id(self) -> int:
+        return getattr(self, self.id_field)
+
+    @property
+    def result(self):
+        """The result; None when the model abstained (outside its scope, or unlike its training images)."""
+        return self.raw if self.verdict.analysed else None
 
 
 @dataclass(frozen=True)
@@ -55,7 +71,7 @@ class Bar:
 @dataclass(frozen=True)
 class Contribution:
     """What a task's logged result adds to a case's DICOM results: its objects (kind, dataset) and the SR's
-    finding and/or measurements (engine.io.derived types)."""
+    finding and/or measurements (engine.writers.derived types)."""
 
     objects: list  # [(kind, pydicom Dataset)], in the order they are listed
     finding: Any = None
@@ -147,7 +163,7 @@ def analysis_of(tasks: Iterable[Task], table: str, row: dict) -> Task:
 
 def algorithm_of(row: dict):
     """The model that produced a logged row, as the DICOM objects name it."""
-    from engine.io.derived import Algorithm
+    from engine.writers.derived import Algorithm
 
     return Algorithm(row["model_name"], row["model_version"], row["weights_sha256"])
 

@@ -18,13 +18,11 @@ from sklearn.metrics import roc_auc_score
 
 from engine.config import Config
 from engine.context import Context
-from engine.data.catalog import augmentation
+from engine.data.datasets import augmentation
 from engine.draw import fast_png, overlay, with_banner
 from engine.errors import EngineError, ExportError, UnknownModel
-from engine.inference.batch import predict
 from engine.inference.classify import Classifier, Prediction
-from engine.io import derived
-from engine.io.derived import BURNED_IN
+from engine.inference.predict import predict
 from engine.metrics import (
     CALIBRATORS,
     Calibrator,
@@ -35,14 +33,16 @@ from engine.metrics import (
     threshold_for_specificity,
 )
 from engine.models.card import ModelCard
-from engine.models.catalog import find_model
 from engine.models.checkpoint import LoadedModel
+from engine.models.installed import find_model
 from engine.models.ood import fit_gaussian, mahalanobis
 from engine.models.registry import cam_layer, get_spec
 from engine.models.scope import ANALYSED, Scope, Verdict
 from engine.stored import get_case, gray_image, single_frame
-from engine.tasks.analysis import Analysis, Bar, Contribution, Line, algorithm_of, load, load_path, record
+from engine.tasks.analysis import Analysis, Bar, Contribution, Line, Outcome, algorithm_of, load, load_path, record
 from engine.tasks.base import FormDefaults, Scored, Task
+from engine.writers import derived
+from engine.writers.derived import BURNED_IN
 
 __all__ = ["TASK", "class_weights", "OOD_QUANTILE", "OutOfFold", "out_of_fold_reports", "CaseResult", "scope_of",
            "judge", "raw_output", "record_prediction", "diagnose_image", "diagnose_cases", "load_classifier",
@@ -202,7 +202,9 @@ def _rules(card: ModelCard) -> str:
 
 
 @dataclass(frozen=True)
-class CaseResult:
+class CaseResult(Outcome):
+    id_field = "prediction_id"
+
     case_id: int
     image_id: int
     raw: Prediction = field(repr=False)  # the network's output, whether or not it is a result (see raw_output)
@@ -211,14 +213,8 @@ class CaseResult:
     verdict: Verdict = Verdict(ANALYSED)
 
     @property
-    def record_id(self) -> int:
-        """The id of the row this outcome was logged as (in the task's analysis table)."""
-        return self.prediction_id
-
-    @property
     def prediction(self) -> Prediction | None:
-        """The result; None when the model abstained (outside its scope)."""
-        return self.raw if self.verdict.analysed else None
+        return self.result
 
 
 def scope_of(classifier: Classifier) -> Scope:
@@ -355,10 +351,18 @@ def _report(p: dict, card: ModelCard | None) -> list:
     return [*lines[:3], Line(f"Uncertainty: {spread}"), *lines[3:]]
 
 
+_CAMS: dict[tuple, np.ndarray] = {}  # (home, prediction id, weights) -> overlay; a logged row never changes
+
+
 def _evidence(config: Config, p: dict, gray: np.ndarray) -> tuple[np.ndarray, str]:
-    """The Grad-CAM of the prediction, recomputed from its own weights (deterministic; not worth a BLOB)."""
-    return (overlay(gray, verified_model(config, TASK, p).classify(gray).cam),
-            "Grad-CAM: where the model looked, not a lesion outline")
+    """The Grad-CAM of the prediction, recomputed from its own weights (deterministic; not worth a BLOB), once per
+    logged prediction in a process: the report, the DICOM download and the push of one case share it."""
+    key = (str(config.home), p["id"], p["weights_sha256"])
+    if key not in _CAMS:
+        if len(_CAMS) >= 16:
+            _CAMS.pop(next(iter(_CAMS)))
+        _CAMS[key] = overlay(gray, verified_model(config, TASK, p).classify(gray).cam)
+    return _CAMS[key], "Grad-CAM: where the model looked, not a lesion outline"
 
 
 def finding(p: dict, card: ModelCard | None, explanation: str) -> derived.Finding:

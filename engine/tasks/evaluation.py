@@ -7,10 +7,10 @@ from pathlib import Path
 
 from engine.config import Config
 from engine.context import Context
-from engine.data.catalog import DATASETS, load_dataset
+from engine.data.datasets import DATASETS, load_dataset
 from engine.errors import DatasetError, ModelMismatch
-from engine.models.catalog import find_model
 from engine.models.checkpoint import LoadedModel, load_model
+from engine.models.installed import find_model
 from engine.tasks import get_task
 from engine.tasks.classification import out_of_fold_reports
 

@@ -16,11 +16,10 @@ from torch import nn
 
 from engine.config import Config
 from engine.context import Context
-from engine.data.catalog import MaskSet, mask_augmentation
+from engine.data.datasets import MaskSet, mask_augmentation
 from engine.data.hc18 import MANIFEST_SPACING, DatasetMatch, dataset_match
 from engine.draw import draw_segmentation, fast_png, with_banner
 from engine.errors import ExportError, NotAnalysed
-from engine.inference.batch import autocast
 from engine.inference.measure import (
     Ellipse,
     agreement,
@@ -30,9 +29,8 @@ from engine.inference.measure import (
     measure,
     with_spacing,
 )
+from engine.inference.predict import autocast
 from engine.inference.segment import Segmentation, Segmenter, foreground_probability, full_size_mask
-from engine.io import derived
-from engine.io.derived import BURNED_IN
 from engine.io.study import Spacing
 from engine.metrics import mean_ci
 from engine.models.card import ModelCard
@@ -42,8 +40,10 @@ from engine.models.registry import get_spec
 from engine.models.scope import ANALYSED, Scope, Verdict, shown_as_logged
 from engine.store import Store
 from engine.stored import load_image, single_frame, stored_source
-from engine.tasks.analysis import Analysis, Contribution, Line, algorithm_of, load, record
+from engine.tasks.analysis import Analysis, Contribution, Line, Outcome, algorithm_of, load, record
 from engine.tasks.base import FormDefaults, Scored, Task
+from engine.writers import derived
+from engine.writers.derived import BURNED_IN
 
 __all__ = ["TASK", "seg_loss", "probabilities", "validate", "quality", "fit_boundary_offset", "describe",
            "POSTPROCESSING", "CaseSegmentation", "raw_segmentation", "load_segmenter", "case_spacing",
@@ -199,7 +199,9 @@ def case_spacing(image: dict, match: DatasetMatch | None, override_mm: float | N
 
 
 @dataclass
-class CaseSegmentation:
+class CaseSegmentation(Outcome):
+    id_field = "segmentation_id"
+
     case_id: int
     image_id: int
     segmentation_id: int
@@ -210,16 +212,6 @@ class CaseSegmentation:
     scores: dict[str, float] | None  # Dice, IoU, HD95 against the truth
     match: DatasetMatch | None
     verdict: Verdict = Verdict(ANALYSED)
-
-    @property
-    def record_id(self) -> int:
-        """The id of the row this outcome was logged as (in the task's analysis table)."""
-        return self.segmentation_id
-
-    @property
-    def result(self) -> Segmentation | None:
-        """The result; None when the model abstained (the image is outside its scope)."""
-        return self.raw if self.verdict.analysed else None
 
 
 def raw_segmentation(ctx: Context, done: CaseSegmentation) -> Segmentation:

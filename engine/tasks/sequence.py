@@ -18,9 +18,9 @@ import numpy as np
 
 from engine.config import Config
 from engine.context import Context
-from engine.data.catalog import VolumeShift
+from engine.data.datasets import VolumeShift
 from engine.errors import NotAnalysed, TooLarge
-from engine.inference.batch import predict
+from engine.inference.predict import predict
 from engine.inference.sequence import SequenceClassifier, SequencePrediction
 from engine.io.series import assemble_series
 from engine.io.volume import Volume, read_volume
@@ -32,7 +32,7 @@ from engine.models.scope import ANALYSED, Scope, Verdict
 from engine.store import Store
 from engine.stored import get_case, load_image
 from engine.tasks import classification
-from engine.tasks.analysis import Analysis, Contribution, Line, load, record
+from engine.tasks.analysis import Analysis, Contribution, Line, Outcome, load, record
 from engine.tasks.base import FormDefaults, Scored
 from engine.tasks.classification import _classifier_scores, _describe_classifier
 
@@ -79,7 +79,9 @@ def _describe(model, arch, splits, prep, device) -> dict:
 # slices read as one sequence, classified with the active sequence model, judged against its scope, logged.
 
 @dataclass(frozen=True)
-class SequenceResult:
+class SequenceResult(Outcome):
+    id_field = "prediction_id"
+
     case_id: int
     image_id: int
     raw: SequencePrediction = field(repr=False)  # the network's output, whether or not it is a result
@@ -88,14 +90,8 @@ class SequenceResult:
     verdict: Verdict = Verdict(ANALYSED)
 
     @property
-    def record_id(self) -> int:
-        """The id of the row this outcome was logged as (in the task's analysis table)."""
-        return self.prediction_id
-
-    @property
     def prediction(self) -> SequencePrediction | None:
-        """The result; None when the model abstained (outside its scope)."""
-        return self.raw if self.verdict.analysed else None
+        return self.result
 
 
 def load_sequence_classifier(ctx: Context | Config, name: str | None = None) -> SequenceClassifier:

@@ -24,9 +24,9 @@ import torch
 
 from engine.config import Config
 from engine.context import Context
-from engine.data.catalog import load_dataset
+from engine.data.datasets import load_dataset
 from engine.errors import EngineError, TrainingDiverged
-from engine.inference.batch import autocast
+from engine.inference.predict import autocast
 from engine.jobs.queue import get_job
 from engine.jobs.synthesis import GanConfig, gan_parser
 from engine.models.checkpoint import atomic_write, load_state, remove_stale_temps, save_model, save_state
@@ -34,7 +34,7 @@ from engine.models.device import choose_device
 from engine.models.gan import GAN_ARCH, Discriminator, Generator, diff_augment
 from engine.models.preprocess import Preprocessing
 from engine.synthetic.generator import install_generator, sample_grid
-from engine.train.reporter import JobReporter
+from engine.train.progress import JobReporter
 from engine.train.run import _hardware, _log, _seed, run_reported
 
 __all__ = ["main", "cli", "run_job"]

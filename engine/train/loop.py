@@ -8,9 +8,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from engine.data.catalog import ImageSet, MaskSet
+from engine.data.datasets import ImageSet, MaskSet
 from engine.errors import TrainingDiverged
-from engine.inference.batch import autocast, on_device
+from engine.inference.predict import autocast, on_device
 from engine.models.preprocess import Preprocessing
 
 __all__ = ["train_one_epoch", "warmup_cosine"]

@@ -30,7 +30,7 @@ import torchvision
 
 from engine.config import Config
 from engine.context import Context
-from engine.data.catalog import Splits, load_dataset
+from engine.data.datasets import Splits, load_dataset
 from engine.data.reviews import add_reviews
 from engine.errors import (
     DatasetError,
@@ -40,11 +40,10 @@ from engine.errors import (
     is_disk_full,
     short_reason,
 )
-from engine.inference.batch import model_on_device
+from engine.inference.predict import model_on_device
 from engine.jobs.queue import dispatch, get_job, lower_priority
 from engine.jobs.training import TrainConfig, get_args_parser
 from engine.models.card import ModelCard
-from engine.models.catalog import active_model
 from engine.models.checkpoint import (
     LoadedModel,
     atomic_write,
@@ -54,6 +53,7 @@ from engine.models.checkpoint import (
     save_model,
     save_state,
 )
+from engine.models.installed import active_model
 from engine.models.preprocess import Preprocessing
 from engine.models.registry import create_model
 from engine.models.scope import DATASET_SCOPES, SCOPES
@@ -61,7 +61,7 @@ from engine.synthetic.training import add_synthetic
 from engine.tasks import Task, get_task
 from engine.tasks.classification import OutOfFold
 from engine.train.loop import train_one_epoch, warmup_cosine
-from engine.train.reporter import JobReporter
+from engine.train.progress import JobReporter
 
 __all__ = ["get_args_parser", "main", "cli", "failure_message", "run_job", "run_reported"]
 
@@ -275,7 +275,7 @@ def _cross_validate(run: _Run) -> OutOfFold:
     resumes at the first unfinished fold. Leaves run.splits' train set = train + val for the final model."""
     from sklearn.model_selection import StratifiedGroupKFold
 
-    from engine.inference.batch import predict
+    from engine.inference.predict import predict
     from engine.models.ood import fit_gaussian, mahalanobis
     from engine.models.registry import cam_layer
 

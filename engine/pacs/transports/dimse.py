@@ -14,17 +14,8 @@ from engine.config import Config
 from engine.errors import PacsError
 from engine.pacs.nodes import PacsNode
 from engine.pacs.tls import client_tls
-from engine.pacs.transports.base import (
-    MATCH_KEYWORDS,
-    STUDY_FIELDS,
-    OnInstance,
-    StudyMatch,
-    StudyQuery,
-    Transport,
-    as_int,
-    joined,
-    uid,
-)
+from engine.pacs.transports import base
+from engine.pacs.transports.base import OnInstance, StudyMatch, StudyQuery, as_int, joined, uid
 
 __all__ = ["Dimse", "received_bytes", "count_instances"]
 
@@ -108,7 +99,7 @@ def received_bytes(event) -> bytes:
     return Path(path).read_bytes() if path else event.encoded_dataset(include_meta=True)
 
 
-class Dimse(Transport):
+class Dimse(base.Transport):
     name, title, needs = "dimse", "DIMSE (C-ECHO / C-FIND / C-GET / C-STORE)", "an AE title, host and port"
 
     def configured(self, node: PacsNode) -> bool:
@@ -131,11 +122,11 @@ class Dimse(Transport):
         identifier = Dataset()
         identifier.QueryRetrieveLevel = "STUDY"
         keys = query.keys()
-        for keyword in STUDY_FIELDS:
+        for keyword in base.STUDY_FIELDS:
             setattr(identifier, keyword, keys.get(keyword, ""))
         matches = []
         for found in _c_find(config, node, identifier):
-            matches.append(StudyMatch(*(joined(found.get(k)) for k in MATCH_KEYWORDS),
+            matches.append(StudyMatch(*(joined(found.get(k)) for k in base.MATCH_KEYWORDS),
                                       as_int(found.get("NumberOfStudyRelatedSeries")),
                                       as_int(found.get("NumberOfStudyRelatedInstances"))))
             if len(matches) >= query.limit:

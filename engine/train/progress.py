@@ -12,7 +12,7 @@ import torch
 
 from engine.context import Context
 from engine.jobs.queue import claim_job, fail_job, finish_job, update_job
-from engine.models.catalog import install_candidate
+from engine.models.installed import install_candidate
 from engine.store import utc_now
 
 __all__ = ["JobReporter", "resource_usage"]

@@ -12,7 +12,11 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-__all__ = ["ultrasound_dicom", "radiograph_dicom", "volume_dicom", "encoded", "US_IMAGE_STORAGE", "CR_IMAGE_STORAGE",
+from engine.config import Limits
+from engine.io.volume import read_volume
+
+__all__ = ["ultrasound_dicom", "radiograph_dicom", "volume_dicom", "volume_as_dicom",
+           "encoded", "US_IMAGE_STORAGE", "CR_IMAGE_STORAGE",
            "MF_GRAYSCALE_BYTE_SC"]
 
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
@@ -101,3 +105,10 @@ def volume_dicom(volume: np.ndarray, spacing_mm: tuple[float, float, float] | No
     ds.WindowCenter, ds.WindowWidth = 127.5, 256  # the full byte range: a 0/255 mask shows as black and white
     ds.PixelData = volume.tobytes()
     return encoded(ds)
+
+
+def volume_as_dicom(data: bytes, limits: Limits | None = None) -> bytes:
+    """An array or NIfTI volume re-written as a multi-frame DICOM (what ingest stores): the voxels and the voxel
+    size only, so nothing else the file carried (NIfTI's free-text fields) can reach the store."""
+    volume = read_volume(data, limits)
+    return volume_dicom(volume.voxels, volume.spacing_mm, f"Volume ({volume.source_format.upper()} upload)")

@@ -7,7 +7,7 @@ The rules go by what a value can hold, so an attribute nobody listed cannot leak
   are removed; so are the profile's identifying numbers and codes (age, size, weight, sex ...);
 - text (PN, LO, SH, ST, LT, UT, UC, UR, AE, AS) is emptied (zero length: valid for type 2 and 3
   attributes, so the object stays conformant), except a few descriptors reduced to known imaging
-  words (engine.io.vocabulary) and the codes of coded concepts;
+  words (engine.deid.vocabulary) and the codes of coded concepts;
 - code strings (CS) are kept when they look like codes (upper case, digits, space, underscore);
 - UIDs are replaced by keyed pseudonyms (registered UIDs are kept), dates are shifted by a keyed
   per-patient offset, birth and death dates are emptied; times of day are kept (the Modified Dates
@@ -36,7 +36,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
 )
 
-from engine.io.vocabulary import keep_known_words
+from engine.deid.vocabulary import keep_known_words
 
 __all__ = ["deidentify", "pseudo_uid", "DEID_METHOD"]
 
