@@ -10,10 +10,12 @@ if str(ROOT) not in sys.path:  # so `engine` and `dashboard` import however stre
 
 import streamlit as st  # noqa: E402
 
-import engine.pacs  # noqa: E402,F401 - its after-review hook sends reviewed results back to the source PACS
 from dashboard import auth, state  # noqa: E402
 from dashboard.registry import PAGES  # noqa: E402
 from dashboard.widgets import DISCLAIMER  # noqa: E402
+from engine import pacs  # noqa: E402
+
+pacs.install_after_review_hook()  # a review sends its case's results back to the source PACS when that is on
 
 st.set_page_config(page_title="RadLens", page_icon=":material/radiology:", layout="wide")
 

@@ -23,7 +23,7 @@ from engine.context import Context, User
 from engine.errors import NoStudyLink, PermissionDenied, SendRefused
 from engine.jobs.queue import get_job
 from engine.pacs.nodes import PacsNode, save_credentials, save_node
-from engine.pacs.push import send_case, set_send_after_review
+from engine.pacs.push import install_after_review_hook, send_case, set_send_after_review
 from engine.pacs.routing import set_routing
 from engine.pacs.studies import pull
 from engine.store import open_store
@@ -222,6 +222,7 @@ def test_sending_after_review_is_a_job_and_only_clinicians_and_admins_send(pacs_
     with pytest.raises(PermissionDenied):
         set_send_after_review(pacs_ctx, True)  # a clinician may not change the setting
     set_send_after_review(admin, True)
+    install_after_review_hook()  # as the dashboard does
     before = len(_instances(orthanc, STUDY_UID))
     _, [job_id] = review_case(pacs_ctx, case_id, "disagree", comment="normal film",
                               prediction_id=result.prediction_id)

@@ -1,5 +1,6 @@
 """PACS connectivity: nodes, transports (DICOMweb and DIMSE: echo, find, retrieve, store), the DICOM listener,
-routing of arrivals. Importing the package adds the after-review hook that sends results back (push.py)."""
+routing of arrivals, results sent back (push.py: `install_after_review_hook` sends a reviewed case's results to
+the PACS it came from when "send after review" is on; the dashboard installs it)."""
 
 import logging
 
@@ -9,12 +10,11 @@ from engine.public import public_face
 # lines would carry identifiers into RADLENS_HOME/logs. Warnings and errors (no dataset content) still show.
 logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
-from engine.pacs import push  # noqa: E402,F401 - registers queue_send_after_review with engine.cases.reviews
 
 # The public face the dashboard and the pages import from (engine.public: each module loads when first asked).
 __getattr__, __dir__ = public_face(__name__, {
     "nodes": ("PacsNode", "list_nodes", "save_credentials", "save_node"),
-    "push": ("has_link", "send_after_review", "send_case", "set_send_after_review"),
+    "push": ("has_link", "install_after_review_hook", "send_after_review", "send_case", "set_send_after_review"),
     "routing": ("route_descriptions", "routing", "set_routing"),
     "studies": ("pull", "search", "test_connection"),
     "transports": ("EchoReport", "StudyMatch", "StudyQuery", "TRANSPORTS", "VIAS"),

@@ -28,7 +28,7 @@ from engine.store import Store
 from engine.stored import stored_source
 
 __all__ = ["SendReport", "send_case", "has_link", "send_after_review", "set_send_after_review",
-           "queue_send_after_review",
+           "queue_send_after_review", "install_after_review_hook",
            "run_send"]
 
 _SETTING = "pacs_send_after_review"
@@ -123,7 +123,10 @@ def queue_send_after_review(ctx: Context, case_id: int, review_id: int) -> int |
     return submit(ctx, "send", config={"case_id": case_id}, detail={"case": case_id, "review": review_id})
 
 
-AFTER_REVIEW.append(queue_send_after_review)
+def install_after_review_hook() -> None:
+    """Send reviewed results back from now on (engine.cases.reviews.AFTER_REVIEW); once per process."""
+    if queue_send_after_review not in AFTER_REVIEW:
+        AFTER_REVIEW.append(queue_send_after_review)
 
 
 def run_send(ctx: Context, job_id: int) -> dict:
