@@ -301,7 +301,7 @@ def test_the_pacs_page_adds_a_node_searches_and_retrieves(tmp_path, orthanc, mon
     next(b for b in admin.button if b.label == "Save node").click().run()
     assert not admin.exception and "orthanc" in list(admin.dataframe[0].value["Name"])
     next(b for b in admin.button if b.label == "Test connection").click().run()
-    assert list(admin.dataframe[0].value["Last test"]) == ["dimse: ok; dicomweb: ok"]
+    assert list(admin.dataframe[0].value["Last test"]) == ["dicomweb: ok; dimse: ok"]
 
     clinician = page("clinician")
     assert [t.label for t in clinician.tabs] == ["Search and retrieve"]  # nodes are the administrator's

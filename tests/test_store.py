@@ -27,7 +27,7 @@ def test_migrations_are_idempotent(store):
 
 
 def test_an_old_database_keeps_its_audits_as_jobs(tmp_path):
-    """A store written before migration 6: its explanation audit becomes an 'audit' job with its result."""
+    """A store written before migration 6: its explanation audit becomes a heatmap-audit job with its result."""
     from engine.cases.heatmap_audit import get_audit, list_audits
 
     old = Store(tmp_path / "old.db")
@@ -43,7 +43,7 @@ def test_an_old_database_keeps_its_audits_as_jobs(tmp_path):
             "heatmaps": b"", "actor": "ana", "created_at": "2026-11-30T10:00:00", "finished_at": "2026-11-30T10:01:00"})
         db.execute("INSERT INTO audit_log (at, actor, action, target_type, target_id, detail) "
                    "VALUES ('2026-11-30T10:00:00', 'demo-user', 'upload', 'image', '1', '{}')")
-    assert old.migrate() == [6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+    assert old.migrate() == list(range(6, len(MIGRATIONS) + 1))
     # the row from before the chain was sealed once, by the migration that introduced the chain
     assert old.verify_audit().ok and old.verify_audit().rows == 1
     old.log_action("alice", "upload", "image", 2)
@@ -54,6 +54,7 @@ def test_an_old_database_keeps_its_audits_as_jobs(tmp_path):
     assert json.loads(row["summary"])["n"] == 4 and row["actor"] == "ana" and row["layer"] == "layer4"
     with old.read() as db:
         assert "model_id" not in db["jobs"].columns_dict
+        assert [r[0] for r in db.execute("SELECT kind FROM jobs")] == ["heatmap-audit"]
 
 
 def test_an_old_salt_is_removed_from_the_database(store):
