@@ -52,9 +52,9 @@ debian-tools:
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 
-# Two pytest-xdist workers (tests use their own homes, free ports and temporary folders; a module's tests stay on
-# one worker, so a module-wide Orthanc or pushed study is set up once); the 25 slowest tests are printed.
-PYTEST := TQDM_DISABLE=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadscope
+# Two pytest-xdist workers (tests use their own homes, free ports and temporary folders); a module whose fixtures
+# are module-wide (an Orthanc, a pushed study) is one xdist_group, so they are set up once. The 25 slowest are printed.
+PYTEST := TQDM_DISABLE=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup
 TEST_WORKERS ?= 2
 
 test: lint debian-tools

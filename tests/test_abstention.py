@@ -20,6 +20,9 @@ from engine.tasks.classification import diagnose_cases, load_classifier, raw_out
 from engine.tasks.segmentation import export_seg, load_segmenter, raw_segmentation, segment_case_image
 from tests.conftest import DATA_DIR, dicom_path, needs_data
 
+# Its module-wide fixtures are built once: every test of this module runs on the same xdist worker.
+pytestmark = pytest.mark.xdist_group("abstention-demo")
+
 CHEST = SCOPES["chest radiograph"]
 
 

@@ -24,6 +24,9 @@ from engine.tasks.evaluation import evaluate
 from tests.conftest import DATA_DIR, DEFAULT_CLASSIFIER, dicom_bytes, dicom_path, needs_data
 from tests.test_cli import _cli
 
+# Its module-wide fixtures are built once: every test of this module runs on the same xdist worker.
+pytestmark = pytest.mark.xdist_group("diagnosis-recomputed")
+
 SHIPPED = SHIPPED_DIR / "cxr-pneumonia-resnet18.safetensors"
 CARD_KEYS = ("auc", "accuracy", "precision", "sensitivity", "specificity", "f1",
              "sensitivity_at_specificity_0.90", "ece", "ece_before_calibration")

@@ -28,6 +28,7 @@ from tests.conftest import DATA_DIR, dicom_bytes, needs_data
 from tests.orthanc import MARKER, STUDY_UID, chest_study, head_study
 
 pytestmark = [
+    pytest.mark.xdist_group("pacs-orthanc"),
     pytest.mark.slow,
     pytest.mark.skipif(pacs.ORTHANC is None or not pacs.DICOMWEB_PLUGIN.is_file(),
                        reason="Orthanc and orthanc-dicomweb are not installed (make test installs them as root)"),

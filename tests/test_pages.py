@@ -478,6 +478,7 @@ def test_admin_page_adds_a_user_and_shows_the_audit_trail_intact(app_home):
     assert trail.iloc[0]["Action"] == "user.add" and trail.iloc[0]["Who"] == "local:admin-tester"
 
 
+@pytest.mark.xdist_group("synthetic-references")  # the session's reference images, computed once
 @needs_data
 def test_synthetic_page_generates_a_seeded_gallery_beside_real_neighbours_for_researchers_only(
         config, app_home, reference_cache):

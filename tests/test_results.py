@@ -37,6 +37,7 @@ from tests.orthanc import MARKER, STUDY_UID, chest_study, head_study
 from tests.test_conformance import dciodvfy_errors
 
 pytestmark = [
+    pytest.mark.xdist_group("results-orthanc"),
     pytest.mark.slow,
     pytest.mark.skipif(pacs.ORTHANC is None or not pacs.DICOMWEB_PLUGIN.is_file(),
                        reason="Orthanc and orthanc-dicomweb are not installed (make test installs them as root)"),

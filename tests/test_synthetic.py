@@ -29,6 +29,9 @@ from engine.synthetic.quality import ClassifierFeatures, frechet_distance, memor
 from engine.synthetic.training import as_model_input
 from tests.conftest import DATA_DIR, DEFAULT_CLASSIFIER, install_references, needs_data, write_cxr_subset
 
+# Its module-wide fixtures are built once: every test of this module runs on the same xdist worker.
+pytestmark = pytest.mark.xdist_group("synthetic-references")
+
 SHIPPED = "cxr-pneumonia-gan"
 
 

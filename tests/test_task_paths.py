@@ -32,6 +32,7 @@ from tests.conftest import DATA_DIR, needs_data
 from tests.test_conformance import dciodvfy_errors
 
 pytestmark = [
+    pytest.mark.xdist_group("task-paths-pushed"),
     pytest.mark.slow,
     pytest.mark.skipif(pacs.ORTHANC is None or not pacs.DICOMWEB_PLUGIN.is_file(),
                        reason="Orthanc and orthanc-dicomweb are not installed (make test installs them as root)"),
