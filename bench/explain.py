@@ -57,7 +57,7 @@ def _explainer(threads: int):
 
 
 def _worker(rows: list[dict], out: str, methods: list[str]) -> int:
-    from engine.data.datasets import gray_of_file
+    from engine.data.loaders import gray_of_file
 
     explainer = _explainer(1)
     with open(out, "a") as f:
@@ -106,7 +106,7 @@ def summarise(records: list[dict], methods: list[str]) -> dict:
 def runtime(images: int) -> None:
     import time
 
-    from engine.data.datasets import gray_of_file
+    from engine.data.loaders import gray_of_file
 
     explainer = _explainer(2)
     rows = _test_rows(None)[::max(1, 156 // images)][:images]

@@ -22,7 +22,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from bench.common import report
-from engine.data.datasets import gray_of_file, load_dataset
+from engine.data.loaders import gray_of_file, load_dataset
 from engine.inference.predict import predict
 from engine.models import cam_layer, load_model
 from engine.models.installed import SHIPPED_DIR

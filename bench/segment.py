@@ -26,7 +26,7 @@ import torch
 
 from bench.common import report
 from engine.config import Config
-from engine.data.datasets import load_dataset
+from engine.data.loaders import load_dataset
 from engine.inference.measure import (
     agreement,
     clean_mask,

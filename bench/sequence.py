@@ -31,7 +31,7 @@ from engine.cases.demo import _adrenal_items
 from engine.cases.ingest import ingest_files
 from engine.config import Config
 from engine.context import Context
-from engine.data.datasets import load_dataset
+from engine.data.loaders import load_dataset
 from engine.inference.sequence import SequenceClassifier
 from engine.models.checkpoint import LoadedModel, load_model, read_card
 from engine.models.installed import SHIPPED_DIR

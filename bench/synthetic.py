@@ -30,7 +30,7 @@ from sklearn.metrics import roc_auc_score
 from bench.common import report
 from engine.config import Config
 from engine.context import Context
-from engine.data.datasets import load_dataset
+from engine.data.loaders import load_dataset
 from engine.jobs.training import TrainConfig
 from engine.metrics import bootstrap_ci, spec_at_sens
 from engine.models.checkpoint import load_model, read_card

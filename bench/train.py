@@ -37,7 +37,7 @@ import torch
 from bench.common import report
 from engine.config import Config
 from engine.context import Context
-from engine.data.datasets import augmentation, load_dataset
+from engine.data.loaders import augmentation, load_dataset
 from engine.inference.predict import PRECISIONS, autocast
 from engine.jobs.queue import NICENESS, get_job, list_jobs, resume_job
 from engine.jobs.training import TrainConfig, TrainingRequest, submit_training
@@ -206,7 +206,7 @@ def kills(root: Path, n: int, seed: int) -> dict:
 def serving(root: Path, repeats: int, job_threads: int) -> dict:
     from bench.common import summary, timed
     from engine.cases.worklist import WorklistQuery, query_worklist
-    from engine.data.datasets import gray_of_file
+    from engine.data.loaders import gray_of_file
     from engine.jobs.queue import cancel_job
     from engine.tasks.classification import load_classifier
 

@@ -18,7 +18,7 @@ import torch
 
 from bench.common import report
 from engine.config import Config
-from engine.data.datasets import gray_of_file
+from engine.data.loaders import gray_of_file
 from engine.inference.classify import Classifier
 from engine.models.checkpoint import load_model
 from engine.models.installed import find_model

@@ -44,7 +44,7 @@ for tab in admin_tab:
         if nodes and (tested := pacs_widgets.nodes_table(nodes, reports)):
             reports[tested] = pacs.test_connection(ctx, tested)
             st.rerun()
-        if change := pacs_widgets.routing_form(pacs.routing(ctx.store), pacs.route_descriptions(ctx)):
+        if change := pacs_widgets.routing_form(pacs.routing_rules(ctx.store), pacs.route_descriptions(ctx)):
             pacs.set_routing(ctx, *change)
             st.rerun()
         if (after := pacs_widgets.send_after_review_toggle(pacs.send_after_review(ctx.store))) is not None:

@@ -81,10 +81,15 @@ def test_the_dashboard_and_pages_import_packages_not_their_modules():
     assert offenders == []
 
 
-def test_every_name_a_package_shows_resolves():
+def test_every_name_a_package_shows_resolves_and_no_module_hides_one():
+    """Once a submodule is imported it is an attribute of its package: a public name equal to a module's name
+    (engine.pacs.routing, the function and the module) would become the module."""
     import importlib
+    import pkgutil
 
     for name in FACES:
         package = importlib.import_module(name)
+        modules = {m.name for m in pkgutil.iter_modules(package.__path__)}
         for public in dir(package):
+            assert public not in modules, f"{name}.{public} is also a module's name"
             assert getattr(package, public) is not None, f"{name}.{public}"

@@ -8,7 +8,7 @@ import pytest
 
 from engine.cases.ingest import ingest_files
 from engine.cases.reviews import add_review, case_history
-from engine.data.datasets import gray_of_file
+from engine.data.loaders import gray_of_file
 from engine.errors import EngineError
 from engine.inference.classify import Classifier
 from engine.models import load_model

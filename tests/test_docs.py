@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dashboard.registry import PAGES
 from engine.__main__ import COMMANDS
-from engine.data.datasets import DATASETS
+from engine.data.loaders import DATASETS
 from engine.inference.cam import METHODS
 from engine.models.installed import SHIPPED_DIR
 from tests.gen_docs import GENERATED

@@ -185,7 +185,7 @@ def explainer():
 def _test_films(n: int) -> list[tuple[str, np.ndarray]]:
     import csv
 
-    from engine.data.datasets import gray_of_file
+    from engine.data.loaders import gray_of_file
 
     root = DATA_DIR / "cxr_pneumonia"
     with open(root / "manifest.csv", newline="") as f:

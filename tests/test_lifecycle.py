@@ -8,7 +8,7 @@ import pytest
 from engine.cases.ingest import ingest_files
 from engine.cases.reviews import add_review
 from engine.cases.worklist import WorklistQuery, query_worklist
-from engine.data.datasets import load_dataset
+from engine.data.loaders import load_dataset
 from engine.data.reviews import add_reviews
 from engine.errors import EngineError, UnknownModel
 from engine.models.installed import (

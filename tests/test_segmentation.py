@@ -190,7 +190,7 @@ def test_shipped_card_numbers_reproduce_on_the_test_split(segmenter):
 def test_the_boundary_offset_makes_the_truth_masks_measure_the_dataset_circumference():
     """HC18's masks reach the outer edge of the annotated line: measured as they are, their ellipses are
     ~0.7 % too long; the offset fitted on the training masks removes that on the other splits."""
-    from engine.data.datasets import load_dataset
+    from engine.data.loaders import load_dataset
     from engine.models.preprocess import Preprocessing
     from engine.tasks.segmentation import fit_boundary_offset
 

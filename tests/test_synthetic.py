@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from engine.cases.ingest import ingest_files
-from engine.data.datasets import load_dataset
+from engine.data.loaders import load_dataset
 from engine.errors import InvalidOption, JobError
 from engine.jobs.queue import get_job
 from engine.jobs.synthesis import GanConfig, submit_gan

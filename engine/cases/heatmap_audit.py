@@ -21,7 +21,7 @@ import numpy as np
 
 from engine.config import Config
 from engine.context import Context
-from engine.data.datasets import DATASETS, datasets, load_dataset
+from engine.data.loaders import DATASETS, datasets, load_dataset
 from engine.errors import JobError, UnknownDataset, UnknownMethod
 from engine.inference.cam import METHODS
 from engine.inference.explainer import Explainer

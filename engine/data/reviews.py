@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.context import Context
-from engine.data.datasets import ImageSet, Splits, gray_of_file
+from engine.data.loaders import ImageSet, Splits, gray_of_file
 from engine.errors import DatasetError
 from engine.models.preprocess import Preprocessing
 from engine.store import Store

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from engine.context import Context
-from engine.data.datasets import DATASETS
+from engine.data.loaders import DATASETS
 from engine.errors import JobError
 from engine.inference.predict import PRECISIONS
 from engine.jobs.queue import job_folder, submit

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from engine.config import Config
 from engine.context import Context
-from engine.data.datasets import DATASETS
+from engine.data.loaders import DATASETS
 from engine.data.reviews import usable_review_ids
 from engine.errors import EngineError, JobError
 from engine.inference.predict import PRECISIONS

@@ -15,7 +15,7 @@ logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 __getattr__, __dir__ = public_face(__name__, {
     "nodes": ("PacsNode", "list_nodes", "save_credentials", "save_node"),
     "push": ("has_link", "install_after_review_hook", "send_after_review", "send_case", "set_send_after_review"),
-    "routing": ("route_descriptions", "routing", "set_routing"),
+    "routing": ("route_descriptions", "routing_rules", "set_routing"),
     "studies": ("pull", "search", "test_connection"),
     "transports": ("EchoReport", "StudyMatch", "StudyQuery", "TRANSPORTS", "VIAS"),
 })

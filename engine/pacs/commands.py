@@ -15,7 +15,7 @@ from engine.errors import InvalidOption
 from engine.identity.commands import read_password
 from engine.pacs.nodes import PacsNode, list_nodes, remove_node, save_credentials, save_node
 from engine.pacs.push import run_send, send_after_review, send_case, set_send_after_review
-from engine.pacs.routing import routing, set_routing
+from engine.pacs.routing import routing_rules, set_routing
 from engine.pacs.studies import pull, search, test_connection
 from engine.pacs.transports import VIAS, StudyQuery
 
@@ -88,7 +88,7 @@ def _routing(args, ctx: Context) -> int:
         if args.state is None:
             raise InvalidOption("pacs routing TASK needs on or off")
         set_routing(ctx, args.task, args.state == "on")
-    for task, enabled in routing(ctx.store).items():
+    for task, enabled in routing_rules(ctx.store).items():
         print(f"{task:16} {'on' if enabled else 'off'}")
     return 0
 

@@ -21,13 +21,13 @@ from engine.models.scope import Scope
 from engine.store import Store, utc_now
 from engine.tasks import task_names
 
-__all__ = ["routing", "set_routing", "route_descriptions", "routed_scopes", "routes_for", "note_arrival",
+__all__ = ["routing_rules", "set_routing", "route_descriptions", "routed_scopes", "routes_for", "note_arrival",
            "route_ready", "route_cases"]
 
 _SETTING = "pacs_routing"
 
 
-def routing(store: Store) -> dict[str, bool]:
+def routing_rules(store: Store) -> dict[str, bool]:
     """task -> whether arriving studies inside its active model's scope are analysed (default: yes)."""
     saved = json.loads(store.setting(_SETTING) or "{}")
     return {task: bool(saved.get(task, True)) for task in task_names()}
@@ -37,7 +37,7 @@ def set_routing(ctx: Context, task: str, enabled: bool) -> None:
     ctx.require("pacs.configure")
     if task not in task_names():
         raise EngineError(f"unknown task {task!r}: use one of {', '.join(task_names())}")
-    rules = {**routing(ctx.store), task: bool(enabled)}
+    rules = {**routing_rules(ctx.store), task: bool(enabled)}
     with ctx.store.write() as db:
         db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", [_SETTING, json.dumps(rules)])
         ctx.audit(db, "pacs.routing", "task", task, {"enabled": bool(enabled)})
@@ -56,7 +56,7 @@ def _active_models(ctx: Context) -> dict[str, InstalledModel]:
 
 def routed_scopes(ctx: Context) -> dict[str, Scope]:
     """task -> its active model's scope, for the tasks routing is on for."""
-    rules = routing(ctx.store)
+    rules = routing_rules(ctx.store)
     return {task: Scope.from_card(model.card) for task, model in _active_models(ctx).items() if rules[task]}
 
 

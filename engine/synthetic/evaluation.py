@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.config import Config
-from engine.data.datasets import SPLITS, load_dataset
+from engine.data.loaders import SPLITS, load_dataset
 from engine.models.checkpoint import LoadedModel, atomic_write, save_model
 from engine.models.preprocess import Preprocessing
 from engine.synthetic.generator import LoadedGenerator, generate

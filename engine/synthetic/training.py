@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from engine.config import Config
-from engine.data.datasets import ImageSet, Splits
+from engine.data.loaders import ImageSet, Splits
 from engine.errors import DatasetError
 from engine.models.checkpoint import LoadedModel
 from engine.models.preprocess import Preprocessing

@@ -18,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 
 from engine.config import Config
 from engine.context import Context
-from engine.data.datasets import augmentation
+from engine.data.loaders import augmentation
 from engine.draw import fast_png, overlay, with_banner
 from engine.errors import EngineError, ExportError, UnknownModel
 from engine.inference.classify import Classifier, Prediction

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from engine.config import Config
 from engine.context import Context
-from engine.data.datasets import DATASETS, load_dataset
+from engine.data.loaders import DATASETS, load_dataset
 from engine.errors import DatasetError, ModelMismatch
 from engine.models.checkpoint import LoadedModel, load_model
 from engine.models.installed import find_model

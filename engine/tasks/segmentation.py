@@ -16,8 +16,8 @@ from torch import nn
 
 from engine.config import Config
 from engine.context import Context
-from engine.data.datasets import MaskSet, mask_augmentation
 from engine.data.hc18 import MANIFEST_SPACING, DatasetMatch, dataset_match
+from engine.data.loaders import MaskSet, mask_augmentation
 from engine.draw import draw_segmentation, fast_png, with_banner
 from engine.errors import ExportError, NotAnalysed
 from engine.inference.measure import (

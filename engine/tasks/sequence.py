@@ -18,7 +18,7 @@ import numpy as np
 
 from engine.config import Config
 from engine.context import Context
-from engine.data.datasets import VolumeShift
+from engine.data.loaders import VolumeShift
 from engine.errors import NotAnalysed, TooLarge
 from engine.inference.predict import predict
 from engine.inference.sequence import SequenceClassifier, SequencePrediction

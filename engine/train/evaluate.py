@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from engine.config import Config
-from engine.data.datasets import load_dataset
+from engine.data.loaders import load_dataset
 from engine.models.checkpoint import load_model, save_model
 from engine.tasks import get_task
 from engine.tasks.evaluation import evaluate

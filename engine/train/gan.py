@@ -24,7 +24,7 @@ import torch
 
 from engine.config import Config
 from engine.context import Context
-from engine.data.datasets import load_dataset
+from engine.data.loaders import load_dataset
 from engine.errors import EngineError, TrainingDiverged
 from engine.inference.predict import autocast
 from engine.jobs.queue import get_job

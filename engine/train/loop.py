@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from engine.data.datasets import ImageSet, MaskSet
+from engine.data.loaders import ImageSet, MaskSet
 from engine.errors import TrainingDiverged
 from engine.inference.predict import autocast, on_device
 from engine.models.preprocess import Preprocessing

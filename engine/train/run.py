@@ -30,7 +30,7 @@ import torchvision
 
 from engine.config import Config
 from engine.context import Context
-from engine.data.datasets import Splits, load_dataset
+from engine.data.loaders import Splits, load_dataset
 from engine.data.reviews import add_reviews
 from engine.errors import (
     DatasetError,
