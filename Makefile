@@ -54,8 +54,8 @@ lint: $(DEV_STAMP)
 
 # Two pytest-xdist workers (tests use their own homes, free ports and temporary folders); a module whose fixtures
 # are module-wide (an Orthanc, a pushed study) is one xdist_group, so they are set up once. The 25 slowest are printed.
-PYTEST := TQDM_DISABLE=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup
 TEST_WORKERS ?= 2
+PYTEST := TQDM_DISABLE=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup
 
 test: lint debian-tools
 	home=$$(mktemp -d); RADLENS_HOME=$$home $(PYTEST) --durations=25; status=$$?; rm -rf $$home; exit $$status

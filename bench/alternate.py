@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, report
+from bench.common import report
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,7 +85,6 @@ def main() -> None:
                                 text=True).stdout.strip()
     report("alternate", {"base": base_commit, "new": new_commit, "runs": args.runs, "order": "new, base, new, base",
                          "figures": out, "command": "python -m bench.alternate --base BASE " + " ".join(args.benches)})
-    RESULTS.mkdir(exist_ok=True)
 
 
 if __name__ == "__main__":
