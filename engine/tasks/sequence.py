@@ -185,6 +185,20 @@ def _report(p: dict, card: ModelCard | None) -> list:
     return lines
 
 
+def _evidence(config: Config, p: dict, gray) -> tuple:
+    """The slice the model drew most on (its attention weight), drawn as it is stored: the first frame of a
+    volume is often empty (a mask's first slice), the slice that weighed most shows what was read."""
+    weights = json.loads(p.get("result") or "{}").get("contribution")
+    image = Store(config.db_path).row("images", p["image_id"])
+    if not weights or not image or (image.get("frames") or 1) < 2:
+        return None, ""
+    k = max(range(len(weights)), key=weights.__getitem__)
+    voxels = read_volume((config.home / image["path"]).read_bytes(), config.limits).voxels
+    if k >= len(voxels):
+        return None, ""
+    return voxels[k], f"Slice {k + 1} of {len(voxels)}: the one the model drew most on ({weights[k]:.0%} of the weight)"
+
+
 def _card_metrics(test: dict) -> list[str]:
     lines = classification.card_metrics(test)
     if "accuracy_at_0.5" in test:
@@ -230,7 +244,7 @@ ANALYSIS = Analysis(
     kind="probability", table="predictions", audit_action="predict", page="pages/sequence.py",
     runner=SequenceClassifier,
     images=sequence_images, run=lambda ctx, model, image: analyse_sequence(ctx, model, image),
-    report=_report, evidence=lambda config, row, gray: (None, ""), card_metrics=_card_metrics, objects=_objects,
+    report=_report, evidence=_evidence, card_metrics=_card_metrics, objects=_objects,
     batch_rows=_batch_rows, batch_record=_batch_record, batch_input="volume", batch_columns={"result": str},
     owns=lambda row: row.get("task") == "sequence",
 )
