@@ -87,7 +87,6 @@ class Analysis:
     audit_action: str  # the audit row of a logged result ("predict", "segment")
     page: str  # the dashboard page that analyses one case of this task (a script under pages/)
     runner: type  # (LoadedModel, device) -> the object that runs the network (Classifier, Segmenter, ...)
-    images: Callable[[dict], list[dict]]  # a case -> the images this task reads (the first is the default)
     run: Callable[..., Any]  # (ctx, model, image, **options) -> the outcome, logged (the page's result object)
     report: Callable[[dict, ModelCard | None], list]  # a logged row (+ its card) -> the report's Line/Bar list
     evidence: Callable[[Config, dict, np.ndarray], tuple[np.ndarray | None, str]]  # row, image -> (evidence, caption)
@@ -98,6 +97,7 @@ class Analysis:
     batch_input: str = "image"  # what a batch worker decodes for it: "image" (2-D) or "volume" (engine.batch.decode)
     batch_columns: dict[str, type] = field(default_factory=dict)  # the batch-result columns its rows fill
     run_cases: Callable | None = None  # (ctx, model, case ids, progress) -> {case id: reason}: faster than one by one
+    images: Callable[[dict], list[dict]] = lambda case: case["images"][:1]  # a case -> the images it reads
     warm_up: Callable[[Any], None] | None = None  # runs once after loading (takes one-off kernel set-up off a case)
     owns: Callable[[dict], bool] = lambda row: True  # whether a row of `table` is this task's
 

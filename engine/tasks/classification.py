@@ -424,7 +424,6 @@ BATCH_COLUMNS = {"label": str, "probability": float, "probabilities": str, "prob
 
 ANALYSIS = Analysis(
     kind="probability", table="predictions", audit_action="predict", page="pages/diagnosis.py", runner=Classifier,
-    images=lambda case: case["images"][:1],
     run=lambda ctx, model, image, tta=0: diagnose_image(ctx, model, image, tta),
     run_cases=lambda ctx, model, case_ids, progress: diagnose_cases(ctx, model, case_ids, progress)[1],
     report=_report, evidence=_evidence, card_metrics=card_metrics, objects=_objects,

@@ -385,7 +385,6 @@ def _batch_record(row: dict, card: ModelCard) -> dict:
 
 ANALYSIS = Analysis(
     kind="mask", table="segmentations", audit_action="segment", page="pages/segmentation.py", runner=Segmenter,
-    images=lambda case: case["images"][:1],
     run=lambda ctx, model, image, pixel_mm=None: segment_case_image(ctx, model, image, pixel_mm),
     report=_report, evidence=_evidence, card_metrics=card_metrics, objects=_objects,
     batch_rows=_batch_rows, batch_record=_batch_record,
