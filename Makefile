@@ -54,8 +54,10 @@ lint: $(DEV_STAMP)
 
 # Two pytest-xdist workers (tests use their own homes, free ports and temporary folders); a module whose fixtures
 # are module-wide (an Orthanc, a pushed study) is one xdist_group, so they are set up once. The 25 slowest are printed.
+# One torch thread per process: the workers are the parallelism (two 2-thread processes on 2 cores ran a ResNet-18
+# 2.5x slower than two 1-thread ones: OpenMP threads spin against each other).
 TEST_WORKERS ?= 2
-PYTEST := TQDM_DISABLE=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup
+PYTEST := TQDM_DISABLE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup
 
 test: lint debian-tools
 	home=$$(mktemp -d); RADLENS_HOME=$$home $(PYTEST) --durations=25; status=$$?; rm -rf $$home; exit $$status

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_curve
 
-__all__ = ["mean_ci", "split_report", "binary_report", "bootstrap_ci", "auc_ci", "sens_at_spec", "spec_at_sens", "ece",
-           "ece_if_calibrated", "reliability", "fit_temperature", "threshold_for_specificity", "CONFIDENT",
+__all__ = ["mean_ci", "split_report", "binary_report", "bootstrap_ci", "auc", "auc_ci", "sens_at_spec", "spec_at_sens",
+           "ece", "ece_if_calibrated", "reliability", "fit_temperature", "threshold_for_specificity", "CONFIDENT",
            "Calibrator", "fit_calibrator", "CALIBRATORS"]
 
 CONFIDENT = 0.9  # a "confident" call: calibrated probability at or above this
@@ -37,24 +37,43 @@ def mean_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[floa
     return float(values.mean()), float(low), float(high)
 
 
+def _roc(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) exactly as sklearn's roc_curve gives them (one point per distinct score, collinear middle
+    points dropped, (0, 0) first), without its input checks: the bootstrap calls it thousands of times, and
+    the checks cost more than the arithmetic."""
+    order = np.argsort(p, kind="mergesort")[::-1]
+    scores, hits = p[order], np.asarray(y)[order]
+    last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # the last image of each distinct score
+    tps = np.cumsum(hits, dtype=np.float64)[last]
+    fps = last + 1 - tps
+    if len(fps) > 2:
+        keep = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
+        fps, tps = fps[keep], tps[keep]
+    return np.r_[0.0, fps] / fps[-1], np.r_[0.0, tps] / tps[-1]
+
+
+def auc(y: np.ndarray, p: np.ndarray) -> float:
+    """Area under the ROC curve (ties count half), equal to sklearn's roc_auc_score."""
+    fpr, tpr = _roc(y, p)
+    return float(np.trapezoid(tpr, fpr))
+
+
 def auc_ci(y: np.ndarray, p: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """AUC with its percentile bootstrap 95 % CI."""
-    lo, hi = bootstrap_ci(y, p, lambda a, b: {"auc": roc_auc_score(a, b)}, n_boot, seed)["auc"]
-    return float(roc_auc_score(y, p)), lo, hi
+    lo, hi = bootstrap_ci(y, p, lambda a, b: {"auc": auc(a, b)}, n_boot, seed)["auc"]
+    return auc(y, p), lo, hi
 
 
 def sens_at_spec(y: np.ndarray, p: np.ndarray, spec: float = 0.90) -> float:
     """The highest sensitivity reachable with specificity >= spec."""
-    fpr, tpr, _ = roc_curve(y, p)
-    ok = fpr <= 1.0 - spec + 1e-12
-    return float(tpr[ok].max())
+    fpr, tpr = _roc(y, p)
+    return float(tpr[fpr <= 1.0 - spec + 1e-12].max())
 
 
 def spec_at_sens(y: np.ndarray, p: np.ndarray, sens: float = 0.95) -> float:
     """The highest specificity reachable with sensitivity >= sens."""
-    fpr, tpr, _ = roc_curve(y, p)
-    ok = tpr >= sens - 1e-12
-    return float(1.0 - fpr[ok].min())
+    fpr, tpr = _roc(y, p)
+    return float(1.0 - fpr[tpr >= sens - 1e-12].min())
 
 
 def threshold_for_specificity(y: np.ndarray, p: np.ndarray, spec: float = 0.90) -> float:
@@ -72,9 +91,16 @@ def threshold_for_specificity(y: np.ndarray, p: np.ndarray, spec: float = 0.90) 
     return float((negatives[k] + above.min()) / 2) if above.size else float(np.nextafter(negatives[k], np.inf))
 
 
+def _bins(p: np.ndarray, bins: int) -> np.ndarray:
+    return np.clip(np.digitize(p, np.linspace(0.0, 1.0, bins + 1)[1:-1]), 0, bins - 1)
+
+
 def ece(y: np.ndarray, p: np.ndarray, bins: int = 15) -> float:
-    """Expected calibration error of the positive-class probability, equal-width bins."""
-    return float(sum(n / len(y) * abs(acc - conf) for conf, acc, n in reliability(y, p, bins) if n))
+    """Expected calibration error of the positive-class probability, equal-width bins: the count-weighted mean
+    of |observed rate - mean probability| per bin, i.e. sum over bins of |positives - sum of p| / n."""
+    which = _bins(p, bins)
+    gap = np.bincount(which, weights=y, minlength=bins) - np.bincount(which, weights=p, minlength=bins)
+    return float(np.abs(gap).sum() / len(y))
 
 
 def ece_if_calibrated(p: np.ndarray, n_sim: int = 1000, seed: int = 0) -> dict:
@@ -90,7 +116,7 @@ def ece_if_calibrated(p: np.ndarray, n_sim: int = 1000, seed: int = 0) -> dict:
 def reliability(y: np.ndarray, p: np.ndarray, bins: int = 15) -> list[tuple[float, float, int]]:
     """Per bin: (mean predicted probability, observed positive rate, count)."""
     edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    which = _bins(p, bins)
     out = []
     for b in range(bins):
         m = which == b
@@ -194,7 +220,7 @@ def _point_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, 
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     return {
-        "auc": float(roc_auc_score(y, p)), "accuracy": (tp + tn) / len(y), "precision": precision,
+        "auc": auc(y, p), "accuracy": (tp + tn) / len(y), "precision": precision,
         "sensitivity": recall, "specificity": tn / (tn + fp) if tn + fp else 0.0,
         "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
         "sensitivity_at_specificity_0.90": sens_at_spec(y, p, 0.90),

@@ -16,6 +16,19 @@ from engine.store import open_store
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Under `--dist loadgroup` a worker must see each xdist_group test under its group's id, or the groups are
+    silently ignored and every module-wide fixture is built again wherever its tests land (as with pytest 9.2
+    and xdist 3.8). A failed check stops the run instead of letting it get slow."""
+    if not (os.environ.get("PYTEST_XDIST_WORKER") and config.getvalue("loadgroup")):
+        return
+    ungrouped = [i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+    if ungrouped:
+        raise pytest.UsageError(f"--dist loadgroup is not grouping {len(ungrouped)} tests (first: {ungrouped[0]}); "
+                                "see the pytest pin in requirements-dev.txt")
+
 @pytest.fixture(autouse=True)
 def _keep_main_module():
     """Streamlit's AppTest leaves the page script as `sys.modules["__main__"]`; a later test in the same process

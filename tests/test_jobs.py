@@ -146,7 +146,7 @@ def _config(argv):
 
 def _args(tmp_path, tiny_folder, *extra):
     return (
-        ["--dataset", "folder", "--data-path", str(tiny_folder), "--size", "48", "--batch-size", "8", "--threads", "2",
+        ["--dataset", "folder", "--data-path", str(tiny_folder), "--size", "48", "--batch-size", "8", "--threads", "1",
          "--output", str(tmp_path / "run"), "--name", "t", *extra])
 
 

@@ -130,7 +130,7 @@ def test_reviewed_cases_become_training_data_and_held_out_films_are_left_out(ctx
     monkeypatch.setenv("RADLENS_HOME", str(config.home))
     card = training.cli([
         "--dataset", "folder", "--data-path", str(folder), "--size", "48", "--batch-size", "4", "--epochs", "1",
-        "--threads", "2", "--output", str(tmp_path / "run"), "--name", "from-reviews",
+        "--threads", "1", "--output", str(tmp_path / "run"), "--name", "from-reviews",
         "--review-ids", f"{superseded},{fixed},{agree},{disagree},{test_film}"])
     assert card.data["reviews"]["used"] == [fixed, agree]
     assert card.data["reviews"]["reviewers"] == {"dr a": 1, "dr b": 1}

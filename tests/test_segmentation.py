@@ -343,7 +343,7 @@ def test_segmentation_training_writes_a_card_and_resumes(tmp_path, monkeypatch, 
     out = tmp_path / "run"
     common = ["--dataset", "hc18", "--data-path", str(folder), "--model", arch, "--size", "64", "--height", "48",
               "--batch-size", "4",
-              "--output", str(out), "--name", "tiny-seg", "--threads", "2"]
+              "--output", str(out), "--name", "tiny-seg", "--threads", "1"]
     cli([*common, "--epochs", "1"])
     card = cli([*common, "--epochs", "2", "--resume"])
     epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

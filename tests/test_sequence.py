@@ -243,7 +243,7 @@ def test_sequence_training_writes_a_card_resumes_and_runs_on_a_volume(tmp_path, 
     folder = _adrenal_subset(tmp_path / "subset")
     out = tmp_path / "run"
     common = ["--dataset", "adrenalmnist3d", "--data-path", str(folder), "--model", arch, "--size", "16",
-              "--depth", "12", "--batch-size", "8", "--output", str(out), "--name", "tiny-seq", "--threads", "2"]
+              "--depth", "12", "--batch-size", "8", "--output", str(out), "--name", "tiny-seq", "--threads", "1"]
     cli([*common, "--epochs", "1"])
     card = cli([*common, "--epochs", "2", "--resume"])
     epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

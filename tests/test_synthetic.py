@@ -231,7 +231,7 @@ def test_training_with_synthetic_minority_images_end_to_end(ctx, config, tmp_pat
     keep = [line for line in lines if not (",normal,train," in line and lines.index(line) <= 4)]
     (folder / "manifest.csv").write_text("\n".join(keep) + "\n")
     cfg = TrainConfig(dataset="folder", data_path=folder, model="resnet18", size=64, epochs=1, batch_size=8,
-                      synthetic=5, output=tmp_path / "run", name="with-synthetic", threads=2)
+                      synthetic=5, output=tmp_path / "run", name="with-synthetic", threads=1)
     card = main(cfg, ctx)
     synthetic = card.data["synthetic"]
     assert synthetic["label"] == "normal" and synthetic["images"] == 5 and synthetic["generator"] == SHIPPED
@@ -247,7 +247,7 @@ def test_the_gan_program_trains_resumes_and_runs_as_a_job(ctx, config, tmp_path)
     if DATA_DIR is None:
         pytest.skip("RADLENS_DATA_DIR (../shared/data) is not present")
     small = GanConfig(dataset="pneumoniamnist", size=16, width=8, z_dim=16, epochs=1, batch_size=256,
-                      output=tmp_path / "gan", name="tiny-gan", threads=2)
+                      output=tmp_path / "gan", name="tiny-gan", threads=1)
     main(small, ctx)
     state = load_state(tmp_path / "gan" / "state.pt")  # as if the first segment had run an hour before a stop
     save_state(tmp_path / "gan" / "state.pt", {**state, "elapsed_s": 3600.0})

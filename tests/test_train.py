@@ -22,7 +22,7 @@ def _tiny_run(tmp_path, monkeypatch) -> tuple[Path, list[str]]:
     write_cxr_subset(tmp_path / "data")
     out = tmp_path / "run"
     return out, ["--dataset", "folder", "--data-path", str(tmp_path / "data"), "--size", "48", "--batch-size", "8",
-                 "--output", str(out), "--name", "tiny", "--threads", "2"]
+                 "--output", str(out), "--name", "tiny", "--threads", "1"]
 
 
 @needs_data

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 from engine.config import Config
 from engine.context import Context
@@ -26,6 +25,7 @@ from engine.inference.predict import predict
 from engine.metrics import (
     CALIBRATORS,
     Calibrator,
+    auc,
     bootstrap_ci,
     ece,
     fit_calibrator,
@@ -57,9 +57,9 @@ def _positive_prob(logits: torch.Tensor, calibrator: Calibrator | None = None) -
 
 def _validate_classifier(model, val, prep, device, arch) -> dict:
     logits, _ = predict(model, val.images, prep, cam_layer(model, arch), device)
-    auc = float(roc_auc_score(val.labels.numpy(), _positive_prob(logits)))
-    return {"score": auc, "val_loss": round(float(torch.nn.functional.cross_entropy(logits, val.labels)), 5),
-            "val_auc": round(auc, 5)}
+    val_auc = auc(val.labels.numpy(), _positive_prob(logits))
+    return {"score": val_auc, "val_loss": round(float(torch.nn.functional.cross_entropy(logits, val.labels)), 5),
+            "val_auc": round(val_auc, 5)}
 
 
 @dataclass
@@ -177,8 +177,8 @@ def _classifier_scores(loaded: LoadedModel, data) -> Scored:
 
 def _auc_difference(a: Scored, b: Scored) -> dict[str, list[float]]:
     both = np.stack([a.per_image, b.per_image], axis=1)
-    point = roc_auc_score(a.truth, b.per_image) - roc_auc_score(a.truth, a.per_image)
-    ci = bootstrap_ci(a.truth, both, lambda y, p: {"d": roc_auc_score(y, p[:, 1]) - roc_auc_score(y, p[:, 0])})["d"]
+    point = auc(a.truth, b.per_image) - auc(a.truth, a.per_image)
+    ci = bootstrap_ci(a.truth, both, lambda y, p: {"d": auc(y, p[:, 1]) - auc(y, p[:, 0])})["d"]
     return {"AUC": [float(point), *ci]}
 
 
