@@ -70,6 +70,7 @@ test-fast: lint
 bench: $(DEV_STAMP)
 	$(PY) -m bench.ingest
 	$(PY) -m bench.worklist
+	$(PY) -m bench.metrics
 	$(PY) -m bench.case_latency
 	$(PY) -m bench.ood
 	$(PY) -m bench.explain runtime

@@ -149,6 +149,30 @@ def test_metrics_match_hand_computed_values():
     assert ece(np.array([1, 0]), np.array([0.5, 0.5]), bins=10) == pytest.approx(0.0)
 
 
+def test_the_numpy_metrics_give_sklearns_numbers_with_ties_and_float32_scores():
+    """The card's AUC, sensitivity at specificity, specificity at sensitivity and ECE are numpy (the bootstrap
+    runs them 2,000 times); the shipped cards were written with sklearn's, so they must agree exactly."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from engine.metrics import auc, reliability, spec_at_sens
+
+    rng = np.random.default_rng(0)
+    for case in range(300):
+        n = int(rng.integers(3, 300))
+        y = rng.integers(0, 2, n)
+        if y.min() == y.max():
+            continue
+        p = rng.random(n)
+        p = np.round(p, 1) if case % 3 == 0 else p.astype(np.float32) if case % 3 == 1 else p
+        fpr, tpr, _ = roc_curve(y, p)
+        assert auc(y, p) == roc_auc_score(y, p)
+        for spec in (0.5, 0.9):
+            assert sens_at_spec(y, p, spec) == float(tpr[fpr <= 1 - spec + 1e-12].max())
+        assert spec_at_sens(y, p, 0.95) == float(1 - fpr[tpr >= 0.95 - 1e-12].min())
+        by_bins = sum(k / n * abs(rate - mean) for mean, rate, k in reliability(y, p) if k)
+        assert ece(y, p) == pytest.approx(by_bins, abs=1e-7)  # float32 bin means vs float64 sums: ~1e-9 apart
+
+
 def test_temperature_scaling_tames_overconfident_logits():
     torch.manual_seed(0)
     labels = torch.randint(0, 2, (2000,))
