@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
@@ -10,7 +12,7 @@ import streamlit as st
 from dashboard import links, state, widgets
 from dashboard.text import md, plain
 from dashboard.widgets import image_view
-from engine.cases import MAX_COMMENT, VERDICTS, review_case
+from engine.cases import MAX_COMMENT, VERDICTS, case_history, review_case
 from engine.context import Context
 from engine.draw import COLORMAPS, DISPLAY_MAX_SIDE, overlay
 from engine.inference import OOD_WARNING, Classifier, Prediction
@@ -18,9 +20,9 @@ from engine.io import Rendered
 from engine.models import ModelCard, Preprocessing, Scope
 from engine.tasks import CaseResult, get_task, raw_output
 
-__all__ = ["overlay_controls", "result_panel", "plain_view", "cam_view", "prediction_panel", "review_form", "history",
-           "card_metrics", "roc_chart", "reliability_chart", "reliability_overlay", "prep_text", "card_details",
-           "headline", "card_summary", "seg_card_metrics"]
+__all__ = ["overlay_controls", "result_panel", "plain_view", "cam_view", "prediction_panel", "review_form",
+           "saved_reading", "history", "card_metrics", "roc_chart", "reliability_chart", "reliability_overlay",
+           "prep_text", "card_details", "headline", "card_summary", "seg_card_metrics"]
 
 
 def overlay_controls() -> tuple[bool, float, str]:
@@ -46,10 +48,14 @@ def result_panel(ctx: Context, classifier: Classifier, result: CaseResult) -> Pr
         return prediction  # nothing to review: the model gave no result
     if not ctx.user.may("case.review"):
         st.caption("Reviews are recorded by clinicians: your role can read results but not review them.")
-    elif submitted := review_form(classifier.loaded.labels, key=f"review.{result.case_id}"):
-        _, jobs = review_case(ctx, result.case_id, *submitted, prediction_id=result.prediction_id)
-        st.success("Review saved." + (f" Its results are being sent to the source PACS (job {jobs[0]})."
-                                      if jobs else ""), icon=":material/check:")
+    else:
+        reading = st.container()
+        if submitted := review_form(classifier.loaded.labels, key=f"review.{result.case_id}"):
+            _, jobs = review_case(ctx, result.case_id, *submitted, prediction_id=result.prediction_id)
+            st.success("Review saved." + (f" Its results are being sent to the source PACS (job {jobs[0]})."
+                                          if jobs else ""), icon=":material/check:")
+        with reading:
+            saved_reading(ctx.store, result.case_id)
     return prediction
 
 
@@ -110,17 +116,43 @@ def probability_bars(prediction: Prediction) -> None:
     st.plotly_chart(figure, config={"displayModeBar": False}, width="stretch")
 
 
+VERDICT_NAMES = {"agree": "Agree", "disagree": "Disagree", "corrected": "Corrected label"}
+
+
 def review_form(labels: list[str], key: str) -> tuple[str, str, str] | None:
-    """Agree / disagree / corrected label + comment; returns (verdict, label, comment) when submitted."""
+    """Agree / disagree / corrected label + comment; returns (verdict, label, comment) when submitted. Nothing is
+    chosen beforehand: a preselected verdict invites agreeing with the model by default."""
     with st.form(key, clear_on_submit=True, border=True):
-        verdict = st.radio("Your reading", VERDICTS, horizontal=True,
-                           format_func={"agree": "Agree", "disagree": "Disagree", "corrected": "Corrected label"}.get)
+        verdict = st.radio("Your reading", VERDICTS, index=None, horizontal=True, format_func=VERDICT_NAMES.get)
         label = st.selectbox("Correct label (for a corrected label)", ["", *labels])
         comment = st.text_area("Comment", placeholder="What you saw, why you disagree, follow-up...",
                                max_chars=MAX_COMMENT)
         if st.form_submit_button("Save review", type="primary", icon=":material/rate_review:"):
+            if verdict is None:
+                st.error("Choose your reading first (agree, disagree or a corrected label): nothing was saved.",
+                         icon=":material/error:")
+                return None
             return verdict, label, comment
     return None
+
+
+def _minute(iso: str) -> str:
+    return dt.datetime.fromisoformat(iso).astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def saved_reading(store, case_id: int) -> None:
+    """The case's latest review, in place above the form (the full history is further down)."""
+    reviews = case_history(store, case_id)["reviews"]
+    if not reviews:
+        st.caption("Not reviewed yet.")
+        return
+    latest = reviews[0]
+    corrected = f" to {latest['label']}" if latest["verdict"] == "corrected" and latest["label"] else ""
+    st.info(plain(f"Saved reading: {VERDICT_NAMES.get(latest['verdict'], latest['verdict'])}{corrected}, by "
+                  f"{latest['reviewer']} at {_minute(latest['created_at'])}" +
+                  (f". Comment: {latest['comment']}" if latest["comment"] else "") +
+                  (f" ({len(reviews)} readings in all: see the history below)" if len(reviews) > 1 else "")),
+            icon=":material/rate_review:")
 
 
 def history(records: dict[str, list[dict]]) -> None:

@@ -170,12 +170,22 @@ def test_diagnosis_of_a_chest_xray_shows_probability_and_overlay(server, tmp_pat
         page.get_by_text("Grad-CAM (gradcam) of").wait_for()
         image = np.asarray(Image.open(io.BytesIO(page.locator(".js-plotly-plot").first.screenshot())).convert("RGB"))
         page.screenshot(path=OUTPUT / "diagnosis.png", full_page=True)
+        # The reading starts with no verdict, and is blank again after one is saved (shown in place instead).
+        checked = page.locator('[data-testid="stRadio"] input[type="radio"]:checked')
+        before = checked.count()
+        page.get_by_text("Disagree", exact=True).click()
+        page.get_by_role("button", name="Save review").click()
+        page.get_by_text("Saved reading: Disagree").wait_for(timeout=60_000)
+        _settle(page)
+        after = checked.count()
+        page.screenshot(path=OUTPUT / "diagnosis-reviewed.png", full_page=True)
         page.get_by_role("link", name="Model card").click()
         _settle(page)
         page.get_by_text("Installed versions").wait_for()
         page.wait_for_selector(".js-plotly-plot", timeout=60_000)
         page.screenshot(path=OUTPUT / "models.png", full_page=True)
     assert value.endswith("%") and 0 <= float(value.strip("<> %")) <= 100
+    assert (before, after) == (0, 0), "a verdict was chosen for the reader"
     channels = image.astype(int)
     coloured = (np.abs(channels[..., 0] - channels[..., 2]) > 40).mean()  # the gray film has R == G == B
     assert coloured > 0.01, "no Grad-CAM colour on the displayed image"

@@ -125,16 +125,29 @@ def test_diagnosis_shows_calibrated_probability_cam_and_saves_a_review(app_home,
     downloads = {b.label: b.proto.disabled for b in at.get("download_button")}
     assert downloads == {"PDF report": False, "DICOM SR + captures": True}  # a JPEG upload: no DICOM source
     assert any("only for studies that came from one" in c.value for c in at.caption)  # not from a PACS
-    at.radio[0].set_value("disagree")
-    at.text_area[0].input("Consolidation is in the left lower lobe, not the right.")
-    next(b for b in at.button if b.label == "Save review").click()
-    at.run()
-    assert not at.exception and at.success[0].value == "Review saved."
     from engine.cases.reviews import case_history
     from engine.store import open_store
 
+    # No verdict is chosen for the reader, and saving without one records nothing.
+    assert at.radio[0].label == "Your reading" and at.radio[0].value is None
+    assert any(c.value == "Not reviewed yet." for c in at.caption)
+    next(b for b in at.button if b.label == "Save review").click()
+    at.run()
+    assert any("Choose your reading first" in e.value for e in at.error)
+    assert case_history(open_store(app_home), child_film)["reviews"] == []
+
+    at.radio[0].set_value("disagree")
+    at.text_area[0].input("Consolidation is in the left lower lobe, *not* the right.")
+    next(b for b in at.button if b.label == "Save review").click()
+    at.run()
+    assert not at.exception and at.success[0].value == "Review saved."
     history = case_history(open_store(app_home), child_film)
     assert history["reviews"][0]["verdict"] == "disagree" and len(history["predictions"]) == 1
+    # The saved reading shows in place, with who (the form clearing itself is checked in a real browser:
+    # AppTest does not clear forms on submit).
+    [saved] = [i.value for i in at.info if "Saved reading" in i.value]
+    assert "Saved reading: Disagree, by clinician tester at " in shown(saved) and "UTC" in shown(saved)
+    assert r"\*not\*" in saved and "*not*" in shown(saved)  # the comment is shown as typed, not as Markdown
 
 
 def _abstains(at: AppTest, reason: str) -> None:
