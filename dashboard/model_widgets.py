@@ -15,7 +15,14 @@ from dashboard.widgets import image_view
 from engine.cases import MAX_COMMENT, VERDICTS, case_history, review_case
 from engine.context import Context
 from engine.draw import COLORMAPS, DISPLAY_MAX_SIDE, overlay
-from engine.inference import OOD_WARNING, Classifier, Prediction
+from engine.inference import (
+    OOD_WARNING,
+    Classifier,
+    Prediction,
+    ood_in_words,
+    operating_point_in_words,
+    uncertainty_in_words,
+)
 from engine.io import Rendered
 from engine.models import ModelCard, Preprocessing, Scope
 from engine.tasks import CaseResult, get_task, raw_output
@@ -43,7 +50,7 @@ def result_panel(ctx: Context, classifier: Classifier, result: CaseResult) -> Pr
                                               lambda: raw_output(ctx, result))
         widgets.raw_output_banner()
     if prediction is not None:
-        prediction_panel(prediction, card.name, card.version, card.positive_label)
+        prediction_panel(prediction, card)
     if result.prediction is None:
         return prediction  # nothing to review: the model gave no result
     if not ctx.user.may("case.review"):
@@ -74,7 +81,8 @@ def cam_view(gray, prediction: Prediction, show: bool, opacity: float, colormap:
                       label=prediction.label, side=DISPLAY_MAX_SIDE))
 
 
-def prediction_panel(prediction: Prediction, model_name: str, model_version: str, positive: str) -> None:
+def prediction_panel(prediction: Prediction, card: ModelCard) -> None:
+    model_name, model_version, positive = card.name, card.version, card.positive_label
     if prediction.out_of_distribution:
         st.warning(md(OOD_WARNING + " (OOD score {score:.1f} > threshold {threshold:.1f})",
                       score=prediction.ood_score, threshold=prediction.ood_threshold), icon=":material/warning:")
@@ -85,11 +93,17 @@ def prediction_panel(prediction: Prediction, model_name: str, model_version: str
     side = ":orange-badge[Above" if flagged else ":green-badge[Below"
     st.markdown(md(side + " the operating threshold {threshold:.1%}: **{label}**]", threshold=prediction.threshold,
                    label=prediction.label))
+    if meaning := operating_point_in_words(card):
+        st.caption(plain(meaning))
     spread = ("± {:.1%} (spread over test-time augmentation)" if prediction.uncertainty_method.startswith("tta")
               else "{:.2f} bits (predictive entropy; 0 = certain, 1 = coin toss)").format(prediction.uncertainty)
-    st.markdown(md("**Uncertainty:** {spread}  \n**OOD score:** {score:.1f} (threshold {threshold:.1f})",
-                   spread=spread, score=prediction.ood_score, threshold=prediction.ood_threshold))
+    st.markdown(md("**Uncertainty:** {spread}, {uncertainty}  \n**OOD score:** {score:.1f} (threshold "
+                   "{threshold:.1f}), {ood}", spread=spread, uncertainty=uncertainty_in_words(prediction),
+                   score=prediction.ood_score, threshold=prediction.ood_threshold, ood=ood_in_words(prediction)))
     probability_bars(prediction)
+    if card.limitations:
+        with st.expander("What this model is for, and its limits (from its card)"):
+            st.text("\n".join(f"- {line}" for line in card.limitations))
     st.caption(md("Model **{name}** v{version} - {ms:.0f} ms (preprocess + forward + Grad-CAM)",
                   name=model_name, version=model_version, ms=prediction.latency_ms))
     links.page_link("models", label="Model card", icon=":material/description:",

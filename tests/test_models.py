@@ -201,3 +201,27 @@ def test_a_card_missing_its_identity_is_a_bad_checkpoint():
 
     with pytest.raises(BadCheckpoint, match="lacks arch"):
         ModelCard.from_dict({"name": "x", "version": "1", "task": "classification", "labels": [], "preprocessing": {}})
+
+
+def test_a_result_says_what_its_threshold_uncertainty_and_ood_score_mean():
+    from dataclasses import replace
+
+    from engine.inference.classify import (
+        Prediction,
+        ood_in_words,
+        operating_point_in_words,
+        uncertainty_in_words,
+    )
+    from engine.models.installed import SHIPPED_DIR
+
+    card = load_model(SHIPPED_DIR / "cxr-pneumonia-resnet18-v2.safetensors").card
+    # The shipped card's test split: 116 pneumonia films all flagged, 6 of 40 normals flagged.
+    assert operating_point_in_words(card) == (
+        "At this threshold (13.8%), on the 156 held-out test images: sensitivity 100% (116 of 116 pneumonia images "
+        "flagged), specificity 85%: about 15 in 100 normal images are flagged.")
+    assert operating_point_in_words(replace(card, metrics={})) is None  # a card without test figures says nothing
+    sure = Prediction("pneumonia", 0.99, {}, {}, 0.138, 0.08, "entropy", 15.5, 19.9, 10.0, None)
+    assert uncertainty_in_words(sure).startswith("low") and ood_in_words(sure).startswith("below the threshold")
+    toss = replace(sure, probability=0.55, uncertainty=0.99, ood_score=25.0)
+    assert uncertainty_in_words(toss).startswith("high") and "unreliable" in ood_in_words(toss)
+    assert uncertainty_in_words(replace(sure, uncertainty=0.1, uncertainty_method="tta-8")).startswith("moderate")

@@ -121,6 +121,12 @@ def test_diagnosis_shows_calibrated_probability_cam_and_saves_a_review(app_home,
     assert at.metric[0].label == "Calibrated probability of pneumonia" and at.metric[0].value.endswith("%")
     text = " ".join(m.value for m in at.markdown)
     assert "operating threshold" in text and "Uncertainty" in text and "OOD score" in text
+    # Beside the number, what it means: the threshold in counts, the uncertainty and OOD score in words, the limits.
+    assert any("in 100 normal images are flagged" in shown(c.value) for c in at.caption)
+    assert "the image resembles the films the model was trained on" in shown(text)
+    assert re.search(r"bits \(predictive entropy; 0 = certain, 1 = coin toss\), (low|moderate|high): ", shown(text))
+    assert [e.label for e in at.expander] == ["What this model is for, and its limits (from its card)"]
+    assert any("Pediatric patients (1-5 years) only" in t.value for t in at.text)
     assert any("Grad-CAM (gradcam)" in c.value for c in at.caption)
     downloads = {b.label: b.proto.disabled for b in at.get("download_button")}
     assert downloads == {"PDF report": False, "DICOM SR + captures": True}  # a JPEG upload: no DICOM source

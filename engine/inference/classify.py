@@ -18,7 +18,8 @@ from engine.models.checkpoint import LoadedModel
 from engine.models.ood import mahalanobis, pooled
 from engine.models.registry import cam_layer
 
-__all__ = ["Prediction", "Classifier", "OOD_WARNING"]
+__all__ = ["Prediction", "Classifier", "OOD_WARNING", "operating_point_in_words", "uncertainty_in_words",
+           "ood_in_words"]
 
 OOD_WARNING = ("This image does not look like the chest X-rays this model was trained on — "
                "interpret with care.")
@@ -44,6 +45,42 @@ class Prediction:
     @property
     def out_of_distribution(self) -> bool:
         return self.ood_score > self.ood_threshold
+
+
+# Where an uncertainty reads low / moderate / high. Entropy in bits: below 0.47 the calibrated probability is
+# outside 10-90 %, above 0.88 inside 30-70 %. TTA spread: the standard deviation of the probability.
+_UNCERTAINTY_BANDS = {"entropy": (0.47, 0.88), "tta": (0.05, 0.15)}
+
+
+def uncertainty_in_words(prediction: Prediction) -> str:
+    low, high = _UNCERTAINTY_BANDS["tta" if prediction.uncertainty_method.startswith("tta") else "entropy"]
+    u = prediction.uncertainty
+    return ("low: the model is far from a coin toss on this image" if u < low else
+            "moderate: read the image with the result in mind, not the other way round" if u < high else
+            "high: the model is close to a coin toss on this image")
+
+
+def ood_in_words(prediction: Prediction) -> str:
+    if prediction.out_of_distribution:
+        return "above the threshold: unlike the films the model was trained on, so its result is unreliable here"
+    return "below the threshold: the image resembles the films the model was trained on (higher = less alike)"
+
+
+def operating_point_in_words(card) -> str | None:
+    """What the threshold means on the card's held-out test split, in counts a reader can picture; None when the
+    card has no confusion matrix for it."""
+    test = (card.metrics or {}).get("test", {})
+    if "confusion" not in test or len(card.labels) != 2:
+        return None
+    c = test["confusion"]
+    positives, negatives = c["tp"] + c["fn"], c["tn"] + c["fp"]
+    if not positives or not negatives:
+        return None
+    negative = next(label for label in card.labels if label != card.positive_label)
+    return (f"At this threshold ({card.operating_point['threshold']:.1%}), on the {test['n']} held-out test images: "
+            f"sensitivity {c['tp'] / positives:.0%} ({c['tp']} of {positives} {card.positive_label} images flagged), "
+            f"specificity {c['tn'] / negatives:.0%}: about {round(100 * c['fp'] / negatives)} in 100 {negative} "
+            "images are flagged.")
 
 
 def _entropy_bits(p: float) -> float:
