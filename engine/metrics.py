@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_curve
 
 __all__ = ["mean_ci", "split_report", "binary_report", "bootstrap_ci", "auc", "auc_ci", "sens_at_spec", "spec_at_sens",
            "ece", "ece_if_calibrated", "reliability", "fit_temperature", "threshold_for_specificity", "CONFIDENT",
@@ -240,7 +239,7 @@ def _with_basic_ece_ci(ci: dict[str, list[float]], point: float) -> dict[str, li
 def binary_report(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
     """Every metric on the model card, each with a bootstrap 95 % CI, for positive-class probabilities p
     and labels y (1 = positive); threshold-dependent metrics count p >= threshold as positive."""
-    fpr, tpr, _ = roc_curve(y, p)
+    fpr, tpr = _roc(y, p)
     return {
         "n": int(len(y)), "positives": int(y.sum()), "negatives": int(len(y) - y.sum()),
         **_point_metrics(y, p, threshold),
